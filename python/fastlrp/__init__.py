@@ -1,0 +1,61 @@
+"""fastlrp: fast Layer-wise Relevance Propagation with fused CPU and GPU kernels.
+
+Typical use::
+
+    import fastlrp
+    graph = fastlrp.from_torch(model, example_input)
+    explainer = fastlrp.Explainer(graph, "epsilon_plus_flat")
+    relevance = explainer.explain(x, target=None)   # arg-max class of each sample
+"""
+
+from __future__ import annotations
+
+try:
+    from importlib.metadata import PackageNotFoundError, version as _version
+
+    try:
+        __version__ = _version("fastlrp")
+    except PackageNotFoundError:  # running from a source tree
+        __version__ = "0.1.0"
+except ImportError:  # pragma: no cover
+    __version__ = "0.1.0"
+
+from . import composites, rules
+from .composites import Composite, get_composite, register_composite
+from .explain import Explainer, InputError, RelevanceReport, get_backend
+from .graph import Graph, GraphBuilder, GraphError, Node
+from .rules import RuleError
+
+__all__ = [
+    "__version__",
+    "Composite",
+    "Explainer",
+    "Graph",
+    "GraphBuilder",
+    "GraphError",
+    "InputError",
+    "Node",
+    "RelevanceReport",
+    "RuleError",
+    "composites",
+    "from_keras",
+    "from_torch",
+    "get_backend",
+    "get_composite",
+    "register_composite",
+    "rules",
+]
+
+
+def from_torch(module, example_input, **kwargs) -> Graph:
+    """Import a PyTorch ``nn.Module`` through torch.fx (see :mod:`fastlrp.importers.torch`)."""
+    from .importers.torch import from_torch as _from_torch
+
+    return _from_torch(module, example_input, **kwargs)
+
+
+def from_keras(model, **kwargs) -> Graph:
+    """Import a Keras 3 model or a ``.keras``/``.h5`` file (see :mod:`fastlrp.importers.keras`)."""
+    from .importers.keras import from_keras as _from_keras
+
+    return _from_keras(model, **kwargs)

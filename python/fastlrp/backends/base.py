@@ -1,0 +1,39 @@
+"""The contract between the engine and a backend.
+
+For every node of a graph, the engine asks the backend once per Explainer for a
+:class:`NodeOp` (``Backend.prepare``): this is where model-constant work is done
+(weight transforms such as W+, W-, W^2, flat counts, uploads to a device).
+Then, per batch:
+
+- ``out, ctx = op.forward(inputs)``: the layer's output and whatever the
+  relevance pass will need (inputs, z, stabilized denominators, ...);
+- ``[R_in, ...] = op.relevance(ctx, R)``: relevance at each input, given the
+  relevance ``R`` at the output (same shape as ``out``).
+
+All arrays carry a leading batch axis. ``relevance`` may be called several times
+with the same ``ctx`` (several targets share one forward pass), so it must not
+modify ``ctx``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class NodeOp(Protocol):
+    def forward(self, inputs: list) -> tuple[np.ndarray, Any]: ...
+
+    def relevance(self, ctx: Any, R: np.ndarray) -> list: ...
+
+
+class Backend(Protocol):
+    name: str
+    dtype: np.dtype
+
+    def prepare(self, graph, node, rule) -> NodeOp: ...
+
+
+class BackendError(RuntimeError):
+    """A backend is missing or cannot run this node."""

@@ -1,0 +1,231 @@
+"""LRP rules as data.
+
+A rule is a small frozen dataclass: its kind and parameters. Backends read
+``rule.kind`` and the fields; nothing here computes. Formulas follow zennit's
+semantics (see DESIGN.md section 2). Notation: a layer computes ``z = W x + b``;
+``x+ = max(x, 0)``, ``x- = min(x, 0)`` and likewise for ``W`` and ``b``; the
+stabilizer is ``s(z) = z + eps * sign(z)`` with ``sign(0) = +1``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+__all__ = [
+    "Rule",
+    "Epsilon",
+    "ZPlus",
+    "AlphaBeta",
+    "Gamma",
+    "ZBox",
+    "Flat",
+    "WSquare",
+    "Norm",
+    "Pass",
+    "WinnerTakesAll",
+    "RuleError",
+    "PARAMETRIC_RULES",
+]
+
+
+class RuleError(ValueError):
+    """A rule was given invalid arguments, or applied to a layer it does not fit."""
+
+
+def _check_eps(name: str, value: float) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise RuleError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Base class. ``kind`` names the rule for backends."""
+
+    kind = "rule"
+
+    def params(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __str__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items() if not isinstance(v, np.ndarray))
+        return f"{type(self).__name__}({args})"
+
+
+@dataclass(frozen=True)
+class Epsilon(Rule):
+    """``R_in = x * W^T [R / s(W x + b)]``.
+
+    Parameters
+    ----------
+    epsilon : float
+        Stabilizer added with the sign of ``z`` (default 1e-6, as zennit).
+    zero_bias : bool
+        Drop the bias from ``z`` (iNNvestigate's "ignore bias"; zennit's
+        ``zero_params=['bias']``).
+    """
+
+    epsilon: float = 1e-6
+    zero_bias: bool = False
+    kind = "epsilon"
+
+    def __post_init__(self):
+        _check_eps("Epsilon.epsilon", self.epsilon)
+
+
+@dataclass(frozen=True)
+class ZPlus(Rule):
+    """``z+ = W+ x+ + W- x- + b+``; ``R_in = x+ * W+^T g + x- * W-^T g``, ``g = R / s(z+)``.
+
+    Inputs are split by sign, not only weights: positive contributions come
+    from positive inputs through positive weights and negative inputs through
+    negative weights.
+    """
+
+    stabilizer: float = 1e-6
+    zero_bias: bool = False
+    kind = "zplus"
+
+    def __post_init__(self):
+        _check_eps("ZPlus.stabilizer", self.stabilizer)
+
+
+@dataclass(frozen=True)
+class AlphaBeta(Rule):
+    """``R_in = a (x+ W+^T ga + x- W-^T ga) - b (x+ W-^T gb + x- W+^T gb)``.
+
+    ``za = W+ x+ + W- x- + b+``, ``zb = W- x+ + W+ x- + b-``,
+    ``ga = R / s(za)``, ``gb = R / s(zb)``; needs ``alpha - beta = 1``,
+    ``alpha, beta >= 0``.
+    """
+
+    alpha: float = 2.0
+    beta: float = 1.0
+    stabilizer: float = 1e-6
+    zero_bias: bool = False
+    kind = "alphabeta"
+
+    def __post_init__(self):
+        a, b = float(self.alpha), float(self.beta)
+        if not (math.isfinite(a) and math.isfinite(b)) or a < 0 or b < 0:
+            raise RuleError(f"AlphaBeta needs alpha >= 0 and beta >= 0, got alpha={a}, beta={b}")
+        if abs((a - b) - 1.0) > 1e-9:
+            raise RuleError(f"AlphaBeta needs alpha - beta = 1 to conserve relevance, got alpha={a}, beta={b}")
+        _check_eps("AlphaBeta.stabilizer", self.stabilizer)
+
+
+@dataclass(frozen=True)
+class Gamma(Rule):
+    """Gamma rule with zennit's sign handling.
+
+    ``Wu = W + g W+``, ``Wd = W + g W-`` (biases likewise); ``zp = Wu x+ + Wd x- + bu``,
+    ``zn = Wd x+ + Wu x- + bd``; ``gp = [z > 0] R / s(zp)``, ``gn = [z < 0] R / s(zn)``;
+    ``R_in = x+ Wu^T gp + x- Wd^T gp + x+ Wd^T gn + x- Wu^T gn``.
+    """
+
+    gamma: float = 0.25
+    stabilizer: float = 1e-6
+    zero_bias: bool = False
+    kind = "gamma"
+
+    def __post_init__(self):
+        g = float(self.gamma)
+        if not math.isfinite(g) or g < 0:
+            raise RuleError(f"Gamma needs gamma >= 0, got {g}")
+        _check_eps("Gamma.stabilizer", self.stabilizer)
+
+
+@dataclass(frozen=True)
+class ZBox(Rule):
+    """Bounded-input rule for the first layer.
+
+    ``zB = W x - W+ l - W- h`` (the bias cancels, as in zennit);
+    ``R_in = x W^T g - l W+^T g - h W-^T g`` with ``g = R / s(zB)``.
+
+    ``low`` and ``high`` are scalars or arrays broadcastable to one sample's
+    input shape (e.g. per-channel bounds of shape ``(C, 1, 1)``).
+    """
+
+    low: object = 0.0
+    high: object = 1.0
+    stabilizer: float = 1e-6
+    kind = "zbox"
+
+    def __post_init__(self):
+        low = np.asarray(self.low, dtype=np.float64)
+        high = np.asarray(self.high, dtype=np.float64)
+        if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
+            raise RuleError("ZBox bounds must be finite")
+        if np.any(np.broadcast_to(low, np.broadcast_shapes(low.shape, high.shape)) > high):
+            raise RuleError(f"ZBox needs low <= high, got low={self.low}, high={self.high}")
+        _check_eps("ZBox.stabilizer", self.stabilizer)
+
+    def __hash__(self):
+        return hash((self.kind, np.asarray(self.low).tobytes(), np.asarray(self.high).tobytes(), self.stabilizer))
+
+    def __eq__(self, other):
+        return (
+            isinstance(other, ZBox)
+            and np.array_equal(np.asarray(self.low), np.asarray(other.low))
+            and np.array_equal(np.asarray(self.high), np.asarray(other.high))
+            and self.stabilizer == other.stabilizer
+        )
+
+
+@dataclass(frozen=True)
+class Flat(Rule):
+    """``R_in = 1^T [R / s(n)]``: spread uniformly over the receptive field
+    (``n`` counts the in-bounds taps feeding each output; padding excluded)."""
+
+    stabilizer: float = 1e-6
+    kind = "flat"
+
+    def __post_init__(self):
+        _check_eps("Flat.stabilizer", self.stabilizer)
+
+
+@dataclass(frozen=True)
+class WSquare(Rule):
+    """``R_in = (W^2)^T [R / s(W^2 1 + b^2)]`` (zennit squares the bias)."""
+
+    stabilizer: float = 1e-6
+    zero_bias: bool = False
+    kind = "wsquare"
+
+    def __post_init__(self):
+        _check_eps("WSquare.stabilizer", self.stabilizer)
+
+
+@dataclass(frozen=True)
+class Norm(Rule):
+    """``R_in = x * J^T [R / s(f(x))]``: each input gets its share of the
+    output. Used for average pooling (per channel) and residual sums."""
+
+    stabilizer: float = 1e-6
+    kind = "norm"
+
+    def __post_init__(self):
+        _check_eps("Norm.stabilizer", self.stabilizer)
+
+
+@dataclass(frozen=True)
+class Pass(Rule):
+    """``R_in = R``: elementwise activations, unfolded BatchNorm, routing."""
+
+    kind = "pass"
+
+
+@dataclass(frozen=True)
+class WinnerTakesAll(Rule):
+    """Max pooling: relevance goes to each window's arg-max (the gradient's
+    routing; overlapping windows accumulate). The default for max pooling."""
+
+    kind = "winner"
+
+
+#: Rules that need a dense/conv layer's weights.
+PARAMETRIC_RULES = ("epsilon", "zplus", "alphabeta", "gamma", "zbox", "flat", "wsquare")
