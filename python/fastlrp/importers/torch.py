@@ -1,0 +1,846 @@
+"""Import PyTorch models into the fastlrp graph IR through ``torch.fx``.
+
+``from_torch(module, example_input)`` traces the module symbolically (so residual
+adds, ``torch.cat``, ``view``/``flatten`` and functional activations written in
+``forward`` are seen), runs the example input through the traced graph to learn
+every tensor's shape, and converts node by node. Parameters are copied to
+float64 NumPy arrays; the user's model is never modified (its train/eval mode
+is restored after the import).
+
+BatchNorm handling
+------------------
+- A BatchNorm directly after a dense/conv layer whose output feeds nothing else
+  is folded into that layer: ``W' = W * s``, ``b' = (b - mean) * s + beta``
+  with ``s = gamma / sqrt(var + eps)`` per output channel.
+- A BatchNorm whose output feeds only a dense layer, or a conv layer without
+  padding, is folded into that layer's input side (exact in these cases only:
+  with zero padding the shift would have to vanish at the borders).
+- Any other BatchNorm becomes a ``batchnorm`` node (``y = x * scale + shift``)
+  and a warning names it.
+
+A softmax / log_softmax / sigmoid at the output is stripped (with a warning)
+unless ``keep_output_activation=True``.
+
+torch is imported lazily by :func:`from_torch`, so importing this module does
+not need torch.
+"""
+
+from __future__ import annotations
+
+import operator
+import warnings
+
+import numpy as np
+
+from ..graph import Graph, GraphError, Node
+
+__all__ = ["from_torch", "UnsupportedLayerError"]
+
+
+class UnsupportedLayerError(GraphError):
+    """A module or function in the model has no fastlrp equivalent (the message names it and where it is)."""
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+class _Meta:
+    """A non-tensor value in the traced graph (an int from ``x.size(0)``, a shape, a constant)."""
+
+    def __init__(self, value, origin):
+        self.value = value
+        self.origin = origin
+
+
+def _arg(node, i, name, default=None):
+    """Positional argument ``i`` or keyword ``name`` of an fx node."""
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+def _tup(v, d):
+    if isinstance(v, (list, tuple)):
+        v = tuple(int(x) for x in v)
+        if len(v) == 1 and d > 1:
+            v = v * d
+        return v
+    return (int(v),) * d
+
+
+def _np(t):
+    """Copy a tensor to a float64 NumPy array (never a view of the model's storage)."""
+    return t.detach().cpu().double().numpy().copy()
+
+
+def _type_name(mod):
+    cls = type(mod)
+    if cls.__module__.startswith("torch.nn"):
+        return f"nn.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__name__}"
+
+
+def _func_name(target):
+    if isinstance(target, str):
+        return target
+    mod = getattr(target, "__module__", None) or ""
+    name = getattr(target, "__name__", None) or repr(target)
+    if mod in ("_operator", "operator"):
+        return f"operator.{name}"
+    if mod.startswith("torch.nn.functional") or mod == "torch._C._nn":
+        return f"F.{name}"
+    if mod.startswith("torch"):
+        return f"torch.{name}"
+    return f"{mod}.{name}" if mod else name
+
+
+_OUTPUT_ACTIVATIONS = ("softmax", "log_softmax", "sigmoid")
+
+
+# --------------------------------------------------------------------------------------------
+# the converter
+
+
+class _Converter:
+    def __init__(self, torch, gm, values, tensor_nodes, keep_output_activation):
+        self.torch = torch
+        self.gm = gm
+        self.values = values  # fx node name -> shape tuple (tensors) or python value
+        self.tensor_nodes = tensor_nodes  # names of fx nodes whose value is a tensor
+        self.keep_output_activation = keep_output_activation
+        self.modules = dict(gm.named_modules())
+        self.nodes: list[Node] = []
+        self.env: dict = {}  # fx node -> graph node name, or _Meta
+        self.used_names: set = set()
+        self.bn_info: dict = {}  # graph node name -> dict(scale, shift, module path) for BN nodes
+        self._build_tables()
+
+    # -- tables -------------------------------------------------------------------
+    def _build_tables(self):
+        torch = self.torch
+        F = torch.nn.functional
+        nn = torch.nn
+        T = torch.Tensor
+
+        def ids(*fs):
+            return [f for f in fs if f is not None]
+
+        g = lambda mod, n: getattr(mod, n, None)  # noqa: E731
+        self.fn_kind: dict = {}
+
+        def reg(kind, *fs):
+            for f in ids(*fs):
+                self.fn_kind[f] = kind
+
+        reg("add", operator.add, operator.iadd, torch.add, g(T, "add"), g(T, "__add__"), g(T, "__iadd__"))
+        reg("cat", torch.cat, g(torch, "concat"), g(torch, "concatenate"))
+        reg("flatten", torch.flatten)
+        reg("reshape", torch.reshape, torch.squeeze, torch.unsqueeze)
+        reg("permute", torch.permute)
+        reg("transpose", torch.transpose, g(torch, "swapaxes"), g(torch, "swapdims"))
+        reg("relu", F.relu, torch.relu, g(torch, "relu_"), g(F, "relu_"))
+        reg("leaky_relu", F.leaky_relu, g(F, "leaky_relu_"))
+        reg("elu", F.elu, g(F, "elu_"))
+        reg("tanh", torch.tanh, g(F, "tanh"))
+        reg("sigmoid", torch.sigmoid, g(F, "sigmoid"))
+        reg("gelu", F.gelu)
+        reg("silu", F.silu)
+        reg("softplus", F.softplus)
+        reg("softmax", F.softmax, torch.softmax)
+        reg("log_softmax", F.log_softmax, torch.log_softmax)
+        reg("dropout", F.dropout, g(F, "dropout1d"), g(F, "dropout2d"), g(F, "dropout3d"), g(F, "alpha_dropout"),
+            g(F, "feature_alpha_dropout"), g(torch, "dropout"))
+        reg("mean", torch.mean)
+        reg("adaptive_avg_pool", F.adaptive_avg_pool1d, F.adaptive_avg_pool2d)
+        reg("max_pool", F.max_pool1d, F.max_pool2d, g(torch, "max_pool1d"), g(torch, "max_pool2d"))
+        reg("avg_pool", F.avg_pool1d, F.avg_pool2d, g(torch, "avg_pool1d"))
+        self.fn_dims = {F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2, F.max_pool1d: 1, F.max_pool2d: 2,
+                        F.avg_pool1d: 1, F.avg_pool2d: 2}
+        for n, d in (("max_pool1d", 1), ("max_pool2d", 2), ("avg_pool1d", 1)):
+            if hasattr(torch, n):
+                self.fn_dims[getattr(torch, n)] = d
+
+        self.method_kind = {
+            "add": "add", "add_": "add", "__add__": "add", "__iadd__": "add",
+            "view": "reshape", "reshape": "reshape", "flatten": "flatten", "squeeze": "reshape",
+            "unsqueeze": "reshape", "view_as": "reshape", "reshape_as": "reshape",
+            "contiguous": "identity", "clone": "identity", "detach": "identity",
+            "permute": "permute", "transpose": "transpose", "swapaxes": "transpose",
+            "relu": "relu", "relu_": "relu", "tanh": "tanh", "tanh_": "tanh", "sigmoid": "sigmoid",
+            "sigmoid_": "sigmoid", "softmax": "softmax", "log_softmax": "log_softmax", "mean": "mean",
+            "size": "meta", "dim": "meta",
+        }
+
+        self.act_modules = {
+            nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.ELU: "elu", nn.Tanh: "tanh",
+            nn.Sigmoid: "sigmoid", nn.GELU: "gelu", nn.SiLU: "silu", nn.Softplus: "softplus",
+            nn.Softmax: "softmax", nn.LogSoftmax: "log_softmax",
+        }
+        self.identity_modules = tuple(
+            c for c in (nn.Identity, nn.Dropout, g(nn, "Dropout1d"), nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                        nn.FeatureAlphaDropout) if c is not None
+        )
+
+    # -- bookkeeping ----------------------------------------------------------------------
+    def unique(self, name):
+        base, k = name, 1
+        while name in self.used_names:
+            name = f"{base}_{k}"
+            k += 1
+        self.used_names.add(name)
+        return name
+
+    def add(self, fxnode, op, inputs, attrs=None, params=None, name=None, source=""):
+        nm = self.unique(name or fxnode.name)
+        params = {k: np.asarray(v, dtype=np.float64) for k, v in (params or {}).items() if v is not None}
+        self.nodes.append(Node(nm, op, list(inputs), dict(attrs or {}), params, (), source))
+        self.env[fxnode] = nm
+        return nm
+
+    def where(self, fxnode):
+        if fxnode.op == "call_module":
+            return f"'{fxnode.target}'"
+        return f"'{fxnode.name}'"
+
+    def unsupported(self, fxnode, what, why=""):
+        return UnsupportedLayerError(
+            f"unsupported {what} at {self.where(fxnode)}" + (f": {why}" if why else "")
+        )
+
+    def shape(self, fxnode):
+        """Full (batched) output shape of an fx node."""
+        v = self.values.get(fxnode.name)
+        if not isinstance(v, tuple) or not all(isinstance(s, int) for s in v) or fxnode.name not in self.tensor_nodes:
+            raise UnsupportedLayerError(f"fx node '{fxnode.name}' ({fxnode.op} {_func_name(fxnode.target)}) "
+                                        f"does not produce a single tensor")
+        return v
+
+    def sample_shape(self, fxnode):
+        return self.shape(fxnode)[1:]
+
+    def tensor_input(self, fxnode, arg, what):
+        """The graph node name of a tensor argument; errors for constants and non-graph values."""
+        torch = self.torch
+        if isinstance(arg, torch.fx.Node):
+            v = self.env.get(arg)
+            if isinstance(v, str):
+                return v
+            if isinstance(v, _Meta):
+                raise self.unsupported(fxnode, what, f"operand '{arg.name}' is a constant or parameter "
+                                       f"({v.origin}), not a tensor computed from the input")
+        raise self.unsupported(fxnode, what, f"operand {arg!r} is a constant, not a tensor computed from the input")
+
+    def check_batch(self, fxnode, what):
+        """The op must keep the batch axis in front."""
+        ins = [a for a in fxnode.all_input_nodes if isinstance(self.env.get(a), str)]
+        if not ins:
+            return
+        b = self.shape(ins[0])[0]
+        out = self.shape(fxnode)
+        if len(out) < 1 or out[0] != b or (b == 1 and len(out) < 2):
+            raise self.unsupported(fxnode, what, f"it changes the batch axis (input {self.shape(ins[0])} -> output "
+                                   f"{out}); only per-sample reshapes are supported")
+
+    # -- main loop ------------------------------------------------------------------------
+    def run(self):
+        torch = self.torch
+        out_fx = None
+        for n in self.gm.graph.nodes:
+            if n.op == "placeholder":
+                if n.name not in self.tensor_nodes:
+                    # extra (default) arguments of forward are constants
+                    self.env[n] = _Meta(self.values.get(n.name), f"argument '{n.name}'")
+                    continue
+                if any(isinstance(v, str) for v in self.env.values()):
+                    raise UnsupportedLayerError(
+                        f"the model takes more than one tensor input ('{n.name}'); only single-input models are supported")
+                nm = self.unique("input")
+                shape = self.sample_shape(n)
+                self.nodes.append(Node(nm, "input", [], {"shape": shape}, {}, shape, f"input '{n.name}'"))
+                self.env[n] = nm
+            elif n.op == "get_attr":
+                self.env[n] = _Meta(None, f"attribute '{n.target}'")
+            elif n.op == "call_module":
+                self.convert_module(n)
+            elif n.op == "call_function":
+                self.convert_function(n, n.target, _func_name(n.target))
+            elif n.op == "call_method":
+                self.convert_method(n)
+            elif n.op == "output":
+                out_fx = n
+            else:  # pragma: no cover
+                raise self.unsupported(n, f"fx op '{n.op}'")
+        arg = out_fx.args[0]
+        if not isinstance(arg, torch.fx.Node) or not isinstance(self.env.get(arg), str):
+            raise UnsupportedLayerError(
+                f"the model output must be a single tensor computed from the input, got {type(arg).__name__} "
+                f"({arg!r}); models with several outputs are not supported")
+        return self.env[arg]
+
+    # -- modules --------------------------------------------------------------------------
+    def convert_module(self, n):
+        torch = self.torch
+        nn = torch.nn
+        path = n.target
+        mod = self.modules[path]
+        tname = _type_name(mod)
+        what = f"module '{path}' ({tname})"
+        src = f"{path} ({type(mod).__name__})"
+
+        def inp():
+            if len(n.args) != 1 or n.kwargs:
+                raise UnsupportedLayerError(f"unsupported call of module '{path}' ({tname}): expected one tensor argument")
+            return self.tensor_input(n, n.args[0], f"module '{path}' ({tname})")
+
+        def unsup(why):
+            return UnsupportedLayerError(f"unsupported module '{path}' ({tname}): {why}")
+
+        if isinstance(mod, self.identity_modules):
+            self.env[n] = inp()
+            return
+        if type(mod) in (nn.Linear,) or (isinstance(mod, nn.Linear) and type(mod).forward is nn.Linear.forward):
+            x = inp()
+            if len(self.sample_shape(n.args[0])) != 1:
+                raise unsup(f"applied to per-sample shape {self.sample_shape(n.args[0])}; only 1-D features are supported")
+            self.add(n, "dense", [x], {}, {"weight": _np(mod.weight),
+                                           "bias": None if mod.bias is None else _np(mod.bias)}, name=path, source=src)
+            return
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d)) and type(mod).forward in (nn.Conv1d.forward, nn.Conv2d.forward):
+            x = inp()
+            d = 1 if isinstance(mod, nn.Conv1d) else 2
+            if mod.padding_mode != "zeros":
+                raise unsup(f"padding_mode='{mod.padding_mode}' (only 'zeros' is supported)")
+            self.add_conv(n, x, d, mod.weight, mod.bias, mod.stride, mod.padding, mod.dilation, mod.groups,
+                          name=path, source=src, unsup=unsup)
+            return
+        if isinstance(mod, (nn.MaxPool1d, nn.MaxPool2d)):
+            x = inp()
+            d = 1 if isinstance(mod, nn.MaxPool1d) else 2
+            if mod.return_indices:
+                raise unsup("return_indices=True")
+            self.add_maxpool(n, x, d, mod.kernel_size, mod.stride, mod.padding, mod.dilation, mod.ceil_mode,
+                             name=path, source=src, unsup=unsup)
+            return
+        if isinstance(mod, (nn.AvgPool1d, nn.AvgPool2d)):
+            x = inp()
+            d = 1 if isinstance(mod, nn.AvgPool1d) else 2
+            self.add_avgpool(n, x, d, mod.kernel_size, mod.stride, mod.padding, mod.ceil_mode, mod.count_include_pad,
+                             getattr(mod, "divisor_override", None), name=path, source=src, unsup=unsup)
+            return
+        if isinstance(mod, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
+            x = inp()
+            d = 1 if isinstance(mod, nn.AdaptiveAvgPool1d) else 2
+            self.add_adaptive(n, x, d, name=path, source=src, unsup=unsup)
+            return
+        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)) and type(mod).forward is nn.modules.batchnorm._BatchNorm.forward:
+            x = inp()
+            if mod.running_mean is None or mod.running_var is None:
+                raise unsup("track_running_stats=False (batch statistics at inference are not supported)")
+            var = _np(mod.running_var)
+            mean = _np(mod.running_mean)
+            gamma = _np(mod.weight) if mod.weight is not None else np.ones_like(mean)
+            beta = _np(mod.bias) if mod.bias is not None else np.zeros_like(mean)
+            scale = gamma / np.sqrt(var + float(mod.eps))
+            shift = beta - mean * scale
+            nm = self.add(n, "batchnorm", [x], {}, {"scale": scale, "shift": shift}, name=path, source=src)
+            self.bn_info[nm] = path
+            return
+        if isinstance(mod, nn.Flatten):
+            x = inp()
+            if mod.start_dim == 0 or (mod.start_dim < 0 and mod.start_dim + len(self.shape(n.args[0])) == 0):
+                raise unsup("start_dim=0 flattens the batch axis")
+            self.add_reshape(n, x, what, name=path, source=src)
+            return
+        if isinstance(mod, nn.Unflatten):
+            x = inp()
+            self.add_reshape(n, x, what, name=path, source=src)
+            return
+        for cls, kind in self.act_modules.items():
+            if type(mod) is cls:
+                x = inp()
+                attrs = {}
+                if kind == "leaky_relu":
+                    attrs["negative_slope"] = float(mod.negative_slope)
+                elif kind == "elu":
+                    attrs["alpha"] = float(mod.alpha)
+                elif kind == "gelu" and mod.approximate != "none":
+                    raise unsup(f"approximate='{mod.approximate}' (only the exact GELU is supported)")
+                elif kind == "softplus" and (float(mod.beta) != 1.0 or float(mod.threshold) != 20.0):
+                    raise unsup("only beta=1, threshold=20 is supported")
+                elif kind in ("softmax", "log_softmax"):
+                    self.check_softmax_dim(n, mod.dim, unsup)
+                self.add(n, "activation", [x], {"kind": kind, **attrs}, name=path, source=src)
+                return
+        raise UnsupportedLayerError(f"unsupported module '{path}' ({tname})")
+
+    # -- functions ------------------------------------------------------------------------
+    def convert_function(self, n, target, fname):
+        torch = self.torch
+        kind = self.fn_kind.get(target) if not isinstance(target, str) else None
+        what = f"function {fname}"
+        if target is getattr and len(n.args) >= 2:
+            base = n.args[0]
+            if n.args[1] in ("shape", "ndim", "dtype", "device") and isinstance(base, torch.fx.Node):
+                self.env[n] = _Meta(self.values.get(n.name), f"{base.name}.{n.args[1]}")
+                return
+            raise self.unsupported(n, f"attribute access .{n.args[1]}")
+        if target is operator.getitem:
+            base = n.args[0]
+            if isinstance(base, torch.fx.Node) and isinstance(self.env.get(base), _Meta):
+                self.env[n] = _Meta(self.values.get(n.name), f"{base.name}[...]")
+                return
+            raise self.unsupported(n, "indexing/slicing of a tensor (operator.getitem)")
+        if kind is None and fname.startswith("operator.") and n.all_input_nodes and all(
+            isinstance(self.env.get(a), _Meta) for a in n.all_input_nodes
+        ):
+            # arithmetic on sizes, e.g. x.size(1) * x.size(2)
+            self.env[n] = _Meta(self.values.get(n.name), fname)
+            return
+        if kind is None:
+            raise self.unsupported(n, what)
+        self.convert_kind(n, kind, what, target)
+
+    def convert_method(self, n):
+        kind = self.method_kind.get(n.target)
+        what = f"method Tensor.{n.target}"
+        if kind is None:
+            raise self.unsupported(n, what)
+        if kind == "meta":
+            self.env[n] = _Meta(self.values.get(n.name), f"{n.args[0]}.{n.target}()")
+            return
+        self.convert_kind(n, kind, what, None)
+
+    def convert_kind(self, n, kind, what, target):
+        torch = self.torch
+        args = n.args
+
+        def unsup(why):
+            return self.unsupported(n, what, why)
+
+        def x0():
+            return self.tensor_input(n, args[0] if args else n.kwargs.get("input"), what)
+
+        if kind == "identity":
+            self.env[n] = x0()
+            return
+        if kind == "dropout":
+            x = x0()
+            training = _arg(n, 2, "train" if target is getattr(torch, "dropout", None) else "training", True)
+            if training is True:
+                warnings.warn(f"{what} at '{n.name}' is called with training=True; fastlrp treats it as the identity "
+                              "(inference)", stacklevel=4)
+            self.env[n] = x
+            return
+        if kind == "add":
+            if len(args) < 2:
+                raise unsup("expected two operands")
+            alpha = _arg(n, 2, "alpha", 1)
+            if alpha != 1:
+                raise unsup(f"alpha={alpha} (only a plain sum x + y is supported)")
+            if n.kwargs.get("out") is not None:
+                raise unsup("out= argument")
+            a = self.tensor_input(n, args[0], what)
+            b = self.tensor_input(n, args[1], what)
+            sa, sb = self.sample_shape(args[0]), self.sample_shape(args[1])
+            if sa != sb:
+                raise unsup(f"operand shapes {sa} and {sb} differ (broadcasting is not supported)")
+            self.add(n, "add", [a, b], source=f"{n.name} ({what})")
+            return
+        if kind == "cat":
+            tensors = _arg(n, 0, "tensors")
+            dim = _arg(n, 1, "dim", 0)
+            if not isinstance(tensors, (list, tuple)):
+                raise unsup("expected a list of tensors")
+            ins = [self.tensor_input(n, t, what) for t in tensors]
+            rank = len(self.shape(n))
+            dim = int(dim) + rank if int(dim) < 0 else int(dim)
+            if dim == 0:
+                raise unsup("concatenation along the batch axis")
+            if len(ins) == 1:
+                self.env[n] = ins[0]
+                return
+            self.add(n, "concat", ins, {"axis": dim - 1}, source=f"{n.name} ({what})")
+            return
+        if kind in ("reshape", "flatten"):
+            x = x0()
+            if kind == "flatten":
+                start = int(_arg(n, 1, "start_dim", 0))
+                if start == 0 or start + len(self.shape(args[0])) == 0:
+                    raise unsup("start_dim=0 flattens the batch axis (flatten from axis 1)")
+            self.add_reshape(n, x, what, source=f"{n.name} ({what})")
+            return
+        if kind in ("permute", "transpose"):
+            x = x0()
+            rank = len(self.shape(args[0]))
+            if kind == "permute":
+                dims = list(args[1:]) if len(args) > 1 else list(n.kwargs.get("dims", ()))
+                if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+                    dims = list(dims[0])
+                perm = [int(d) % rank for d in dims]
+            else:
+                d0, d1 = int(_arg(n, 1, "dim0")) % rank, int(_arg(n, 2, "dim1")) % rank
+                perm = list(range(rank))
+                perm[d0], perm[d1] = perm[d1], perm[d0]
+            if perm[0] != 0:
+                raise unsup("it moves the batch axis")
+            sp = tuple(p - 1 for p in perm[1:])
+            if sp == tuple(range(rank - 1)):
+                self.env[n] = x
+                return
+            self.add(n, "permute", [x], {"perm": sp}, source=f"{n.name} ({what})")
+            return
+        if kind in ("relu", "leaky_relu", "elu", "tanh", "sigmoid", "gelu", "silu", "softplus",
+                    "softmax", "log_softmax"):
+            x = x0()
+            attrs = {}
+            if kind == "leaky_relu":
+                attrs["negative_slope"] = float(_arg(n, 1, "negative_slope", 0.01))
+            elif kind == "elu":
+                attrs["alpha"] = float(_arg(n, 1, "alpha", 1.0))
+            elif kind == "gelu":
+                if _arg(n, 1, "approximate", "none") != "none":
+                    raise unsup("approximate GELU (only the exact GELU is supported)")
+            elif kind == "softplus":
+                if float(_arg(n, 1, "beta", 1.0)) != 1.0 or float(_arg(n, 2, "threshold", 20.0)) != 20.0:
+                    raise unsup("only beta=1, threshold=20 is supported")
+            elif kind in ("softmax", "log_softmax"):
+                self.check_softmax_dim(n, _arg(n, 1, "dim", None), unsup)
+            self.add(n, "activation", [x], {"kind": kind, **attrs}, source=f"{n.name} ({what})")
+            return
+        if kind == "mean":
+            x = x0()
+            dim = _arg(n, 1, "dim", None)
+            keepdim = bool(_arg(n, 2, "keepdim", False))
+            if n.kwargs.get("dtype") is not None:
+                raise unsup("dtype argument")
+            full = self.shape(args[0])
+            rank = len(full)
+            if dim is None:
+                raise unsup("mean over all axes (includes the batch axis)")
+            dims = {int(d) % rank for d in (dim if isinstance(dim, (list, tuple)) else (dim,))}
+            if 0 in dims or 1 in dims or rank not in (3, 4):
+                raise unsup(f"mean over axes {sorted(dims)} of a tensor of shape {full}; only means over the spatial "
+                            "axes of (N, C, L) or (N, C, H, W) tensors are supported")
+            d = rank - 2
+            out_size = tuple(1 if (2 + i) in dims else full[2 + i] for i in range(d))
+            src = f"{n.name} ({what})"
+            pooled = self.add(n, "adaptive_avgpool", [x], {"dims": d, "output_size": out_size}, source=src)
+            if not keepdim:
+                self.add(n, "reshape", [pooled], {"shape": self.sample_shape(n)}, name=f"{n.name}_reshape", source=src)
+            return
+        if kind == "adaptive_avg_pool":
+            x = x0()
+            self.add_adaptive(n, x, self.fn_dims[target], source=f"{n.name} ({what})", unsup=unsup)
+            return
+        if kind == "max_pool":
+            x = x0()
+            if _arg(n, 6, "return_indices", False):
+                raise unsup("return_indices=True")
+            self.add_maxpool(n, x, self.fn_dims[target], _arg(n, 1, "kernel_size"), _arg(n, 2, "stride", None),
+                             _arg(n, 3, "padding", 0), _arg(n, 4, "dilation", 1), _arg(n, 5, "ceil_mode", False),
+                             source=f"{n.name} ({what})", unsup=unsup)
+            return
+        if kind == "avg_pool":
+            x = x0()
+            d = self.fn_dims[target]
+            self.add_avgpool(n, x, d, _arg(n, 1, "kernel_size"), _arg(n, 2, "stride", None), _arg(n, 3, "padding", 0),
+                             _arg(n, 4, "ceil_mode", False), _arg(n, 5, "count_include_pad", True),
+                             _arg(n, 6, "divisor_override", None) if d == 2 else None,
+                             source=f"{n.name} ({what})", unsup=unsup)
+            return
+        raise unsup("")  # pragma: no cover
+
+    # -- layer builders ---------------------------------------------------------------------
+    def check_softmax_dim(self, n, dim, unsup):
+        rank = len(self.shape(n))
+        if dim is None:
+            dim = 0 if rank in (0, 1, 3) else 1  # torch's legacy implicit choice
+        if rank != 2 or int(dim) % rank != 1:
+            raise unsup(f"softmax over axis {dim} of a tensor of shape {self.shape(n)}; only a softmax over the "
+                        "features of a (N, classes) output is supported")
+
+    def add_conv(self, n, x, d, weight, bias, stride, padding, dilation, groups, name, source, unsup):
+        stride, dilation = _tup(stride, d), _tup(dilation, d)
+        k = tuple(weight.shape[2:])
+        if isinstance(padding, str):
+            if padding == "valid":
+                pads = ((0, 0),) * d
+            elif padding == "same":
+                pads = []
+                for i in range(d):
+                    total = dilation[i] * (k[i] - 1)
+                    pads.append((total // 2, total - total // 2))
+                pads = tuple(pads)
+            else:
+                raise unsup(f"padding='{padding}'")
+        else:
+            pads = tuple((p, p) for p in _tup(padding, d))
+        attrs = {"dims": d, "stride": stride, "padding": pads, "dilation": dilation, "groups": int(groups)}
+        self.add(n, "conv", [x], attrs, {"weight": _np(weight), "bias": None if bias is None else _np(bias)},
+                 name=name, source=source)
+
+    def add_maxpool(self, n, x, d, kernel, stride, padding, dilation, ceil_mode, name=None, source="", unsup=None):
+        kernel = _tup(kernel, d)
+        stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) else _tup(stride, d)
+        attrs = {"dims": d, "kernel": kernel, "stride": stride, "padding": tuple((p, p) for p in _tup(padding, d)),
+                 "dilation": _tup(dilation, d), "ceil_mode": bool(ceil_mode)}
+        self.add(n, "maxpool", [x], attrs, name=name, source=source)
+
+    def add_avgpool(self, n, x, d, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override,
+                    name=None, source="", unsup=None):
+        kernel = _tup(kernel, d)
+        stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) else _tup(stride, d)
+        attrs = {"dims": d, "kernel": kernel, "stride": stride, "padding": tuple((p, p) for p in _tup(padding, d)),
+                 "ceil_mode": bool(ceil_mode), "count_include_pad": bool(count_include_pad),
+                 "divisor_override": None if divisor_override is None else int(divisor_override)}
+        self.add(n, "avgpool", [x], attrs, name=name, source=source)
+
+    def add_adaptive(self, n, x, d, name=None, source="", unsup=None):
+        ins = self.sample_shape(n.args[0])
+        if len(ins) != d + 1:
+            raise unsup(f"input of per-sample shape {ins}; expected {d + 1} axes (channels first)")
+        out = self.sample_shape(n)
+        self.add(n, "adaptive_avgpool", [x], {"dims": d, "output_size": tuple(out[1:])}, name=name, source=source)
+
+    def add_reshape(self, n, x, what, name=None, source=""):
+        self.check_batch(n, what)
+        src_shape = self.sample_shape(n.args[0])
+        out = self.sample_shape(n)
+        if out == src_shape:
+            self.env[n] = x
+            return
+        self.add(n, "reshape", [x], {"shape": out}, name=name, source=source)
+
+
+# --------------------------------------------------------------------------------------------
+# BatchNorm folding
+
+
+def _fold_batchnorms(nodes: list, output: str, bn_paths: dict) -> tuple:
+    """Fold BatchNorm nodes into neighbouring dense/conv nodes where exact; returns (nodes, output)."""
+
+    def consumers():
+        c = {n.name: [] for n in nodes}
+        for n in nodes:
+            for i in n.inputs:
+                c[i].append(n)
+        return c
+
+    def rename_input(old, new):
+        for n in nodes:
+            n.inputs = [new if i == old else i for i in n.inputs]
+
+    by_name = {n.name: n for n in nodes}
+    out = output
+    # 1) BN right after a layer whose output feeds only the BN
+    for bn in [n for n in nodes if n.op == "batchnorm" and n.name in bn_paths]:
+        cons = consumers()
+        prev = by_name[bn.inputs[0]]
+        if prev.op not in ("dense", "conv") or len(cons[prev.name]) != 1 or prev.name == out:
+            continue
+        s, t = bn.params["scale"], bn.params["shift"]
+        w = prev.params["weight"]
+        if s.shape[0] != w.shape[0]:
+            continue
+        prev.params["weight"] = w * s.reshape((-1,) + (1,) * (w.ndim - 1))
+        b = prev.params.get("bias")
+        prev.params["bias"] = (b * s if b is not None else 0.0) + t
+        prev.source = f"{prev.source} + {bn.source} folded"
+        nodes.remove(bn)
+        rename_input(bn.name, prev.name)
+        if out == bn.name:
+            out = prev.name
+        del by_name[bn.name]
+    # 2) BN whose output feeds only a dense layer or an unpadded conv
+    for bn in [n for n in nodes if n.op == "batchnorm" and n.name in bn_paths]:
+        cons = consumers()
+        if bn.name == out or len(cons[bn.name]) != 1:
+            continue
+        nxt = cons[bn.name][0]
+        s, t = bn.params["scale"], bn.params["shift"]
+        w = nxt.params.get("weight")
+        b = nxt.params.get("bias")
+        b = np.zeros(w.shape[0]) if b is None and w is not None else b
+        if nxt.op == "dense":
+            if w.shape[1] != s.shape[0]:
+                continue
+            nb = b + w @ t
+            nw = w * s[None, :]
+        elif nxt.op == "conv" and all(p == (0, 0) for p in nxt.attrs["padding"]):
+            g = int(nxt.attrs.get("groups", 1))
+            cout, cin_g = w.shape[0], w.shape[1]
+            if cin_g * g != s.shape[0]:
+                continue
+            grp = np.arange(cout) // (cout // g)
+            s_o = s.reshape(g, cin_g)[grp]  # (out, in/groups)
+            t_o = t.reshape(g, cin_g)[grp]
+            extra = (1,) * (w.ndim - 2)
+            nw = w * s_o.reshape(s_o.shape + extra)
+            nb = b + (w * t_o.reshape(t_o.shape + extra)).reshape(cout, -1).sum(axis=1)
+        else:
+            continue
+        nxt.params["weight"] = nw
+        nxt.params["bias"] = nb
+        nxt.source = f"{bn.source} folded + {nxt.source}"
+        nodes.remove(bn)
+        rename_input(bn.name, bn.inputs[0])
+        del by_name[bn.name]
+    for bn in [n for n in nodes if n.op == "batchnorm" and n.name in bn_paths]:
+        warnings.warn(
+            f"BatchNorm '{bn_paths[bn.name]}' could not be folded into a neighbouring dense/conv layer; it is kept as "
+            f"an explicit batchnorm node '{bn.name}' (LRP passes relevance through it unchanged)",
+            stacklevel=3,
+        )
+    return nodes, out
+
+
+# --------------------------------------------------------------------------------------------
+# public entry point
+
+
+def _first_rank(torch, gm, modules):
+    """Per-sample rank the model expects, judged from the first rank-defining layer, or None."""
+    nn = torch.nn
+    ranks = ((nn.Linear, 1), (nn.Conv1d, 2), (nn.MaxPool1d, 2), (nn.AvgPool1d, 2), (nn.AdaptiveAvgPool1d, 2),
+             (nn.Conv2d, 3), (nn.MaxPool2d, 3), (nn.AvgPool2d, 3), (nn.AdaptiveAvgPool2d, 3), (nn.BatchNorm2d, 3))
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            mod = modules.get(n.target)
+            for cls, r in ranks:
+                if isinstance(mod, cls):
+                    return r
+            if isinstance(mod, (nn.Flatten, nn.BatchNorm1d)):
+                return None
+        elif n.op in ("call_function", "call_method") and n.op != "placeholder":
+            name = getattr(n.target, "__name__", n.target) if not isinstance(n.target, str) else n.target
+            if name in ("flatten", "view", "reshape", "cat", "mean", "squeeze", "unsqueeze", "permute", "transpose"):
+                return None
+            if name in ("max_pool1d", "avg_pool1d", "adaptive_avg_pool1d"):
+                return 2
+            if name in ("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"):
+                return 3
+    return None
+
+
+def from_torch(module, example_input, *, keep_output_activation: bool = False, name: str | None = None) -> Graph:
+    """Convert a PyTorch ``nn.Module`` to a fastlrp :class:`~fastlrp.graph.Graph`.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The model. It is traced with ``torch.fx.symbolic_trace`` in eval mode and is
+        not modified (its train/eval mode is restored afterwards).
+    example_input : torch.Tensor or array-like
+        One input, with a batch axis (``(N, C, H, W)``, usual) or without one
+        (``(C, H, W)``); used to learn every tensor's shape. Whether it has a batch
+        axis is judged from the first layer that fixes the rank (Linear: 1 axis,
+        Conv1d/pool1d: 2, Conv2d/pool2d/BatchNorm2d: 3); when that is ambiguous
+        (the model starts with a Flatten, a view or a BatchNorm1d) an input with
+        2 or more axes is taken to have a batch axis.
+    keep_output_activation : bool
+        Keep a final softmax / log_softmax / sigmoid as an activation node instead
+        of stripping it (default: strip, with a warning, and explain the logits).
+    name : str, optional
+        Model name stored in ``graph.meta["name"]`` (default: the class name).
+
+    Raises
+    ------
+    UnsupportedLayerError
+        For modules or functions without an equivalent, naming the module type or
+        function and its place (module path or fx node name); also when tracing fails.
+    """
+    import torch
+    import torch.fx
+
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"from_torch expects a torch.nn.Module, got {type(module).__name__}")
+    x = example_input if isinstance(example_input, torch.Tensor) else torch.as_tensor(np.asarray(example_input))
+    modes = {m: m.training for m in module.modules()}
+    try:
+        module.eval()
+        try:
+            gm = torch.fx.symbolic_trace(module)
+        except Exception as e:  # noqa: BLE001 - report any tracing failure clearly
+            raise UnsupportedLayerError(
+                f"torch.fx could not trace {type(module).__name__}: {type(e).__name__}: {e}. fastlrp needs a model "
+                "whose forward has no data-dependent control flow (if/for on tensor values)"
+            ) from e
+        modules = dict(gm.named_modules())
+        try:
+            param = next(module.parameters())
+            x = x.to(dtype=param.dtype, device=param.device)
+        except StopIteration:
+            x = x.to(dtype=torch.get_default_dtype()) if not x.is_floating_point() else x
+        rank = _first_rank(torch, gm, modules)
+        batched = not (x.ndim == 1 or (rank is not None and x.ndim == rank))
+        xb = x if batched else x.unsqueeze(0)
+        values, tensor_nodes = _propagate(torch, gm, xb)
+    finally:
+        for m, t in modes.items():
+            m.training = t
+
+    conv = _Converter(torch, gm, values, tensor_nodes, keep_output_activation)
+    out = conv.run()
+    nodes = conv.nodes
+
+    # output activation
+    by_name = {n.name: n for n in nodes}
+    last = by_name[out]
+    if last.op == "activation" and last.attrs.get("kind") in _OUTPUT_ACTIVATIONS:
+        if not keep_output_activation:
+            warnings.warn(
+                f"the output {last.attrs['kind']} '{last.name}' ({last.source}) is stripped: fastlrp explains the "
+                "logits (pass keep_output_activation=True to keep it)", stacklevel=2)
+            nodes.remove(last)
+            out = last.inputs[0]
+            by_name.pop(last.name)
+    for n in nodes:
+        if n.op == "activation" and n.attrs.get("kind") in ("softmax", "log_softmax") and n.name != out:
+            raise UnsupportedLayerError(
+                f"unsupported {n.attrs['kind']} at '{n.name}' ({n.source}): a softmax is only supported at the output")
+
+    # drop nodes that do not lead to the output (dead branches)
+    needed = {out}
+    for n in reversed(nodes):
+        if n.name in needed:
+            needed.update(n.inputs)
+    nodes = [n for n in nodes if n.name in needed or n.op == "input"]
+
+    nodes, out = _fold_batchnorms(nodes, out, conv.bn_info)
+    meta = {"importer": "fastlrp.importers.torch", "framework": f"torch {torch.__version__}",
+            "name": name if name is not None else type(module).__name__, "layout": "channels_first"}
+    try:
+        return Graph(nodes, output=out, meta=meta)
+    except GraphError as e:
+        raise GraphError(f"import of {type(module).__name__} produced an invalid graph: {e}") from e
+
+
+def _propagate(torch, gm, x):
+    """Run ``x`` through the traced module; record each node's output shape (tensors) or value."""
+    values: dict = {}
+    tensor_nodes: set = set()
+
+    class _Rec(torch.fx.Interpreter):
+        def run_node(self, n):
+            r = super().run_node(n)
+            if isinstance(r, torch.Tensor):
+                values[n.name] = tuple(int(s) for s in r.shape)
+                tensor_nodes.add(n.name)
+            elif isinstance(r, (int, float, bool, str, type(None))) or (
+                isinstance(r, (tuple, list)) and all(isinstance(v, (int, float)) for v in r)
+            ):
+                values[n.name] = r if not isinstance(r, list) else tuple(r)
+            elif isinstance(r, torch.Size):
+                values[n.name] = tuple(r)
+            return r
+
+    try:
+        with torch.no_grad():
+            _Rec(gm).run(x)
+    except Exception as e:  # noqa: BLE001
+        raise UnsupportedLayerError(
+            f"running the example input of shape {tuple(x.shape)} through the traced model failed: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    return values, tensor_nodes
