@@ -20,7 +20,7 @@ try:
 except ImportError:  # pragma: no cover
     __version__ = "0.1.0"
 
-from . import composites, rules
+from . import composites, innvestigate, rules  # innvestigate registers the lrp.* composites
 from .composites import Composite, get_composite, register_composite
 from .explain import Explainer, InputError, RelevanceReport, get_backend
 from .graph import Graph, GraphBuilder, GraphError, Node

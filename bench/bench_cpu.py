@@ -1,0 +1,314 @@
+"""CPU benchmark: fastlrp against zennit 1.0.0, same process, same inputs, same threads.
+
+For each model, correctness comes first: every fastlrp backend is compared with
+the float64 reference backend and with zennit on a small batch. Then each
+(batch size, composite) is timed with the methods interleaved: one warm-up call
+each, then ``--repeats`` rounds, median reported. The FLOP limit is DESIGN.md
+section 3's: per layer, the GEMM work its rule really needs (a multiple of the
+layer's forward work, smaller when its input is known non-negative), at the
+forward GEMM rate torch reaches on this machine in this run.
+
+    python bench/bench_cpu.py                      # the full table of issue 3
+    python bench/bench_cpu.py --quick              # a small smoke run
+    python bench/bench_cpu.py --models vgg16 --batches 16 --composites epsilon_plus_flat
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+COMPOSITES = {
+    "epsilon_plus_flat": ("epsilon_plus_flat", "EpsilonPlusFlat", {}),
+    "epsilon_alpha2_beta1_flat": ("epsilon_alpha2_beta1_flat", "EpsilonAlpha2Beta1Flat", {}),
+    "epsilon_gamma_box": ("epsilon_gamma_box(low=-3, high=3)", "EpsilonGammaBox", {"low": -3.0, "high": 3.0}),
+}
+
+# GEMM work per rule in units of the layer's forward work (DESIGN.md section 3):
+# (forward-side units, backward units per target) for an input known non-negative,
+# then for a signed input. The forward pass itself is one forward-side unit; the
+# sign split doubles K for signed inputs ([x+ | x-] packing); model-constant sums
+# (flat counts, ZBox bound terms) cost nothing per call.
+LIMIT_MULTIPLE = {
+    "epsilon": ((1, 1), (1, 1)),
+    "flat": ((1, 1), (1, 1)),
+    "wsquare": ((1, 1), (1, 1)),
+    "zplus": ((2, 1), (3, 2)),
+    "alphabeta": ((2, 2), (3, 4)),
+    "gamma": ((2, 2), (3, 4)),
+    "zbox": ((1, 2), (1, 2)),
+}
+
+
+# ------------------------------------------------------------------------------------
+# machine and memory
+# ------------------------------------------------------------------------------------
+def machine_info() -> dict:
+    info = {"python": platform.python_version(), "platform": platform.platform()}
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info["logical_cpus"] = os.cpu_count()
+    return info
+
+
+def _rss_kib(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def measure_peak(fn):
+    """Run fn; return (result, peak extra resident memory in MiB over the RSS before)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the high-water mark
+        base = _rss_kib("VmRSS")
+        out = fn()
+        peak = _rss_kib("VmHWM")
+        return out, max(peak - base, 0) / 1024.0
+    except OSError:
+        return fn(), float("nan")
+
+
+# ------------------------------------------------------------------------------------
+# FLOP limit
+# ------------------------------------------------------------------------------------
+def _nonneg(graph, name, memo):
+    if name in memo:
+        return memo[name]
+    n = graph[name]
+    if n.op == "activation":
+        r = n.attrs["kind"] in ("relu", "sigmoid", "softplus")
+    elif n.op in ("maxpool", "avgpool", "adaptive_avgpool", "reshape", "permute", "concat", "add"):
+        r = all(_nonneg(graph, i, memo) for i in n.inputs)
+    else:
+        r = False
+    memo[name] = r
+    return r
+
+
+def layer_flops(graph, node) -> float:
+    w = node.params["weight"]
+    if node.op == "dense":
+        return 2.0 * w.shape[0] * w.shape[1]
+    return 2.0 * float(np.prod(node.shape)) * float(np.prod(w.shape[1:]))
+
+
+def forward_flops(graph) -> float:
+    return sum(layer_flops(graph, n) for n in graph.parametric())
+
+
+def limit_flops(graph, rules, targets: int = 1) -> float:
+    """GEMM FLOPs per sample that explaining ``targets`` outputs really needs."""
+    memo, total = {}, 0.0
+    for n in graph.parametric():
+        pos, signed = LIMIT_MULTIPLE[rules[n.name].kind]
+        fw, bw = pos if _nonneg(graph, n.inputs[0], memo) else signed
+        total += (fw + targets * bw) * layer_flops(graph, n)
+    return total
+
+
+# ------------------------------------------------------------------------------------
+# runners
+# ------------------------------------------------------------------------------------
+class ZennitRunner:
+    def __init__(self, zmodel, comp_key):
+        import torch
+        import zennit.composites as zc
+        from zennit.canonizers import SequentialMergeBatchNorm
+
+        _, cls, kw = COMPOSITES[comp_key]
+        self.torch = torch
+        self.model = zmodel
+        self.composite = getattr(zc, cls)(canonizers=[SequentialMergeBatchNorm()], **kw)
+        self.handles = self.composite.register(zmodel)
+
+    def __call__(self, x, targets):
+        torch = self.torch
+        xt = torch.from_numpy(x).requires_grad_(True)
+        out = self.model(xt)
+        results = []
+        for k, t in enumerate(targets):
+            seed = torch.zeros_like(out)
+            rows = torch.arange(out.shape[0])
+            seed[rows, t] = out[rows, t]
+            (g,) = torch.autograd.grad(out, xt, seed, retain_graph=k + 1 < len(targets))
+            results.append(g)
+        return results[0].numpy() if len(results) == 1 else torch.stack(results, 1).numpy()
+
+    def close(self):
+        self.composite.remove()
+
+
+def torch_forward_rate(model, x, repeats):
+    import torch
+
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        model(xt)
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(xt)
+            ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def max_rel_err(a, b):
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["mlp", "mnist_cnn", "vgg16", "resnet18"])
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 16, 64])
+    ap.add_argument("--composites", nargs="+", default=list(COMPOSITES))
+    ap.add_argument("--backends", nargs="+", default=["cpu", "numba"])
+    ap.add_argument("--targets10", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time explaining all 10 classes of each sample")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no-zennit", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="small models and batches, 2 repeats")
+    ap.add_argument("--json", type=str, default=None, help="write the rows to this JSON file")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.models, args.batches, args.repeats = ["mlp", "mnist_cnn"], [1, 16], 2
+
+    import torch
+
+    import fastlrp
+    from models import build
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    backends = []
+    for name in args.backends:
+        try:
+            fastlrp.get_backend(name)
+            backends.append(name)
+        except Exception as e:  # noqa: BLE001 - report and go on
+            print(f"# backend {name} unavailable: {e}")
+    try:
+        from fastlrp import _ext
+
+        if _ext.core is not None:
+            _ext.core.set_num_threads(args.threads)
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        import numba
+
+        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    except Exception:  # noqa: BLE001
+        pass
+    use_zennit = not args.no_zennit
+    if use_zennit:
+        try:
+            from fastlrp._zennit_compat import import_zennit
+
+            import_zennit()
+        except Exception as e:  # noqa: BLE001
+            print(f"# zennit unavailable ({e}); ratios to zennit are not reported")
+            use_zennit = False
+
+    info = machine_info()
+    info.update(torch=torch.__version__, fastlrp=fastlrp.__version__, threads=args.threads)
+    print("# machine:", json.dumps(info))
+    rows = []
+    rng = np.random.default_rng(0)
+    header = (f"{'model':<10} {'batch':>5} {'composite':<26} {'tgt':>3} {'method':<14} {'samples/s':>10} "
+              f"{'x zennit':>8} {'x limit':>8} {'peak MiB':>9} {'err vs ref':>10}")
+    for mname in args.models:
+        model, shape = build(mname)
+        zmodel = build(mname, zennit_sum=True)[0] if use_zennit else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = fastlrp.from_torch(model, torch.zeros((1, *shape)))
+        fwd_flops = forward_flops(graph)
+        xf = rng.standard_normal((max(args.batches), *shape)).astype(np.float32)
+        t_fwd = torch_forward_rate(model, xf[: max(args.batches)], args.repeats)
+        rate = fwd_flops * max(args.batches) / t_fwd
+        print(f"\n## {mname}: {fwd_flops / 1e9:.3f} GFLOP/sample forward; torch forward "
+              f"{max(args.batches) / t_fwd:.1f} samples/s = {rate / 1e9:.1f} GFLOP/s at batch {max(args.batches)}")
+        for comp in args.composites:
+            spec = COMPOSITES[comp][0]
+            ref = fastlrp.Explainer(graph, spec, backend="reference")
+            exps = {b: fastlrp.Explainer(graph, spec, backend=b) for b in backends}
+            zr = ZennitRunner(zmodel, comp) if use_zennit else None
+            # correctness first, on a small batch
+            xs = xf[:2]
+            want = ref.explain(xs.astype(np.float64))
+            errs = {b: max_rel_err(e.explain(xs), want) for b, e in exps.items()}
+            if zr is not None:
+                tgt = [ref.forward(xs.astype(np.float64)).argmax(axis=1)]
+                errs["zennit"] = max_rel_err(zr(xs, tgt), want)
+            print(f"# {mname} {comp}: max rel error vs float64 reference: "
+                  + ", ".join(f"{k} {v:.1e}" for k, v in errs.items()))
+            runs = [(b, 1) for b in args.batches] + ([(max(args.batches), 10)] if args.targets10 else [])
+            print(header)
+            for batch, ntgt in runs:
+                x = np.ascontiguousarray(xf[:batch])
+                out = ref.forward(x[:1].astype(np.float64))
+                k = out.shape[-1]
+                methods = {}
+                if ntgt == 1:
+                    tgt_np = np.argmax(exps[backends[0]].forward(x), axis=1) if backends else None
+                    for b, e in exps.items():
+                        methods[f"fastlrp-{b}"] = (lambda e=e, t=tgt_np: e.explain(x, target=t))
+                    if zr is not None:
+                        methods["zennit"] = (lambda t=tgt_np: zr(x, [t]))
+                else:
+                    allt = np.tile(np.arange(k), (batch, 1))
+                    for b, e in exps.items():
+                        methods[f"fastlrp-{b}"] = (lambda e=e: e.explain(x, target=allt))
+                    if zr is not None:
+                        methods["zennit"] = (lambda: zr(x, [allt[:, j] for j in range(k)]))
+                times = {m: [] for m in methods}
+                peaks = {m: 0.0 for m in methods}
+                for m, fn in methods.items():  # warm-up, and peak memory
+                    _, peaks[m] = measure_peak(fn)
+                for _ in range(args.repeats):
+                    for m, fn in methods.items():
+                        t0 = time.perf_counter()
+                        fn()
+                        times[m].append(time.perf_counter() - t0)
+                med = {m: statistics.median(v) for m, v in times.items()}
+                t_limit = limit_flops(graph, ref.rules, ntgt) * batch / rate
+                for m in methods:
+                    sps = batch / med[m]
+                    xz = (med["zennit"] / med[m]) if "zennit" in med else float("nan")
+                    xl = med[m] / t_limit
+                    err = errs.get(m.replace("fastlrp-", ""), float("nan"))
+                    row = dict(model=mname, batch=batch, composite=comp, targets=ntgt, method=m,
+                               samples_per_s=sps, ratio_zennit=xz, ratio_limit=xl, peak_mib=peaks[m],
+                               err_vs_ref=err, seconds=med[m])
+                    rows.append(row)
+                    print(f"{mname:<10} {batch:>5} {comp:<26} {ntgt:>3} {m:<14} {sps:>10.2f} {xz:>8.2f} "
+                          f"{xl:>8.2f} {peaks[m]:>9.1f} {err:>10.1e}", flush=True)
+            if zr is not None:
+                zr.close()
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,781 @@
+"""Import Keras 3 models into the fastlrp IR.
+
+:func:`from_keras` walks a Keras 3 ``Sequential`` or functional model (or a
+``.keras`` / legacy ``.h5`` file) in execution order and emits a
+:class:`fastlrp.graph.Graph`.
+
+Layout
+------
+Keras models are channels-last by default; the engine is channels-first. The
+importer tracks, for every Keras tensor, how the engine holds it: a per-sample
+axis permutation ``perm`` with ``engine_tensor = keras_tensor.transpose(perm)``.
+Convolutions and poolings want channels first, so a channels-last input is held
+transposed (``(H, W, C)`` as ``(C, H, W)``) and conv kernels are transposed
+once at import. Layers whose meaning depends on the memory order (``Flatten``,
+``Reshape``) get a ``permute`` node in front that restores the Keras order, so
+the ``Dense`` after a ``Flatten`` sees its features in the order it was trained
+with. Elementwise layers, ``Add``, ``Concatenate`` (axis remapped) and Keras
+``Permute`` layers keep whatever layout they get; ``Permute`` costs no node.
+
+When the input is held transposed, ``graph.meta["layout"]`` is
+``"channels_last"``, ``graph.meta["keras_input_shape"]`` the model's own
+per-sample input shape and ``graph.meta["input_perm"]`` the permutation;
+:func:`to_engine_layout` and :func:`from_engine_layout` convert inputs and
+relevance maps between the two layouts (batch-aware).
+
+BatchNormalization
+------------------
+A BatchNormalization directly after a Dense/Conv without activation (the
+Dense/Conv output read by nothing else) is folded into that layer; one directly
+before a Dense or an unpadded Conv (its output read by nothing else) is folded
+into the input side of that layer. Both are exact. Any other BatchNormalization
+becomes a ``batchnorm`` node (Pass rule) and the import warns.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+
+from ..graph import Graph, GraphError, Node, same_padding
+
+__all__ = [
+    "UnsupportedLayerError",
+    "from_keras",
+    "to_engine_layout",
+    "from_engine_layout",
+]
+
+
+class UnsupportedLayerError(GraphError):
+    """A Keras layer (or a use of one) that the importer cannot translate exactly."""
+
+
+# ----------------------------------------------------------------------------------
+# helpers
+
+
+def _keras():
+    try:
+        import keras  # noqa: F401
+    except ImportError as e:  # pragma: no cover - exercised only without keras
+        raise ImportError(
+            "fastlrp.from_keras needs Keras 3 (pip install keras h5py); "
+            "with no TensorFlow installed, set KERAS_BACKEND=torch (or jax) before importing keras"
+        ) from e
+    import keras
+
+    major = int(str(keras.__version__).split(".")[0])
+    if major < 3:
+        raise ImportError(f"fastlrp.from_keras needs Keras 3, found keras {keras.__version__}")
+    return keras
+
+
+def _np(v) -> np.ndarray | None:
+    if v is None:
+        return None
+    keras = _keras()
+    v = getattr(v, "value", v)  # a keras.Variable -> its backend tensor
+    if hasattr(v, "detach") and hasattr(v, "cpu"):  # torch backend: avoid numpy's __array__ copy warning
+        return np.array(v.detach().cpu().numpy(), dtype=np.float64)
+    return np.array(keras.ops.convert_to_numpy(v), dtype=np.float64)
+
+
+def _desc(layer) -> str:
+    return f"'{layer.name}' ({type(layer).__name__})"
+
+
+def _unsupported(layer, why: str = "") -> UnsupportedLayerError:
+    msg = f"Keras layer {_desc(layer)} is not supported by fastlrp.from_keras"
+    if why:
+        msg += f": {why}"
+    return UnsupportedLayerError(msg)
+
+
+def _ident(rank: int) -> tuple:
+    return tuple(range(rank))
+
+
+def _cf_perm(rank: int) -> tuple:
+    """Engine-from-Keras permutation of a channels-last tensor: channels first."""
+    return (rank - 1, *range(rank - 1)) if rank >= 2 else _ident(rank)
+
+
+def _inverse(perm) -> tuple:
+    inv = [0] * len(perm)
+    for i, p in enumerate(perm):
+        inv[p] = i
+    return tuple(inv)
+
+
+def _activation_of(fn, layer) -> tuple | None:
+    """Map a Keras activation function to ``(kind, attrs)``; ``None`` for linear."""
+    keras = _keras()
+    acts = keras.activations
+    table = [
+        ("linear", None),
+        ("relu", ("relu", {})),
+        ("tanh", ("tanh", {})),
+        ("sigmoid", ("sigmoid", {})),
+        ("elu", ("elu", {"alpha": 1.0})),
+        ("leaky_relu", ("leaky_relu", {"negative_slope": 0.2})),
+        ("gelu", ("gelu", {})),
+        ("silu", ("silu", {})),
+        ("swish", ("silu", {})),
+        ("softplus", ("softplus", {})),
+        ("softmax", ("softmax", {})),
+        ("log_softmax", ("log_softmax", {})),
+    ]
+    if fn is None:
+        return None
+    for name, out in table:
+        ref = getattr(acts, name, None)
+        if ref is not None and fn is ref:
+            return out
+    name = getattr(fn, "__name__", repr(fn))
+    raise _unsupported(layer, f"activation '{name}' (supported: {', '.join(n for n, _ in table)})")
+
+
+_IDENTITY_LAYERS = (
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "ActivityRegularization",
+    "Identity",
+)
+
+
+# ----------------------------------------------------------------------------------
+# the importer
+
+
+class _Importer:
+    def __init__(self, keep_output_activation: bool):
+        self.keras = _keras()
+        self.keep = keep_output_activation
+        self.nodes: list[Node] = []
+        self.names: set = set()
+        self.tensors: dict = {}  # tensor key -> (engine name, perm)
+        self.shapes: dict = {}  # engine name -> per-sample engine shape
+        self.seen_ops: dict = {}  # id(layer) -> where it was first used
+        self.folded: list = []
+        self.unfolded: list = []
+
+    # -- bookkeeping ---------------------------------------------------------------
+    @staticmethod
+    def key(t) -> tuple:
+        h = t._keras_history
+        return (id(h.operation), h.node_index, h.tensor_index)
+
+    def unique(self, name: str) -> str:
+        base, k = name, 1
+        while name in self.names:
+            name = f"{base}_{k}"
+            k += 1
+        self.names.add(name)
+        return name
+
+    def emit(self, name, op, inputs, attrs=None, params=None, shape=(), source="") -> str:
+        name = self.unique(name)
+        params = {k: np.asarray(v) for k, v in (params or {}).items() if v is not None}
+        node = Node(name, op, list(inputs), dict(attrs or {}), params, tuple(shape), source)
+        self.nodes.append(node)
+        self.shapes[name] = tuple(shape)
+        return name
+
+    def ensure(self, held: tuple, want: tuple, layer) -> str:
+        """Engine tensor ``held = (name, perm)`` rearranged to permutation ``want``."""
+        name, perm = held
+        if tuple(perm) == tuple(want):
+            return name
+        # engine axis i currently holds keras axis perm[i]; we want keras axis want[j] at j
+        pos = {k: i for i, k in enumerate(perm)}
+        p = tuple(pos[k] for k in want)
+        shape = self.shapes[name]
+        return self.emit(
+            f"{layer.name}/permute", "permute", [name], {"perm": p}, shape=tuple(shape[i] for i in p),
+            source=f"layout change before {_desc(layer)}",
+        )
+
+    # -- walking -------------------------------------------------------------------
+    def run(self, model) -> Graph:
+        keras = self.keras
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"from_keras expects a keras.Model or a path to a saved model, got {type(model).__name__}")
+        fn = self.functional(model)
+        if len(fn.inputs) != 1 or len(fn.outputs) != 1:
+            raise UnsupportedLayerError(
+                f"model '{model.name}' has {len(fn.inputs)} input(s) and {len(fn.outputs)} output(s); "
+                "fastlrp.from_keras supports models with exactly one input and one output"
+            )
+        inp = fn.inputs[0]
+        kshape = tuple(inp.shape[1:])
+        if any(s is None for s in kshape):
+            raise GraphError(
+                f"model '{model.name}': the input shape {tuple(inp.shape)} has unknown per-sample dimensions; "
+                "build the model with a fixed input shape (keras.Input(shape=...))"
+            )
+        kshape = tuple(int(s) for s in kshape)
+        perm = self.input_perm(fn, kshape)
+        eshape = tuple(kshape[p] for p in perm)
+        name = self.emit("input", "input", [], {"shape": eshape}, shape=eshape, source=f"{inp.name} (InputLayer)")
+        self.tensors[self.key(inp)] = (name, perm)
+
+        out = self.walk(fn, prefix="")
+        out_name, out_perm = out
+        if out_name == name:  # the model is an identity
+            out_name = self.emit("output", "activation", [name], {"kind": "identity"}, shape=self.shapes[name])
+        # the engine's output in the model's own layout
+        if len(out_perm) > 1 and tuple(out_perm) != _ident(len(out_perm)):
+            out_name = self.ensure((out_name, out_perm), _ident(len(out_perm)), _Named("output"))
+
+        nodes, out_name = self.post_process(out_name)
+        layout = "channels_last" if tuple(perm) != _ident(len(perm)) else "channels_first"
+        meta = {
+            "importer": "keras",
+            "framework": f"keras {keras.__version__} ({keras.backend.backend()} backend)",
+            "model_name": model.name,
+            "layout": layout,
+            "keras_input_shape": kshape,
+            "input_perm": tuple(perm),
+            "folded_batchnorm": self.folded,
+        }
+        if self.unfolded:
+            meta["unfolded_batchnorm"] = self.unfolded
+        return Graph(nodes, output=out_name, meta=meta)
+
+    def functional(self, model):
+        keras = self.keras
+        if isinstance(model, keras.Sequential):
+            fn = getattr(model, "_functional", None)
+            if fn is None:
+                raise GraphError(
+                    f"Sequential model '{model.name}' is not built: give it a keras.Input(shape=...) "
+                    "or call model.build(input_shape) first"
+                )
+            return fn
+        if not hasattr(model, "_nodes_by_depth"):
+            raise UnsupportedLayerError(
+                f"model '{model.name}' ({type(model).__name__}) is a subclassed model; fastlrp.from_keras needs "
+                "a Sequential or functional model (its graph cannot be read from a subclassed model's call())"
+            )
+        return model
+
+    def input_perm(self, fn, kshape) -> tuple:
+        rank = len(kshape)
+        if rank < 2:
+            return _ident(rank)
+        consumers = []
+        for depth in fn._nodes_by_depth:
+            for n in fn._nodes_by_depth[depth]:
+                if any(self.key(t) == self.key(fn.inputs[0]) for t in n.input_tensors):
+                    consumers.append(n.operation)
+        if any(getattr(op, "data_format", None) == "channels_first" for op in consumers):
+            return _ident(rank)
+        if consumers and all(type(op).__name__ in ("Flatten", "Reshape", "Permute", "Dense") for op in consumers):
+            return _ident(rank)
+        return _cf_perm(rank)
+
+    def walk(self, fn, prefix: str):
+        keras = self.keras
+        for depth in sorted(fn._nodes_by_depth, reverse=True):
+            for node in fn._nodes_by_depth[depth]:
+                op = node.operation
+                if isinstance(op, keras.layers.InputLayer):
+                    continue
+                ins = [self.tensors.get(self.key(t)) for t in node.input_tensors]
+                if any(i is None for i in ins):  # pragma: no cover - defensive
+                    raise GraphError(f"layer {_desc(op)}: an input tensor was not produced before it")
+                if id(op) in self.seen_ops:
+                    raise UnsupportedLayerError(
+                        f"Keras layer {_desc(op)} is used at more than one place in the model (shared layer); "
+                        "fastlrp.from_keras does not support shared layers: give each use its own layer"
+                    )
+                self.seen_ops[id(op)] = True
+                if len(node.output_tensors) != 1:
+                    raise _unsupported(op, f"it has {len(node.output_tensors)} outputs")
+                out_t = node.output_tensors[0]
+                kshape = tuple(int(s) for s in out_t.shape[1:])
+                if isinstance(op, keras.Model):
+                    inner = self.functional(op)
+                    if len(inner.inputs) != 1 or len(inner.outputs) != 1 or len(ins) != 1:
+                        raise _unsupported(op, "nested models must have one input and one output")
+                    self.tensors[self.key(inner.inputs[0])] = ins[0]
+                    res = self.walk(inner, prefix=f"{prefix}{op.name}/")
+                else:
+                    res = self.layer(op, ins, kshape, f"{prefix}{op.name}")
+                self.tensors[self.key(out_t)] = res
+                # the engine shape we hold must match the Keras shape
+                name, perm = res
+                if tuple(self.shapes[name]) != tuple(kshape[p] for p in perm):  # pragma: no cover - defensive
+                    raise GraphError(
+                        f"layer {_desc(op)}: internal shape mismatch, Keras {kshape}, engine {self.shapes[name]}"
+                    )
+        return self.tensors[self.key(fn.outputs[0])]
+
+    # -- one layer -------------------------------------------------------------------
+    def layer(self, layer, ins, kshape, name):
+        cls = type(layer).__name__
+        src = f"{layer.name} ({cls})"
+        rank = len(kshape)
+
+        if cls in _IDENTITY_LAYERS:
+            return ins[0]
+
+        if cls == "Dense":
+            x = self.ensure(ins[0], _ident(len(ins[0][1])), layer)
+            if len(self.shapes[x]) != 1:
+                raise _unsupported(
+                    layer, f"Dense applied to an input with {len(self.shapes[x])} axes {self.shapes[x]} "
+                    "(only 1-D features per sample; add a Flatten first)")
+            k = _np(layer.kernel)
+            b = _np(layer.bias) if layer.use_bias else None
+            h = self.emit(name, "dense", [x], {}, {"weight": k.T.copy(), "bias": b}, (k.shape[1],), src)
+            return self.with_activation(layer, (h, (0,)), name, src)
+
+        if cls in ("Conv1D", "Conv2D", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D"):
+            return self.conv(layer, ins[0], kshape, name, src, cls)
+
+        if cls in ("MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D"):
+            d = int(cls[-2])
+            x, cf = self.spatial_in(layer, ins[0], d)
+            k = tuple(int(v) for v in layer.pool_size)
+            s = tuple(int(v) for v in (layer.strides if layer.strides is not None else k))
+            shape = self.shapes[x]
+            if layer.padding == "valid":
+                pads = ((0, 0),) * d
+            elif layer.padding == "same":
+                pads = tuple(same_padding(shape[1 + i], k[i], s[i]) for i in range(d))
+            else:
+                raise _unsupported(layer, f"padding '{layer.padding}'")
+            if cls.startswith("Max"):
+                attrs = {"dims": d, "kernel": k, "stride": s, "padding": pads, "dilation": (1,) * d, "ceil_mode": False}
+                op = "maxpool"
+            else:
+                attrs = {"dims": d, "kernel": k, "stride": s, "padding": pads, "ceil_mode": False,
+                         "count_include_pad": False, "divisor_override": None}
+                op = "avgpool"
+                if any(a != b for a, b in pads) and self.keras.backend.backend() == "torch":
+                    warnings.warn(
+                        f"fastlrp.from_keras: {src} uses 'same' padding with uneven borders {pads}; fastlrp "
+                        "follows TensorFlow's definition (the padding is left out of the average), while Keras' "
+                        "torch backend replicates the edge values there, so outputs at those borders differ "
+                        "from this Keras backend's",
+                        stacklevel=5,
+                    )
+            out = self.out_spatial(kshape, cf, d)
+            return (self.emit(name, op, [x], attrs, None, out, src), cf)
+
+        if cls in ("GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D"):
+            d = int(cls[-2])
+            x, cf = self.spatial_in(layer, ins[0], d)
+            shape = self.shapes[x]
+            pooled = (shape[0],) + (1,) * d
+            if "Average" in cls:
+                h = self.emit(name, "adaptive_avgpool", [x], {"dims": d, "output_size": (1,) * d}, None, pooled, src)
+            else:
+                sp = tuple(shape[1:])
+                attrs = {"dims": d, "kernel": sp, "stride": sp, "padding": ((0, 0),) * d,
+                         "dilation": (1,) * d, "ceil_mode": False}
+                h = self.emit(name, "maxpool", [x], attrs, None, pooled, src)
+            if getattr(layer, "keepdims", False):
+                return (h, cf)
+            return (self.emit(f"{name}/squeeze", "reshape", [h], {"shape": (shape[0],)}, None, (shape[0],), src), (0,))
+
+        if cls == "Flatten":
+            x = self.ensure(ins[0], _ident(len(ins[0][1])), layer)
+            if len(self.shapes[x]) == 1:
+                return (x, (0,))
+            n = int(np.prod(self.shapes[x]))
+            return (self.emit(name, "reshape", [x], {"shape": (n,)}, None, (n,), src), (0,))
+
+        if cls == "Reshape":
+            x = self.ensure(ins[0], _ident(len(ins[0][1])), layer)
+            return (self.emit(name, "reshape", [x], {"shape": kshape}, None, kshape, src), _ident(rank))
+
+        if cls == "Permute":
+            p = tuple(int(v) - 1 for v in layer.dims)  # keras out axis j = keras in axis p[j]
+            pinv = _inverse(p)
+            x, q = ins[0]
+            return (x, tuple(pinv[k] for k in q))
+
+        if cls == "Add":
+            want = ins[0][1]
+            xs = [self.ensure(i, want, layer) for i in ins]
+            return (self.emit(name, "add", xs, {}, None, self.shapes[xs[0]], src), want)
+
+        if cls == "Concatenate":
+            want = ins[0][1]
+            xs = [self.ensure(i, want, layer) for i in ins]
+            ax = int(layer.axis)
+            ax = ax - 1 if ax > 0 else ax + rank  # drop the batch axis
+            if not 0 <= ax < rank:
+                raise _unsupported(layer, f"concatenation along the batch axis (axis={layer.axis})")
+            eax = list(want).index(ax)
+            eshape = tuple(kshape[p] for p in want)
+            return (self.emit(name, "concat", xs, {"axis": eax}, None, eshape, src), want)
+
+        if cls == "BatchNormalization":
+            return self.batchnorm(layer, ins[0], kshape, name, src)
+
+        if cls == "Activation":
+            act = _activation_of(layer.activation, layer)
+            if act is None:
+                return ins[0]
+            return self.act(ins[0], act, name, src, layer)
+
+        if cls == "ReLU":
+            mv = layer.max_value
+            th = float(layer.threshold)
+            ns = float(layer.negative_slope)
+            if mv is not None or th != 0.0:
+                raise _unsupported(layer, f"ReLU with max_value={mv} and threshold={th} (only max_value=None, threshold=0)")
+            if ns != 0.0:
+                return self.act(ins[0], ("leaky_relu", {"negative_slope": ns}), name, src, layer)
+            return self.act(ins[0], ("relu", {}), name, src, layer)
+
+        if cls == "LeakyReLU":
+            return self.act(ins[0], ("leaky_relu", {"negative_slope": float(layer.negative_slope)}), name, src, layer)
+
+        if cls == "ELU":
+            return self.act(ins[0], ("elu", {"alpha": float(layer.alpha)}), name, src, layer)
+
+        if cls == "Softmax":
+            return self.act(ins[0], ("softmax", {}), name, src, layer)
+
+        raise _unsupported(layer)
+
+    # -- layer families ------------------------------------------------------------
+    def spatial_in(self, layer, held, d):
+        """Input of a conv/pool layer in channels-first engine layout, and the perm it implies."""
+        fmt = getattr(layer, "data_format", "channels_last")
+        rank = d + 1
+        if len(held[1]) != rank:
+            raise _unsupported(layer, f"expected an input with {rank} axes per sample, got {len(held[1])}")
+        want = _cf_perm(rank) if fmt == "channels_last" else _ident(rank)
+        return self.ensure(held, want, layer), want
+
+    @staticmethod
+    def out_spatial(kshape, perm, d):
+        return tuple(kshape[p] for p in perm)
+
+    def conv(self, layer, held, kshape, name, src, cls):
+        d = 1 if "1D" in cls else 2
+        x, cf = self.spatial_in(layer, held, d)
+        shape = self.shapes[x]
+        cin = shape[0]
+        s = tuple(int(v) for v in layer.strides)
+        dil = tuple(int(v) for v in layer.dilation_rate)
+        if len(s) == 1 and d == 2:
+            s = s * 2
+        if len(dil) == 1 and d == 2:
+            dil = dil * 2
+        b = _np(layer.bias) if layer.use_bias else None
+
+        def kernel_pads(ksz):
+            if layer.padding == "valid":
+                return ((0, 0),) * d
+            if layer.padding == "same":
+                return tuple(same_padding(shape[1 + i], ksz[i], s[i], dil[i]) for i in range(d))
+            if layer.padding == "causal" and d == 1:
+                return ((dil[0] * (ksz[0] - 1), 0),)
+            raise _unsupported(layer, f"padding '{layer.padding}'")
+
+        if cls in ("Conv1D", "Conv2D"):
+            k = _np(layer.kernel)  # (*kernel, in/groups, out)
+            w = np.ascontiguousarray(np.transpose(k, (d + 1, d) + tuple(range(d))))
+            groups = int(getattr(layer, "groups", 1))
+            attrs = {"dims": d, "stride": s, "padding": kernel_pads(k.shape[:d]), "dilation": dil, "groups": groups}
+            out = self.out_spatial(kshape, cf, d)
+            h = self.emit(name, "conv", [x], attrs, {"weight": w, "bias": b}, out, src)
+            return self.with_activation(layer, (h, cf), name, src)
+
+        # depthwise: kernel (*kernel, C, depth_multiplier) -> (C*dm, 1, *kernel)
+        dk = _np(layer.kernel if cls.startswith("Depthwise") else layer.depthwise_kernel)
+        dm = dk.shape[-1]
+        wd = np.transpose(dk, (d, d + 1) + tuple(range(d))).reshape((cin * dm, 1) + dk.shape[:d])
+        attrs = {"dims": d, "stride": s, "padding": kernel_pads(dk.shape[:d]), "dilation": dil, "groups": cin}
+        if cls.startswith("Depthwise"):
+            out = self.out_spatial(kshape, cf, d)
+            h = self.emit(name, "conv", [x], attrs, {"weight": np.ascontiguousarray(wd), "bias": b}, out, src)
+            return self.with_activation(layer, (h, cf), name, src)
+        # separable: depthwise (no bias) then pointwise 1x1 (with the bias)
+        from ..graph import conv_output_length
+
+        sp = tuple(
+            conv_output_length(shape[1 + i], dk.shape[i], s[i], attrs["padding"][i], dil[i]) for i in range(d)
+        )
+        h = self.emit(f"{name}/depthwise", "conv", [x], attrs, {"weight": np.ascontiguousarray(wd)},
+                      (cin * dm, *sp), src)
+        pk = _np(layer.pointwise_kernel)  # (*1, C*dm, out)
+        wp = np.ascontiguousarray(np.transpose(pk, (d + 1, d) + tuple(range(d))))
+        pattrs = {"dims": d, "stride": (1,) * d, "padding": ((0, 0),) * d, "dilation": (1,) * d, "groups": 1}
+        h = self.emit(f"{name}/pointwise", "conv", [h], pattrs, {"weight": wp, "bias": b},
+                      (wp.shape[0], *sp), src)
+        return self.with_activation(layer, (h, cf), name, src)
+
+    def with_activation(self, layer, held, name, src):
+        act = _activation_of(getattr(layer, "activation", None), layer)
+        if act is None:
+            return held
+        return self.act(held, act, f"{name}/activation", src, layer)
+
+    def act(self, held, act, name, src, layer):
+        kind, attrs = act
+        x, perm = held
+        if kind in ("softmax", "log_softmax"):
+            ax = getattr(layer, "axis", -1)
+            if isinstance(ax, (list, tuple)):
+                ax = ax[0] if len(ax) == 1 else None
+            if len(perm) != 1 or ax not in (-1, 1):
+                raise _unsupported(layer, f"{kind} over axis {ax} of a {len(perm)}-axis tensor (only over 1-D features)")
+        return (self.emit(name, "activation", [x], {"kind": kind, **attrs}, None, self.shapes[x], src), perm)
+
+    def batchnorm(self, layer, held, kshape, name, src):
+        rank = len(kshape)
+        ax = layer.axis
+        if isinstance(ax, (list, tuple)):
+            if len(ax) != 1:
+                raise _unsupported(layer, f"normalisation over several axes {ax}")
+            ax = ax[0]
+        ax = int(ax)
+        ax = ax - 1 if ax > 0 else ax + rank
+        x, perm = held
+        if list(perm).index(ax) != 0:
+            want = (ax,) + tuple(p for p in _ident(rank) if p != ax)
+            x = self.ensure(held, want, layer)
+            perm = want
+        var = _np(layer.moving_variance).astype(np.float64)
+        mean = _np(layer.moving_mean).astype(np.float64)
+        gamma = _np(layer.gamma).astype(np.float64) if layer.scale else np.ones_like(var)
+        beta = _np(layer.beta).astype(np.float64) if layer.center else np.zeros_like(var)
+        scale = gamma / np.sqrt(var + float(layer.epsilon))
+        shift = beta - mean * scale
+        dt = np.float64
+        h = self.emit(name, "batchnorm", [x], {}, {"scale": scale.astype(dt), "shift": shift.astype(dt)},
+                      self.shapes[x], src)
+        # keep float64 copies for exact folding
+        self._bn64 = getattr(self, "_bn64", {})
+        self._bn64[h] = (scale, shift)
+        return (h, perm)
+
+    # -- post-processing: fold BatchNorm, strip a final softmax -------------------------
+    def post_process(self, out_name):
+        nodes = self.nodes
+        index = {n.name: n for n in nodes}
+        bn64 = getattr(self, "_bn64", {})
+
+        def consumers(name):
+            return [n for n in nodes if name in n.inputs]
+
+        rename: dict = {}
+        removed: set = set()
+        for bn in [n for n in nodes if n.op == "batchnorm"]:
+            scale, shift = bn64[bn.name]
+            prod = index[bn.inputs[0]]
+            cons = consumers(bn.name)
+            # after a dense/conv (its output read only by this BatchNorm)
+            if prod.op in ("dense", "conv") and len(consumers(prod.name)) == 1:
+                w = prod.params["weight"].astype(np.float64)
+                b = prod.params.get("bias")
+                b = np.zeros(w.shape[0]) if b is None else b.astype(np.float64)
+                dt = prod.params["weight"].dtype
+                sh = (-1,) + (1,) * (w.ndim - 1)
+                prod.params["weight"] = (w * scale.reshape(sh)).astype(dt)
+                prod.params["bias"] = (b * scale + shift).astype(dt)
+                prod.source += f" + {bn.source} folded"
+                rename[bn.name] = prod.name
+                removed.add(bn.name)
+                self.folded.append(bn.source)
+                continue
+            # before a dense / unpadded conv (this BatchNorm read only by it)
+            if len(cons) == 1 and cons[0].op in ("dense", "conv") and bn.name != out_name:
+                c = cons[0]
+                ok = c.op == "dense" or all(p == (0, 0) for p in c.attrs["padding"])
+                if ok:
+                    w = c.params["weight"].astype(np.float64)
+                    b = c.params.get("bias")
+                    b = np.zeros(w.shape[0]) if b is None else b.astype(np.float64)
+                    dt = c.params["weight"].dtype
+                    if c.op == "dense":
+                        nb = b + w @ shift
+                        nw = w * scale[None, :]
+                    else:
+                        g = int(c.attrs.get("groups", 1))
+                        cout, cin_g = w.shape[0], w.shape[1]
+                        # input channel of weight[o, j] is (o // (cout/g)) * cin_g + j
+                        grp = np.arange(cout) // (cout // g)
+                        ch = grp[:, None] * cin_g + np.arange(cin_g)[None, :]  # (cout, cin_g)
+                        sc = scale[ch].reshape(cout, cin_g, *([1] * (w.ndim - 2)))
+                        shf = shift[ch].reshape(cout, cin_g, *([1] * (w.ndim - 2)))
+                        nb = b + (w * shf).reshape(cout, -1).sum(axis=1)
+                        nw = w * sc
+                    c.params["weight"] = nw.astype(dt)
+                    c.params["bias"] = nb.astype(dt)
+                    c.source += f" + {bn.source} folded into its input side"
+                    rename[bn.name] = bn.inputs[0]
+                    removed.add(bn.name)
+                    self.folded.append(bn.source)
+                    continue
+            self.unfolded.append(bn.source)
+            warnings.warn(
+                f"fastlrp.from_keras: BatchNormalization {bn.source} could not be folded into an adjacent "
+                "Dense/Conv layer (an activation or a branch sits in between); it stays as a 'batchnorm' node "
+                "that relevance passes through unchanged",
+                stacklevel=4,
+            )
+
+        def resolve(n):
+            while n in rename:
+                n = rename[n]
+            return n
+
+        kept = []
+        for n in nodes:
+            if n.name in removed:
+                continue
+            n.inputs = [resolve(i) for i in n.inputs]
+            kept.append(n)
+        out_name = resolve(out_name)
+
+        last = {n.name: n for n in kept}[out_name]
+        if last.op == "activation" and last.attrs.get("kind") in ("softmax", "log_softmax", "sigmoid") and not self.keep:
+            warnings.warn(
+                f"fastlrp.from_keras: the final {last.attrs['kind']} ({last.source}) is stripped, relevance "
+                "explains the logits; pass keep_output_activation=True to keep it",
+                stacklevel=4,
+            )
+            kept = [n for n in kept if n.name != out_name]
+            out_name = last.inputs[0]
+            if {n.name: n for n in kept}[out_name].op == "input":
+                out_name = kept[-1].name if kept[-1].op != "input" else out_name
+        # drop nodes that no longer feed the output
+        needed = {out_name}
+        for n in reversed(kept):
+            if n.name in needed:
+                needed.update(n.inputs)
+        kept = [n for n in kept if n.name in needed or n.op == "input"]
+        return kept, out_name
+
+
+class _Named:
+    def __init__(self, name):
+        self.name = name
+
+
+def _load(path):
+    keras = _keras()
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise FileNotFoundError(f"no Keras model file at '{p}'")
+    try:
+        return keras.saving.load_model(p, compile=False)
+    except Exception as e:  # pragma: no cover - depends on the file
+        raise GraphError(f"could not load the Keras model '{p}': {e}") from e
+
+
+def from_keras(model_or_path, *, keep_output_activation: bool = False) -> Graph:
+    """Import a Keras 3 model into a :class:`~fastlrp.graph.Graph`.
+
+    Parameters
+    ----------
+    model_or_path : keras.Model or str or os.PathLike
+        A ``Sequential`` or functional Keras 3 model with one input and one
+        output and fixed per-sample shapes, or a path to a ``.keras`` or
+        legacy ``.h5`` model file (loaded with ``keras.saving.load_model``).
+    keep_output_activation : bool
+        Keep a final softmax, log_softmax or sigmoid (by default it is
+        stripped with a warning, so that relevance explains the logits, as
+        :func:`fastlrp.from_torch` does).
+
+    Returns
+    -------
+    Graph
+        In the engine's channels-first layout. For channels-last models
+        ``graph.meta["layout"] == "channels_last"``; convert inputs with
+        :func:`to_engine_layout` and relevance back with
+        :func:`from_engine_layout`.
+
+    Raises
+    ------
+    UnsupportedLayerError
+        For a layer (or an option of a layer) without an exact translation,
+        shared layers, and models with several inputs or outputs; the message
+        names the layer and its class.
+    """
+    if isinstance(model_or_path, (str, os.PathLike)):
+        model = _load(model_or_path)
+    else:
+        model = model_or_path
+    return _Importer(keep_output_activation).run(model)
+
+
+# ----------------------------------------------------------------------------------
+# layout helpers
+
+
+def _sample_perm(graph) -> tuple | None:
+    meta = getattr(graph, "meta", {}) or {}
+    if meta.get("layout") != "channels_last":
+        return None
+    perm = meta.get("input_perm")
+    if perm is None:
+        rank = len(graph.input_shape)
+        perm = _cf_perm(rank)
+    return tuple(int(p) for p in perm)
+
+
+def _apply_trailing(x, perm):
+    """Permute the last ``len(perm)`` axes of ``x`` (NumPy or torch), keeping leading axes."""
+    k = len(perm)
+    lead = x.ndim - k
+    if lead < 0:
+        raise GraphError(f"array of shape {tuple(x.shape)} has fewer axes than one sample ({k})")
+    full = tuple(range(lead)) + tuple(lead + p for p in perm)
+    if hasattr(x, "permute") and not isinstance(x, np.ndarray):  # torch
+        return x.permute(*full)
+    return np.transpose(x, full)
+
+
+def to_engine_layout(x, graph):
+    """Input in the Keras model's layout -> the engine's layout.
+
+    ``x`` holds one sample (``keras_input_shape``) or any number of leading
+    axes before it (a batch: NHWC -> NCHW, NLC -> NCL). Identity for graphs
+    whose ``meta["layout"]`` is not ``"channels_last"``. Returns a view
+    (``np.transpose`` / ``Tensor.permute``); call ``np.ascontiguousarray`` if
+    a backend needs contiguous memory.
+    """
+    perm = _sample_perm(graph)
+    if perm is None:
+        return x
+    kshape = tuple(graph.meta.get("keras_input_shape", ()))
+    if kshape and tuple(x.shape[x.ndim - len(perm):]) != kshape:
+        raise GraphError(
+            f"input of shape {tuple(x.shape)} does not end with the model's per-sample input shape {kshape}"
+        )
+    return _apply_trailing(x, perm)
+
+
+def from_engine_layout(R, graph):
+    """Relevance in the engine's layout -> the Keras model's layout.
+
+    ``R`` holds one sample (the graph's ``input_shape``) or any leading axes
+    before it (batch, targets): NCHW -> NHWC, NCL -> NLC. Identity for graphs
+    whose ``meta["layout"]`` is not ``"channels_last"``.
+    """
+    perm = _sample_perm(graph)
+    if perm is None:
+        return R
+    eshape = tuple(graph.input_shape)
+    if tuple(R.shape[R.ndim - len(perm):]) != eshape:
+        raise GraphError(
+            f"relevance of shape {tuple(R.shape)} does not end with the engine's per-sample input shape {eshape}"
+        )
+    return _apply_trailing(R, _inverse(perm))
