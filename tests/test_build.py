@@ -1,0 +1,122 @@
+"""The installed package: extensions load, the CLI reports backends, CUDA is optional."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastlrp import _ext
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "fastlrp", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_core_extension_is_loaded():
+    assert _ext.core is not None, _ext.core_error
+    info = _ext.core.build_info()
+    assert {"compiler", "openmp", "simd_paths", "num_threads"} <= set(info)
+    assert info["num_threads"] >= 1
+    assert "generic" in info["simd_paths"]
+
+
+def test_extension_is_installed_not_from_source_tree():
+    # The tests must exercise the installed package (site-packages), not python/.
+    import fastlrp
+
+    assert "site-packages" in fastlrp.__file__ or "dist-packages" in fastlrp.__file__, fastlrp.__file__
+
+
+def test_info_command_reports_cpu_backend():
+    res = _run("info")
+    assert res.returncode == 0, res.stderr
+    import fastlrp
+
+    assert f"fastlrp {fastlrp.__version__}" in res.stdout
+    assert "numpy" in res.stdout
+    assert "reference : usable" in res.stdout
+    assert "cpu       : usable" in res.stdout
+    assert "cuda" in res.stdout and "numba" in res.stdout
+
+
+def test_no_command_prints_help():
+    res = _run()
+    assert res.returncode == 2
+    assert "info" in res.stdout
+
+
+def test_thread_control_roundtrip():
+    core = _ext.core
+    old = core.get_num_threads()
+    try:
+        core.set_num_threads(1)
+        assert core.get_num_threads() == 1
+    finally:
+        core.set_num_threads(old)
+    assert core.get_num_threads() == old
+
+
+def test_cuda_extension_imports_without_gpu():
+    # _ext never raises; when _cuda is built it must import and answer on any machine.
+    if _ext.cuda is None:
+        assert _ext.cuda_error
+        assert not _ext.cuda_available()
+        return
+    assert isinstance(_ext.cuda.available(), bool)
+    if not _ext.cuda_available():
+        assert _ext.cuda_unavailable_reason()
+
+
+def test_cuda_backend_error_is_clear_without_gpu():
+    if _ext.cuda_available():
+        pytest.skip("a GPU is available")
+    from fastlrp.backends.base import BackendError
+    from fastlrp.backends.cuda import CudaBackend
+
+    with pytest.raises(BackendError, match="CUDA backend"):
+        CudaBackend()
+
+
+def _gpu_or_skip():
+    if not _ext.cuda_available():
+        pytest.skip(f"no usable CUDA GPU: {_ext.cuda_unavailable_reason()}")
+    return _ext.cuda
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["epsilon", "zplus", "alphabeta", "gamma", "zbox", "flat", "wsquare"])
+def test_cuda_dense_matches_cpu(kind):
+    cuda = _gpu_or_skip()
+    core = _ext.core
+    rng = np.random.default_rng(0)
+    N, I, O = 7, 300, 45
+    x = (rng.uniform(0.05, 2, (N, I)) * rng.choice([-1, 1], (N, I))).astype(np.float32)
+    W = (rng.uniform(0.01, 1, (O, I)) * rng.choice([-1, 1], (O, I))).astype(np.float32)
+    b = (rng.uniform(0.01, 1, O) * rng.choice([-1, 1], O)).astype(np.float32)
+    R = rng.uniform(0.1, 1, (N, O)).astype(np.float32)
+    lo, hi = np.full(I, -2, np.float32), np.full(I, 2, np.float32)
+    calls = {
+        "epsilon": lambda m: m.dense_epsilon(x, W, b, R),
+        "zplus": lambda m: m.dense_zplus(x, W, b, R),
+        "alphabeta": lambda m: m.dense_alphabeta(x, W, b, R, 2.0, 1.0),
+        "gamma": lambda m: m.dense_gamma(x, W, b, R, 0.25),
+        "zbox": lambda m: m.dense_zbox(x, W, R, lo, hi),
+        "flat": lambda m: m.dense_flat(x, W, R),
+        "wsquare": lambda m: m.dense_wsquare(x, W, b, R),
+    }
+    want = calls[kind](core)
+    got = calls[kind](cuda)
+    scale = np.max(np.abs(want), axis=1, keepdims=True)
+    # Same float64 forward sums; backward sums in a different order (float32).
+    assert np.all(np.abs(got - want) <= 1e-5 * scale)
+
+
+@pytest.mark.gpu
+def test_cuda_backend_constructs_with_gpu():
+    _gpu_or_skip()
+    from fastlrp.backends.cuda import CudaBackend
+
+    assert CudaBackend().name == "cuda"
