@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
         if add_args is not None:
             add_args(p)
         p.set_defaults(handler=handler)
+    from .cli import add_commands  # explain, heatmap, demo, bench
+
+    add_commands(sub)
     return parser
 
 

@@ -324,3 +324,9 @@ class Explainer:
 
     __call__ = explain
 
+    def explain_dataset(self, source, out, target=None, batch_size=None, **kwargs):
+        """Explain a whole dataset into a resumable store (see :func:`fastlrp.dataset.explain_dataset`)."""
+        from .dataset import explain_dataset
+
+        return explain_dataset(self, source, out, target=target, batch_size=batch_size, **kwargs)
+

@@ -1,0 +1,407 @@
+"""Command-line subcommands ``explain``, ``heatmap``, ``demo`` and ``bench``.
+
+``add_commands(subparsers)`` adds them to an argparse sub-parser object; each
+sets ``handler`` (a function of the parsed arguments returning an exit code),
+the convention of :mod:`fastlrp.__main__`. ``python -m fastlrp.cli COMMAND``
+also works on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import warnings
+from typing import Optional, Sequence
+
+import numpy as np
+
+__all__ = ["add_commands", "load_model", "main", "run_demo"]
+
+
+# ------------------------------------------------------------------------------------------
+# model files
+
+
+def load_model(path: str, example=None, keep_output_activation: bool = False):
+    """Load a model file as a fastlrp :class:`~fastlrp.graph.Graph`.
+
+    - ``.npz``: a fastlrp graph (:meth:`Graph.save`), NumPy only;
+    - ``.keras`` / ``.h5`` / ``.hdf5``: a Keras model via :func:`fastlrp.from_keras`;
+    - ``.pt2``: a ``torch.export`` program (``torch.export.save``);
+    - ``.pt`` / ``.pth`` / ``.ts`` / ``.jit``: a TorchScript module (``torch.jit.save``)
+      (or a torch.export archive with that suffix).
+
+    PyTorch models are converted with :func:`fastlrp.from_torch` (torch.fx);
+    ``example`` is one input batch used to learn the shapes.
+    """
+    from .graph import Graph
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model file not found: {path}")
+    low = path.lower()
+    if low.endswith(".npz"):
+        return Graph.load(path)
+    if low.endswith((".keras", ".h5", ".hdf5")):
+        import fastlrp
+
+        return fastlrp.from_keras(path)
+    if low.endswith((".pt2", ".pt", ".pth", ".ts", ".jit", ".torchscript")):
+        return _load_torch(path, example, keep_output_activation)
+    raise ValueError(f"unknown model file type: {path} (fastlrp graph .npz, Keras .keras/.h5, "
+                     "torch.export .pt2, TorchScript .pt)")
+
+
+def _load_torch(path, example, keep_output_activation):
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(f"loading {path} needs PyTorch (pip install 'fastlrp[torch]')") from e
+    import fastlrp
+
+    def load_export():
+        ep = torch.export.load(path)
+        ex_in = getattr(ep, "example_inputs", None)
+        gm = ep.module()
+
+        class _Exported(torch.nn.Module):
+            """The exported program's module; its train()/eval() are not supported by torch.export."""
+
+            def __init__(self, gm):
+                super().__init__()
+                self.gm = gm
+
+            def forward(self, x):
+                return self.gm(x)
+
+            def train(self, mode=True):
+                return self
+
+        ex = None
+        if ex_in and ex_in[0]:
+            ex = ex_in[0][0]  # the export's own example: shapes guarded by the program match it
+        return _Exported(gm), ex
+
+    def load_script():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated in recent torch
+            return torch.jit.load(path, map_location="cpu"), None
+
+    loaders = [("torch.export", load_export), ("TorchScript", load_script)]
+    if not path.lower().endswith(".pt2"):
+        loaders.reverse()
+    module, how, errors, own_example = None, None, [], None
+    for name, fn in loaders:
+        try:
+            module, own_example = fn()
+            how = name
+            break
+        except Exception as e:  # noqa: BLE001 - try the other format
+            errors.append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    if module is None:
+        raise ValueError(f"{path} is neither a torch.export archive (torch.export.save) nor a TorchScript module "
+                         f"(torch.jit.save); a pickled model (torch.save(model)) needs its defining code: convert it "
+                         f"in Python with fastlrp.from_torch(model, x).save('model.npz'). Details: {'; '.join(errors)}")
+    if own_example is not None:
+        x = own_example
+    elif example is not None:
+        x = torch.from_numpy(np.array(example[:1], dtype=np.float32))  # a writable copy
+    else:
+        raise ValueError(f"converting the {how} model {path} needs an example input (the data's first batch)")
+    try:
+        return fastlrp.from_torch(module, x, keep_output_activation=keep_output_activation)
+    except Exception as e:  # noqa: BLE001
+        hint = {
+            "TorchScript": "TorchScript modules usually cannot be traced by torch.fx; convert the original model in "
+                           "Python instead: fastlrp.from_torch(model, x).save('m.npz'), and pass the .npz",
+            "torch.export": "fastlrp.from_torch may not handle this exported (ATen-level) graph; convert the original "
+                            "model in Python instead: fastlrp.from_torch(model, x).save('m.npz'), and pass the .npz",
+        }[how]
+        raise ValueError(f"the {how} model in {path} could not be converted by fastlrp.from_torch (torch.fx): "
+                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. {hint}") from e
+
+
+def _parse_target(text: Optional[str], n: Optional[int]):
+    """CLI target: none/argmax, an int, 'all', 'label', a comma list (the same K outputs
+    for every sample) or a .npy file of per-sample targets."""
+    if text is None:
+        return None
+    t = text.strip()
+    low = t.lower()
+    if low in ("none", "argmax", "pred", "prediction"):
+        return None
+    if low in ("all", "label", "labels"):
+        return low
+    if low.endswith(".npy") and os.path.exists(t):
+        return np.load(t, allow_pickle=False)
+    try:
+        if "," in t:
+            ks = [int(v) for v in t.split(",") if v.strip()]
+            if n is None:
+                raise SystemExit("a list of targets needs the number of samples (an array data file)")
+            return np.tile(np.asarray(ks, dtype=np.int64), (n, 1))
+        return int(t)
+    except ValueError:
+        raise SystemExit(f"cannot read --target {text!r}: use an int, a comma list, 'all', 'none' or a .npy file")
+
+
+# ------------------------------------------------------------------------------------------
+# commands
+
+
+def _add_explain(p: argparse.ArgumentParser):
+    p.add_argument("model", help="model file: fastlrp graph .npz, Keras .keras/.h5, torch.export .pt2, TorchScript .pt")
+    p.add_argument("data", help="data file: .npy (memory-mapped), .npz, .zarr, .h5/.hdf5")
+    p.add_argument("-o", "--out", required=True, help="output store: a zarr directory, or a .npy file")
+    p.add_argument("--key", help="array name inside an .npz / zarr group / HDF5 file (default: x or the only one)")
+    p.add_argument("-c", "--composite", default="epsilon_plus_flat",
+                   help="composite name, e.g. epsilon_plus, epsilon_alpha2_beta1_flat, 'epsilon_gamma_box(low=-3,high=3)'"
+                        " (default: %(default)s)")
+    p.add_argument("-t", "--target", default=None,
+                   help="none (arg-max, default), an int, a comma list (several per sample), all, or a .npy of targets")
+    p.add_argument("-b", "--batch-size", type=int, default=None, help="default: from --memory-budget")
+    p.add_argument("--chunk-size", type=int, default=None, help="samples per stored chunk (the unit of resuming)")
+    p.add_argument("--memory-budget", default=None, help="e.g. 2GB (default: a quarter of the RAM, at most 2 GiB)")
+    p.add_argument("--backend", default="auto", help="auto, cpu, numba, cuda, reference (default: auto)")
+    p.add_argument("--nonfinite", choices=("skip", "raise"), default="skip",
+                   help="samples with NaN/Inf: skip (NaN relevance, valid=0) or raise (default: skip)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store instead of resuming it")
+    p.add_argument("--save-graph", help="also save the imported model as a fastlrp graph .npz")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_explain(args) -> int:
+    from .dataset import InputError, StoreMismatchError, explain_dataset, open_source
+    from .explain import Explainer
+
+    try:
+        src = open_source(args.data, key=args.key)
+        example = src.read(0, 1) if getattr(src, "random_access", False) else None
+        graph = load_model(args.model, example)
+        if args.save_graph:
+            graph.save(args.save_graph)
+        ex = Explainer(graph, args.composite, backend=args.backend)
+        target = _parse_target(args.target, getattr(src, "n", None))
+        res = explain_dataset(ex, src, args.out, target=target, batch_size=args.batch_size,
+                              chunk_size=args.chunk_size, memory_budget=args.memory_budget,
+                              nonfinite=args.nonfinite, overwrite=args.overwrite, quiet=args.quiet)
+    except (InputError, StoreMismatchError, ValueError, OSError, ImportError) as e:
+        print(f"fastlrp explain: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if "src" in locals():
+            src.close()
+    print(f"{res.path}: {res.n_samples} samples, {res.computed} explained now ({res.reused_chunks} chunks were "
+          f"done already) in {res.seconds:.2f} s ({res.samples_per_s:.1f} samples/s); "
+          f"{len(res.nonfinite)} skipped for NaN/Inf")
+    return 0
+
+
+def _add_heatmap(p: argparse.ArgumentParser):
+    p.add_argument("relevance", help="a relevance store (zarr directory or .npy) or a .npy array (N, ...)")
+    p.add_argument("-o", "--out", required=True, help="PNG file to write")
+    p.add_argument("-s", "--samples", default="0:64", help="samples to show: 'a:b' or a comma list (default: 0:64)")
+    p.add_argument("-k", "--target-index", type=int, default=0, help="which target of a multi-target store")
+    p.add_argument("--cmap", default="bwr", help="bwr, coldnhot, seismic, gray, hot, cold, wred, wblue, france, ...")
+    p.add_argument("--level", type=float, default=1.0, help="colour-map level (zennit's; default 1)")
+    p.add_argument("--unsymmetric", action="store_true", help="min-max normalisation instead of symmetric")
+    p.add_argument("--shared-norm", action="store_true", help="one normalisation for all samples")
+    p.add_argument("--scale", type=int, default=None, help="enlarge each map (default: to about 64 pixels)")
+    p.add_argument("--ncols", type=int, default=None)
+    p.add_argument("--input", help="the input data file, to show under (or beside, --side-by-side) the heatmaps")
+    p.add_argument("--key", help="array name in the --input file")
+    p.add_argument("--side-by-side", action="store_true")
+
+
+def _parse_samples(text: str, n: int) -> np.ndarray:
+    if ":" in text:
+        a, _, b = text.partition(":")
+        return np.arange(n)[slice(int(a) if a else None, int(b) if b else None)]
+    return np.array([int(v) for v in text.split(",") if v.strip()], dtype=np.int64)
+
+
+def cmd_heatmap(args) -> int:
+    from . import heatmap as hm
+    from .dataset import load_store, open_source
+
+    try:
+        path = args.relevance
+        if path.lower().endswith(".npy") and not os.path.exists(path[:-4] + ".json"):
+            rel = np.load(path, mmap_mode="r")
+            multi = False
+        else:
+            store = load_store(path)
+            rel = store["relevance"]
+            multi = bool(store["meta"].get("multi_target"))
+        idx = _parse_samples(args.samples, rel.shape[0])
+        if idx.size == 0:
+            raise ValueError("no samples selected")
+        if idx.max() >= rel.shape[0] or idx.min() < 0:
+            raise ValueError(f"sample index out of range: the store has {rel.shape[0]} samples")
+        R = np.stack([np.asarray(rel[int(i)]) for i in idx])
+        if multi:
+            R = R[:, args.target_index]
+        images = None
+        if args.input:
+            src = open_source(args.input, key=args.key)
+            images = np.stack([src.read(int(i), int(i) + 1)[0] for i in idx])
+            src.close()
+        h = hm.reduce_channels(R[0]).shape
+        scale = args.scale if args.scale else max(1, 64 // max(h))
+        grid = hm.heatmap_grid(R, images=images, ncols=args.ncols, cmap=args.cmap, level=args.level,
+                               symmetric=not args.unsymmetric, shared_norm=args.shared_norm, scale=scale,
+                               side_by_side=args.side_by_side)
+        hm.save_png(grid, args.out)
+    except (ValueError, OSError, ImportError) as e:
+        print(f"fastlrp heatmap: error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out} ({grid.shape[1]}x{grid.shape[0]} pixels, {len(idx)} heatmaps)")
+    return 0
+
+
+def _add_demo(p: argparse.ArgumentParser):
+    p.add_argument("--out", default="fastlrp-demo", help="output directory (default: ./fastlrp-demo)")
+    p.add_argument("-c", "--composite", default="epsilon_plus", help="composite (default: %(default)s)")
+    p.add_argument("--backend", default="auto", help="auto, cpu, numba, cuda, reference (default: auto)")
+    p.add_argument("-b", "--batch-size", type=int, default=None)
+    p.add_argument("--cmap", default="bwr")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def demo_files() -> tuple:
+    """Paths of the demo dataset and model shipped in ``fastlrp/data``."""
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+    return os.path.join(here, "digits.npz"), os.path.join(here, "digits_cnn.npz")
+
+
+def run_demo(out: str = "fastlrp-demo", composite: str = "epsilon_plus", backend: str = "auto",
+             batch_size: Optional[int] = None, quiet: bool = False, cmap: str = "bwr") -> dict:
+    """The built-in demo: explain all 1797 handwritten digits with the shipped CNN,
+    write the relevance store and a heatmap grid, print throughput and conservation."""
+    from . import heatmap as hm
+    from .dataset import explain_dataset, load_store
+    from .explain import Explainer
+    from .graph import Graph
+
+    data_path, model_path = demo_files()
+    with np.load(data_path) as z:
+        images, labels = z["images"], z["labels"].astype(np.int64)
+    graph = Graph.load(model_path)
+    x = (images[:, None].astype(np.float32) * np.float32(graph.meta.get("input_scale", 1 / 16)))
+    os.makedirs(out, exist_ok=True)
+    ex = Explainer(graph, composite, backend=backend)
+    try:
+        import zarr  # noqa: F401
+
+        store_path = os.path.join(out, "relevance.zarr")
+    except ImportError:
+        store_path = os.path.join(out, "relevance.npy")
+    print(f"fastlrp demo: {len(x)} handwritten digits (8x8, scikit-learn / UCI), model {graph.meta.get('name')} "
+          f"({sum(n.params['weight'].size for n in graph.parametric())} weights), composite {ex.composite.name}, "
+          f"backend {getattr(ex.backend, 'name', '?')}")
+    res = explain_dataset(ex, x, store_path, target=None, batch_size=batch_size, overwrite=True, quiet=quiet)
+    st = load_store(store_path)
+    R = np.asarray(st["relevance"][:])
+    O = np.asarray(st["output"][:])
+    T = np.asarray(st["target"][:])
+    logit = O[np.arange(len(O)), T]
+    rsum = R.reshape(len(R), -1).sum(axis=1)
+    acc = float((T == labels).mean())
+    ratio = rsum / logit
+    print(f"explained {res.n_samples} samples in {res.seconds:.2f} s: {res.samples_per_s:.0f} samples/s")
+    print(f"predicted class = label for {acc * 100:.1f}% of the samples")
+    print("conservation (sum of input relevance vs the explained logit, per sample):")
+    print(f"  sum R / logit: median {np.median(ratio):.4f}, 5%..95% {np.percentile(ratio, 5):.4f}.."
+          f"{np.percentile(ratio, 95):.4f}; max |sum R - logit| {np.abs(rsum - logit).max():.3g} "
+          f"(biases and stabilisers absorb the rest)")
+    # grid: 4 examples of each digit, input beside its heatmap
+    picks = np.concatenate([np.flatnonzero(labels == d)[:4] for d in range(10)])
+    picks = picks.reshape(10, 4).T.reshape(-1)  # rows of 0..9
+    grid = hm.heatmap_grid(R[picks], images=x[picks], ncols=10, scale=8, side_by_side=True, cmap=cmap, pad=4)
+    png = os.path.join(out, "heatmaps.png")
+    hm.save_png(grid, png)
+    print(f"wrote {store_path} (relevance, output, target, valid) and {png} "
+          f"(4 x 10 digits: input | heatmap, red = evidence for the predicted digit, blue = against)")
+    return {"store": store_path, "png": png, "result": res, "accuracy": acc, "ratio": ratio}
+
+
+def cmd_demo(args) -> int:
+    run_demo(out=args.out, composite=args.composite, backend=args.backend, batch_size=args.batch_size,
+             quiet=args.quiet, cmap=args.cmap)
+    return 0
+
+
+def _add_bench(p: argparse.ArgumentParser):
+    p.add_argument("bench_args", nargs=argparse.REMAINDER,
+                   help="[NAME] [ARGS...]: which harness script (bench/bench_NAME.py, e.g. cpu) and its arguments")
+
+
+def _bench_root() -> Optional[str]:
+    """The directory holding the ``bench/`` harness: the current directory or the source checkout."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for root in (os.getcwd(), os.path.dirname(os.path.dirname(here))):
+        d = os.path.join(root, "bench")
+        if os.path.isfile(os.path.join(d, "__main__.py")) or any(
+                f.startswith("bench_") and f.endswith(".py") for f in (os.listdir(d) if os.path.isdir(d) else [])):
+            return root
+    return None
+
+
+def cmd_bench(args) -> int:
+    root = _bench_root()
+    if root is None:
+        print("fastlrp bench: the benchmark harness (bench/ in the fastlrp source repository) was not found; "
+              "it is not part of the installed package: run this command from a fastlrp checkout", file=sys.stderr)
+        return 2
+    bench = os.path.join(root, "bench")
+    scripts = sorted(f[len("bench_"):-3] for f in os.listdir(bench) if f.startswith("bench_") and f.endswith(".py"))
+    rest = list(args.bench_args or [])
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    env = dict(os.environ)
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, pkg_parent, env.get("PYTHONPATH", "")) if p)
+    if rest and not rest[0].startswith("-") and rest[0] in scripts:
+        cmd = [sys.executable, os.path.join(bench, f"bench_{rest[0]}.py"), *rest[1:]]
+    elif os.path.isfile(os.path.join(bench, "__main__.py")):
+        cmd = [sys.executable, "-m", "bench", *rest]
+    else:
+        print(f"fastlrp bench: say which harness to run: {', '.join(scripts) or '(none found)'} "
+              f"(e.g. 'fastlrp bench {scripts[0] if scripts else 'cpu'} --quick'; found in {bench})", file=sys.stderr)
+        return 2
+    return subprocess.call(cmd, cwd=root, env=env)
+
+
+#: name -> (help, add-arguments function, handler)
+COMMANDS = {
+    "explain": ("explain a whole data file with a saved model into a resumable relevance store", _add_explain,
+                cmd_explain),
+    "heatmap": ("render relevance (a store or .npy) as a PNG grid of heatmaps", _add_heatmap, cmd_heatmap),
+    "demo": ("the built-in demo: explain 1797 handwritten digits with a small CNN, write heatmaps", _add_demo,
+             cmd_demo),
+    "bench": ("run the benchmark harness (bench/bench_NAME.py) from a source checkout", _add_bench, cmd_bench),
+}
+
+
+def add_commands(subparsers) -> None:
+    """Add ``explain``, ``heatmap``, ``demo`` and ``bench`` to an argparse sub-parser object."""
+    for name, (help_, add_args, handler) in COMMANDS.items():
+        p = subparsers.add_parser(name, help=help_, description=help_)
+        add_args(p)
+        p.set_defaults(handler=handler)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="fastlrp", description="Fast Layer-wise Relevance Propagation")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_commands(sub)
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help()
+        return 2
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
