@@ -47,8 +47,10 @@ __all__ = [
 ]
 
 
-def from_torch(module, example_input, **kwargs) -> Graph:
-    """Import a PyTorch ``nn.Module`` through torch.fx (see :mod:`fastlrp.importers.torch`)."""
+def from_torch(module, example_input=None, **kwargs) -> Graph:
+    """Import a PyTorch ``nn.Module`` (through torch.fx), a ``torch.export.ExportedProgram``
+    or a TorchScript module (see :mod:`fastlrp.importers.torch`). ``example_input`` is
+    required for modules and optional for exported programs."""
     from .importers.torch import from_torch as _from_torch
 
     return _from_torch(module, example_input, **kwargs)

@@ -33,8 +33,10 @@ def load_model(path: str, example=None, keep_output_activation: bool = False):
     - ``.pt`` / ``.pth`` / ``.ts`` / ``.jit``: a TorchScript module (``torch.jit.save``)
       (or a torch.export archive with that suffix).
 
-    PyTorch models are converted with :func:`fastlrp.from_torch` (torch.fx);
-    ``example`` is one input batch used to learn the shapes.
+    PyTorch model files are converted with :func:`fastlrp.from_torch` from their ATen
+    graph (TorchScript through torch's TorchScript-to-export converter), with no need
+    for the model's Python code; ``example`` is one input batch used to learn the shapes
+    (a torch.export archive brings its own).
     """
     from .graph import Graph
 
@@ -58,67 +60,49 @@ def _load_torch(path, example, keep_output_activation):
         import torch
     except ImportError as e:
         raise ImportError(f"loading {path} needs PyTorch (pip install 'fastlrp[torch]')") from e
-    import fastlrp
+    import fastlrp.importers.torch as _ti
 
     def load_export():
-        ep = torch.export.load(path)
-        ex_in = getattr(ep, "example_inputs", None)
-        gm = ep.module()
-
-        class _Exported(torch.nn.Module):
-            """The exported program's module; its train()/eval() are not supported by torch.export."""
-
-            def __init__(self, gm):
-                super().__init__()
-                self.gm = gm
-
-            def forward(self, x):
-                return self.gm(x)
-
-            def train(self, mode=True):
-                return self
-
-        ex = None
-        if ex_in and ex_in[0]:
-            ex = ex_in[0][0]  # the export's own example: shapes guarded by the program match it
-        return _Exported(gm), ex
+        return torch.export.load(path)
 
     def load_script():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated in recent torch
-            return torch.jit.load(path, map_location="cpu"), None
+            return torch.jit.load(path, map_location="cpu")
 
     loaders = [("torch.export", load_export), ("TorchScript", load_script)]
     if not path.lower().endswith(".pt2"):
         loaders.reverse()
-    module, how, errors, own_example = None, None, [], None
+    model, how, errors = None, None, []
     for name, fn in loaders:
         try:
-            module, own_example = fn()
+            model = fn()
             how = name
             break
         except Exception as e:  # noqa: BLE001 - try the other format
             errors.append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-    if module is None:
+    if model is None:
         raise ValueError(f"{path} is neither a torch.export archive (torch.export.save) nor a TorchScript module "
                          f"(torch.jit.save); a pickled model (torch.save(model)) needs its defining code: convert it "
                          f"in Python with fastlrp.from_torch(model, x).save('model.npz'). Details: {'; '.join(errors)}")
-    if own_example is not None:
-        x = own_example
+    if how == "torch.export" and getattr(model, "example_inputs", None):
+        x = None  # the export's own example: shapes guarded by the program match it
     elif example is not None:
-        x = torch.from_numpy(np.array(example[:1], dtype=np.float32))  # a writable copy
+        x = torch.from_numpy(np.array(example[:1]))  # a writable copy; the importer casts it to the model's dtype
     else:
         raise ValueError(f"converting the {how} model {path} needs an example input (the data's first batch)")
     try:
-        return fastlrp.from_torch(module, x, keep_output_activation=keep_output_activation)
+        return _ti.from_torch(model, x, keep_output_activation=keep_output_activation,
+                              name=os.path.splitext(os.path.basename(path))[0])
     except Exception as e:  # noqa: BLE001
         hint = {
-            "TorchScript": "TorchScript modules usually cannot be traced by torch.fx; convert the original model in "
-                           "Python instead: fastlrp.from_torch(model, x).save('m.npz'), and pass the .npz",
-            "torch.export": "fastlrp.from_torch may not handle this exported (ATen-level) graph; convert the original "
-                            "model in Python instead: fastlrp.from_torch(model, x).save('m.npz'), and pass the .npz",
+            "TorchScript": "save the model with torch.export.save(torch.export.export(model.eval(), (x,)), 'm.pt2') "
+                           "instead, or convert the original model in Python: fastlrp.from_torch(model, x)"
+                           ".save('m.npz'), and pass that file",
+            "torch.export": "convert the original model in Python instead: fastlrp.from_torch(model, x)"
+                            ".save('m.npz'), and pass the .npz",
         }[how]
-        raise ValueError(f"the {how} model in {path} could not be converted by fastlrp.from_torch (torch.fx): "
+        raise ValueError(f"the {how} model in {path} could not be converted by fastlrp.from_torch: "
                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. {hint}") from e
 
 
@@ -393,14 +377,10 @@ def add_commands(subparsers) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="fastlrp", description="Fast Layer-wise Relevance Propagation")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    add_commands(sub)
-    args = parser.parse_args(argv)
-    if getattr(args, "handler", None) is None:
-        parser.print_help()
-        return 2
-    return int(args.handler(args) or 0)
+    """The ``fastlrp`` command line (kept here so ``python -m fastlrp.cli`` works too)."""
+    from .__main__ import main as _main
+
+    return _main(argv)
 
 
 if __name__ == "__main__":

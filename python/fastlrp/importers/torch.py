@@ -1,5 +1,11 @@
 """Import PyTorch models into the fastlrp graph IR through ``torch.fx``.
 
+Two front-ends feed one lowering (:class:`_Converter` and :func:`_lower`): an
+``nn.Module`` is traced here with ``torch.fx.symbolic_trace``; a
+``torch.export.ExportedProgram`` or a TorchScript module is read from its ATen-level
+graph by :mod:`fastlrp.importers.torch_export`. Both share shape propagation,
+the layer builders, BatchNorm folding, output-activation stripping and errors.
+
 ``from_torch(module, example_input)`` traces the module symbolically (so residual
 adds, ``torch.cat``, ``view``/``flatten`` and functional activations written in
 ``forward`` are seen), runs the example input through the traced graph to learn
@@ -98,16 +104,34 @@ def _func_name(target):
 _OUTPUT_ACTIVATIONS = ("softmax", "log_softmax", "sigmoid")
 
 
+def _live_nodes(graph) -> set:
+    """The fx nodes the output depends on, plus every placeholder (the model's inputs)."""
+    out = [n for n in graph.nodes if n.op == "output"]
+    live = {n for n in graph.nodes if n.op == "placeholder"}
+    stack = list(out)
+    while stack:
+        n = stack.pop()
+        if n in live and n.op != "placeholder":
+            continue
+        live.add(n)
+        stack.extend(a for a in n.all_input_nodes if a not in live)
+    return live
+
+
 # --------------------------------------------------------------------------------------------
 # the converter
 
 
 class _Converter:
-    def __init__(self, torch, gm, values, tensor_nodes, keep_output_activation):
+    #: a forward returning a 1-tuple ``(y,)`` counts as returning ``y`` (exported programs flatten outputs)
+    unwrap_output_tuple = False
+
+    def __init__(self, torch, gm, values, tensor_nodes, keep_output_activation, consts=None):
         self.torch = torch
         self.gm = gm
         self.values = values  # fx node name -> shape tuple (tensors) or python value
         self.tensor_nodes = tensor_nodes  # names of fx nodes whose value is a tensor
+        self.consts = consts or {}  # fx node name -> tensor, for tensors that do not depend on the input
         self.keep_output_activation = keep_output_activation
         self.modules = dict(gm.named_modules())
         self.nodes: list[Node] = []
@@ -246,7 +270,10 @@ class _Converter:
     def run(self):
         torch = self.torch
         out_fx = None
+        live = _live_nodes(self.gm.graph)
         for n in self.gm.graph.nodes:
+            if n not in live:
+                continue  # dead code (unused branches, shape asserts, guards) is not converted
             if n.op == "placeholder":
                 if n.name not in self.tensor_nodes:
                     # extra (default) arguments of forward are constants
@@ -260,7 +287,7 @@ class _Converter:
                 self.nodes.append(Node(nm, "input", [], {"shape": shape}, {}, shape, f"input '{n.name}'"))
                 self.env[n] = nm
             elif n.op == "get_attr":
-                self.env[n] = _Meta(None, f"attribute '{n.target}'")
+                self.env[n] = _Meta(self.consts.get(n.name), f"attribute '{n.target}'")
             elif n.op == "call_module":
                 self.convert_module(n)
             elif n.op == "call_function":
@@ -272,6 +299,8 @@ class _Converter:
             else:  # pragma: no cover
                 raise self.unsupported(n, f"fx op '{n.op}'")
         arg = out_fx.args[0]
+        if self.unwrap_output_tuple and isinstance(arg, (tuple, list)) and len(arg) == 1:
+            arg = arg[0]
         if not isinstance(arg, torch.fx.Node) or not isinstance(self.env.get(arg), str):
             raise UnsupportedLayerError(
                 f"the model output must be a single tensor computed from the input, got {type(arg).__name__} "
@@ -617,7 +646,7 @@ class _Converter:
 # BatchNorm folding
 
 
-def _fold_batchnorms(nodes: list, output: str, bn_paths: dict) -> tuple:
+def _fold_batchnorms(nodes: list, output: str, bn_paths: dict, stacklevel: int = 3) -> tuple:
     """Fold BatchNorm nodes into neighbouring dense/conv nodes where exact; returns (nodes, output)."""
 
     def consumers():
@@ -690,7 +719,7 @@ def _fold_batchnorms(nodes: list, output: str, bn_paths: dict) -> tuple:
         warnings.warn(
             f"BatchNorm '{bn_paths[bn.name]}' could not be folded into a neighbouring dense/conv layer; it is kept as "
             f"an explicit batchnorm node '{bn.name}' (LRP passes relevance through it unchanged)",
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     return nodes, out
 
@@ -723,21 +752,27 @@ def _first_rank(torch, gm, modules):
     return None
 
 
-def from_torch(module, example_input, *, keep_output_activation: bool = False, name: str | None = None) -> Graph:
-    """Convert a PyTorch ``nn.Module`` to a fastlrp :class:`~fastlrp.graph.Graph`.
+def from_torch(module, example_input=None, *, keep_output_activation: bool = False, name: str | None = None) -> Graph:
+    """Convert a PyTorch model to a fastlrp :class:`~fastlrp.graph.Graph`.
 
     Parameters
     ----------
-    module : torch.nn.Module
-        The model. It is traced with ``torch.fx.symbolic_trace`` in eval mode and is
-        not modified (its train/eval mode is restored afterwards).
+    module : torch.nn.Module, torch.export.ExportedProgram or torch.jit.ScriptModule
+        The model. An ``nn.Module`` is traced with ``torch.fx.symbolic_trace`` in eval
+        mode and is not modified (its train/eval mode is restored afterwards). An
+        ``ExportedProgram`` (``torch.export.export`` / ``torch.export.load``) is
+        converted from its ATen-level graph, and a TorchScript module
+        (``torch.jit.script`` / ``torch.jit.trace`` / ``torch.jit.load``) is first
+        converted to an ExportedProgram (see :mod:`fastlrp.importers.torch_export`).
+        Both need no Python source of the model.
     example_input : torch.Tensor or array-like
         One input, with a batch axis (``(N, C, H, W)``, usual) or without one
-        (``(C, H, W)``); used to learn every tensor's shape. Whether it has a batch
-        axis is judged from the first layer that fixes the rank (Linear: 1 axis,
-        Conv1d/pool1d: 2, Conv2d/pool2d/BatchNorm2d: 3); when that is ambiguous
-        (the model starts with a Flatten, a view or a BatchNorm1d) an input with
-        2 or more axes is taken to have a batch axis.
+        (``(C, H, W)``); used to learn every tensor's shape. For an ``nn.Module``,
+        whether it has a batch axis is judged from the first layer that fixes the rank
+        (Linear: 1 axis, Conv1d/pool1d: 2, Conv2d/pool2d/BatchNorm2d: 3); when that is
+        ambiguous (the model starts with a Flatten, a view or a BatchNorm1d) an input
+        with 2 or more axes is taken to have a batch axis. Optional for an
+        ``ExportedProgram`` (default: the program's own example inputs).
     keep_output_activation : bool
         Keep a final softmax / log_softmax / sigmoid as an activation node instead
         of stripping it (default: strip, with a warning, and explain the logits).
@@ -747,14 +782,23 @@ def from_torch(module, example_input, *, keep_output_activation: bool = False, n
     Raises
     ------
     UnsupportedLayerError
-        For modules or functions without an equivalent, naming the module type or
-        function and its place (module path or fx node name); also when tracing fails.
+        For modules, functions or ATen ops without an equivalent, naming the module
+        type, function or op and its place (module path or fx node name); also when
+        tracing fails.
     """
     import torch
     import torch.fx
 
+    from . import torch_export
+
+    if torch_export.is_exported_program(module) or torch_export.is_script_module(module):
+        return torch_export.from_exported(module, example_input, keep_output_activation=keep_output_activation,
+                                          name=name)
     if not isinstance(module, torch.nn.Module):
-        raise TypeError(f"from_torch expects a torch.nn.Module, got {type(module).__name__}")
+        raise TypeError(f"from_torch expects a torch.nn.Module, a torch.export.ExportedProgram or a TorchScript "
+                        f"module, got {type(module).__name__}")
+    if example_input is None:
+        raise TypeError(f"from_torch({type(module).__name__}) needs an example input (one batch) to learn the shapes")
     x = example_input if isinstance(example_input, torch.Tensor) else torch.as_tensor(np.asarray(example_input))
     modes = {m: m.training for m in module.modules()}
     try:
@@ -775,12 +819,21 @@ def from_torch(module, example_input, *, keep_output_activation: bool = False, n
         rank = _first_rank(torch, gm, modules)
         batched = not (x.ndim == 1 or (rank is not None and x.ndim == rank))
         xb = x if batched else x.unsqueeze(0)
-        values, tensor_nodes = _propagate(torch, gm, xb)
+        values, tensor_nodes, consts = _propagate(torch, gm, xb)
     finally:
         for m, t in modes.items():
             m.training = t
 
-    conv = _Converter(torch, gm, values, tensor_nodes, keep_output_activation)
+    conv = _Converter(torch, gm, values, tensor_nodes, keep_output_activation, consts)
+    meta = {"importer": "fastlrp.importers.torch", "framework": f"torch {torch.__version__}",
+            "name": name if name is not None else type(module).__name__, "layout": "channels_first"}
+    return _lower(conv, keep_output_activation, meta, stacklevel=3)
+
+
+def _lower(conv, keep_output_activation: bool, meta: dict, stacklevel: int = 3) -> Graph:
+    """The common lowering of both front-ends: convert node by node, strip an output activation,
+    drop dead branches, fold BatchNorms, and build the :class:`Graph`. ``stacklevel`` points
+    warnings at the user's call (3 when called from the public function the user called)."""
     out = conv.run()
     nodes = conv.nodes
 
@@ -791,7 +844,7 @@ def from_torch(module, example_input, *, keep_output_activation: bool = False, n
         if not keep_output_activation:
             warnings.warn(
                 f"the output {last.attrs['kind']} '{last.name}' ({last.source}) is stripped: fastlrp explains the "
-                "logits (pass keep_output_activation=True to keep it)", stacklevel=2)
+                "logits (pass keep_output_activation=True to keep it)", stacklevel=stacklevel)
             nodes.remove(last)
             out = last.inputs[0]
             by_name.pop(last.name)
@@ -807,26 +860,35 @@ def from_torch(module, example_input, *, keep_output_activation: bool = False, n
             needed.update(n.inputs)
     nodes = [n for n in nodes if n.name in needed or n.op == "input"]
 
-    nodes, out = _fold_batchnorms(nodes, out, conv.bn_info)
-    meta = {"importer": "fastlrp.importers.torch", "framework": f"torch {torch.__version__}",
-            "name": name if name is not None else type(module).__name__, "layout": "channels_first"}
+    nodes, out = _fold_batchnorms(nodes, out, conv.bn_info, stacklevel=stacklevel + 1)
     try:
         return Graph(nodes, output=out, meta=meta)
     except GraphError as e:
-        raise GraphError(f"import of {type(module).__name__} produced an invalid graph: {e}") from e
+        raise GraphError(f"import of {meta.get('name')} produced an invalid graph: {e}") from e
 
 
 def _propagate(torch, gm, x):
-    """Run ``x`` through the traced module; record each node's output shape (tensors) or value."""
+    """Run ``x`` through the traced module; record each node's output shape (tensors) or value.
+
+    Returns ``(values, tensor_nodes, consts)``: ``consts`` holds the tensors that do not
+    depend on the input (parameters read with get_attr, and what is computed from them,
+    such as a transposed weight in an exported graph).
+    """
     values: dict = {}
     tensor_nodes: set = set()
+    consts: dict = {}
+    dependent: set = set()
 
     class _Rec(torch.fx.Interpreter):
         def run_node(self, n):
             r = super().run_node(n)
+            if n.op == "placeholder" or any(a.name in dependent for a in n.all_input_nodes):
+                dependent.add(n.name)
             if isinstance(r, torch.Tensor):
                 values[n.name] = tuple(int(s) for s in r.shape)
                 tensor_nodes.add(n.name)
+                if n.name not in dependent:
+                    consts[n.name] = r.detach()
             elif isinstance(r, (int, float, bool, str, type(None))) or (
                 isinstance(r, (tuple, list)) and all(isinstance(v, (int, float)) for v in r)
             ):
@@ -843,4 +905,4 @@ def _propagate(torch, gm, x):
             f"running the example input of shape {tuple(x.shape)} through the traced model failed: "
             f"{type(e).__name__}: {e}"
         ) from e
-    return values, tensor_nodes
+    return values, tensor_nodes, consts
