@@ -198,7 +198,6 @@ def main(argv=None):
     from models import build
 
     torch.set_num_threads(args.threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     backends = []
     for name in args.backends:
         try:
@@ -206,19 +205,9 @@ def main(argv=None):
             backends.append(name)
         except Exception as e:  # noqa: BLE001 - report and go on
             print(f"# backend {name} unavailable: {e}")
-    try:
-        from fastlrp import _ext
+    import numba  # noqa: F401 - so that set_num_threads reaches it too
 
-        if _ext.core is not None:
-            _ext.core.set_num_threads(args.threads)
-    except Exception:  # noqa: BLE001
-        pass
-    try:
-        import numba
-
-        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
-    except Exception:  # noqa: BLE001
-        pass
+    fastlrp.set_num_threads(args.threads)
     use_zennit = not args.no_zennit
     if use_zennit:
         try:

@@ -44,7 +44,32 @@ __all__ = [
     "get_composite",
     "register_composite",
     "rules",
+    "set_num_threads",
 ]
+
+
+def set_num_threads(n: int) -> None:
+    """Threads for the compiled CPU kernels (OpenMP) and the Numba kernels.
+
+    By default both follow the environment: ``OMP_NUM_THREADS`` for the compiled
+    backend, ``NUMBA_NUM_THREADS`` for Numba (else all cores). NumPy's BLAS, used by
+    the Numba backend for its GEMMs, follows ``OPENBLAS_NUM_THREADS``.
+    """
+    import sys
+
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"set_num_threads needs n >= 1, got {n}")
+    from . import _ext
+
+    if _ext.core is not None:
+        _ext.core.set_num_threads(n)
+    if "numba" in sys.modules or _ext.core is None:
+        try:
+            import numba
+        except ImportError:
+            return
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
 
 
 def from_torch(module, example_input=None, **kwargs) -> Graph:
