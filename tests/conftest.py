@@ -9,8 +9,19 @@ other test sees the stand-ins.
 from __future__ import annotations
 
 import importlib.util
+import warnings
 
 import pytest
+
+# Hypothesis imports this module lazily to report a failure; under pytest's
+# ``filterwarnings = error`` that import dies on a DeprecationWarning from libcst's
+# dependencies (an INTERNALERROR that hides the failure). Import it now, quietly.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    try:
+        import hypothesis.extra._patching  # noqa: F401
+    except Exception:  # noqa: BLE001 - optional, only improves failure reports
+        pass
 
 
 def import_zennit():

@@ -192,6 +192,10 @@ def test_graph_errors_name_the_node(rng):
     b.add(h, b.input, name="sum")
     with pytest.raises(GraphError, match="'sum'.*different shapes"):
         b.build()
+    b = GraphBuilder((1, 1, 1))
+    b.maxpool(b.input, 2, stride=1, padding=1, dilation=2, name="mp")
+    with pytest.raises(GraphError, match="'mp'.*entirely in the padding"):
+        b.build()
 
 
 def test_rule_arguments_validated():

@@ -313,6 +313,16 @@ class Graph:
                 )
                 for i in range(d)
             ]
+            for i in range(d):
+                # a dilated window can fall entirely into the padding: its max would be -inf
+                for o in range(sp[i]):
+                    taps = o * a["stride"][i] - pads[i][0] + dil[i] * np.arange(a["kernel"][i])
+                    if not np.any((taps >= 0) & (taps < ins[0][1 + i])):
+                        raise GraphError(
+                            f"{n.describe()}: output position {o} along spatial axis {i} has a window "
+                            f"entirely in the padding (input {ins[0][1 + i]}, kernel {a['kernel'][i]}, "
+                            f"dilation {dil[i]}, padding {pads[i]})"
+                        )
             return (ins[0][0], *sp)
         if n.op == "adaptive_avgpool":
             need(1)
