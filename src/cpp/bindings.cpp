@@ -5,8 +5,11 @@
 
 #include <string>
 
+#include "conv_binding.h"
 #include "dense_binding.h"
 #include "dense_cpu.h"
+#include "gemm.h"
+#include "gemm_binding.h"
 
 namespace py = pybind11;
 
@@ -34,8 +37,10 @@ py::dict build_info() {
     d["openmp_version"] = py::none();
 #endif
     py::list simd;
-    simd.append("generic");  // portable C++ path, auto-vectorised for the baseline ISA
-    d["simd_paths"] = simd;
+    for (int i = 0; i < 3; ++i)
+        if (fastlrp::cpu::isa_compiled(fastlrp::cpu::Isa(i))) simd.append(fastlrp::cpu::isa_name(fastlrp::cpu::Isa(i)));
+    d["simd_paths"] = simd;  // GEMM micro-kernels built into this module
+    d["gemm_kernel"] = fastlrp::cpu::isa_name(fastlrp::cpu::active_isa());  // the one this CPU runs
     py::dict cpu;
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
     __builtin_cpu_init();
@@ -45,7 +50,8 @@ py::dict build_info() {
 #endif
     d["cpu_features"] = cpu;
     d["num_threads"] = fastlrp::cpu::get_num_threads();
-    d["accumulation"] = "forward sums float64, backward sums float32";
+    // dense_* (dense_cpu.cpp): forward sums float64; backends/cpu.py runs the GEMM core: float32 FMA
+    d["accumulation"] = "dense_* kernels: forward sums float64, backward float32; GEMM core: float32";
     return d;
 }
 
@@ -62,4 +68,9 @@ PYBIND11_MODULE(_core, m) {
     fastlrp::binding::def_dense_functions(m, [](const fastlrp::DenseArgs& args) {
         fastlrp::cpu::run_dense_relevance(args);
     });
+
+    // The GEMM core and the conv/pool kernels behind backends/cpu.py.
+    const auto threads = []() { return fastlrp::cpu::get_num_threads(); };
+    fastlrp::binding::def_gemm_functions(m, threads);
+    fastlrp::binding::def_conv_functions(m, threads);
 }

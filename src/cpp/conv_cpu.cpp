@@ -1,0 +1,145 @@
+// Rule epilogues and col2im (portable C++, auto-vectorised loops,
+// OpenMP over rows / planes).  These passes are memory-bound; the GEMMs are in
+// gemm_*.cpp.
+#include "conv_cpu.h"
+
+#include <cstring>
+#include <memory>
+
+namespace fastlrp {
+namespace cpu {
+
+namespace {
+
+inline float stab(float z, float e) { return z >= 0.0f ? z + e : z - e; }
+inline float pos(float v) { return v > 0.0f ? v : 0.0f; }
+inline float neg(float v) { return v < 0.0f ? v : 0.0f; }
+
+}  // namespace
+
+int rule_g_halves(RuleKind kind) { return (kind == RuleKind::AlphaBeta || kind == RuleKind::Gamma) ? 2 : 1; }
+
+void rule_g(const RuleGArgs& a, int threads) {
+    const int64_t O = a.O, P = a.P, G = a.groups, Og = O / G, H = rule_g_halves(a.kind);
+    const float e = float(a.coefs.eps), al = float(a.coefs.alpha), be = float(a.coefs.beta),
+                gm = float(a.coefs.gamma);
+    (void)threads;
+    if (a.kind == RuleKind::Flat && a.flat_group_sum) {
+        const int64_t rows = a.n * G;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && rows * Og * P > 32768)
+        for (int64_t row = 0; row < rows; ++row) {
+            const int64_t n = row / G, gi = row - n * G;
+            float* __restrict gs = a.g + row * P;
+            for (int64_t p = 0; p < P; ++p) gs[p] = 0.0f;
+            for (int64_t oi = 0; oi < Og; ++oi) {
+                const int64_t o = gi * Og + oi;
+                const float* __restrict R = a.R + (n * O + o) * P;
+                const float* __restrict zc = a.zc + o * P;
+                for (int64_t p = 0; p < P; ++p) gs[p] += R[p] / stab(zc[p], e);
+            }
+        }
+        return;
+    }
+    const int64_t rows = a.n * O;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && rows * P > 32768)
+    for (int64_t row = 0; row < rows; ++row) {
+        const int64_t n = row / O, o = row - n * O, gi = o / Og, oi = o - gi * Og;
+        const float b = a.bias ? a.bias[o] : 0.0f;
+        const float bb = a.zero_bias ? 0.0f : b;
+        const float* __restrict R = a.R + row * P;
+        const float* __restrict out = a.out ? a.out + row * P : nullptr;
+        const float* __restrict ps = a.psum ? a.psum + row * P : nullptr;
+        const float* __restrict zc = a.zc ? a.zc + o * P : nullptr;
+        float* __restrict g0 = a.g + ((n * G + gi) * H * Og + oi) * P;
+        float* __restrict g1 = g0 + Og * P;  // second half (H == 2)
+        switch (a.kind) {
+            case RuleKind::Epsilon:
+                if (a.zero_bias)
+                    for (int64_t p = 0; p < P; ++p) g0[p] = R[p] / stab(out[p] - b, e);
+                else
+                    for (int64_t p = 0; p < P; ++p) g0[p] = R[p] / stab(out[p], e);
+                break;
+            case RuleKind::ZPlus: {
+                const float bp = pos(bb);
+                for (int64_t p = 0; p < P; ++p) g0[p] = R[p] / stab(ps[p] + bp, e);
+                break;
+            }
+            case RuleKind::AlphaBeta: {
+                const float bp = pos(bb), bn = neg(bb);
+                for (int64_t p = 0; p < P; ++p) {
+                    const float zr = out[p] - b;
+                    g0[p] = al * R[p] / stab(ps[p] + bp, e);
+                    g1[p] = -be * R[p] / stab(zr - ps[p] + bn, e);
+                }
+                break;
+            }
+            case RuleKind::Gamma: {
+                const float bu = bb + gm * pos(bb), bd = bb + gm * neg(bb);
+                for (int64_t p = 0; p < P; ++p) {
+                    const float zr = out[p] - b, z = a.zero_bias ? zr : out[p];
+                    const float zp = zr + gm * ps[p] + bu, zn = zr + gm * (zr - ps[p]) + bd;
+                    g0[p] = z > 0.0f ? R[p] / stab(zp, e) : 0.0f;
+                    g1[p] = z < 0.0f ? R[p] / stab(zn, e) : 0.0f;
+                }
+                break;
+            }
+            case RuleKind::ZBox:
+                for (int64_t p = 0; p < P; ++p) g0[p] = R[p] / stab(out[p] - b - zc[p], e);
+                break;
+            case RuleKind::Flat:
+            case RuleKind::WSquare:
+                for (int64_t p = 0; p < P; ++p) g0[p] = R[p] / stab(zc[p], e);
+                break;
+        }
+    }
+}
+
+void col2im(const Col2ImArgs& a, int threads) {
+    const int64_t KK = a.kh * a.kw, HW = a.h * a.w, OP = a.oh * a.ow, planes = a.n * a.c;
+    (void)threads;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        std::unique_ptr<float[]> tmp(new float[size_t(HW > 0 ? HW : 1)]);
+#pragma omp for schedule(static)
+        for (int64_t pl = 0; pl < planes; ++pl) {
+            float* __restrict t = tmp.get();
+            std::memset(t, 0, sizeof(float) * size_t(HW));
+            for (int64_t kh = 0; kh < a.kh; ++kh) {
+                for (int64_t kw = 0; kw < a.kw; ++kw) {
+                    const float* __restrict cp =
+                        a.col_groups > 0
+                            ? a.col + ((pl / a.c) * a.col_groups + (pl % a.c) / (a.c / a.col_groups)) * OP
+                            : a.col + (pl * KK + kh * a.kw + kw) * OP;
+                    for (int64_t oh = 0; oh < a.oh; ++oh) {
+                        const int64_t ih = oh * a.sh - a.ph + kh * a.dh;
+                        if (ih < 0 || ih >= a.h) continue;
+                        float* __restrict trow = t + ih * a.w;
+                        const float* __restrict crow = cp + oh * a.ow;
+                        const int64_t iw0 = kw * a.dw - a.pw;
+                        for (int64_t ow = 0; ow < a.ow; ++ow) {
+                            const int64_t iw = iw0 + ow * a.sw;
+                            if (iw >= 0 && iw < a.w) trow[iw] += crow[ow];
+                        }
+                    }
+                }
+            }
+            float* __restrict y = a.y + pl * HW;
+            const float* __restrict m = a.mul ? a.mul + pl * HW : nullptr;
+            const float* __restrict l = a.off ? a.off + (pl % a.c) * HW : nullptr;
+            for (int64_t i = 0; i < HW; ++i) {
+                float v = t[i];
+                switch (a.epi) {
+                    case Epi::MulX: v *= m[i]; break;
+                    case Epi::MulPos: v *= pos(m[i]); break;
+                    case Epi::MulNeg: v *= neg(m[i]); break;
+                    case Epi::MulXOff: v *= (m[i] - l[i]); break;
+                    default: break;
+                }
+                y[i] = a.accumulate ? y[i] + v : v;
+            }
+        }
+    }
+}
+
+}  // namespace cpu
+}  // namespace fastlrp

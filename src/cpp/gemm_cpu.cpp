@@ -1,0 +1,237 @@
+// GEMM entry points: argument checks and the run-time choice of micro-kernel.
+//
+// The ISA is chosen once from the CPU's features (__builtin_cpu_supports) and the
+// build (FASTLRP_HAVE_AVX2 / FASTLRP_HAVE_AVX512 are defined by CMake when the
+// compiler can build those translation units).  Packed weights carry the ISA and
+// blocking they were packed for, so a later set_isa() cannot mix layouts.
+#include "gemm.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace fastlrp {
+namespace cpu {
+
+namespace {
+
+bool cpu_has(Isa isa) {
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+    __builtin_cpu_init();
+    switch (isa) {
+        case Isa::Generic:
+            return true;
+        case Isa::Avx2:
+            return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        case Isa::Avx512:
+            return __builtin_cpu_supports("avx512f");
+    }
+    return false;
+#else
+    return isa == Isa::Generic;
+#endif
+}
+
+Isa detect() {
+    // FASTLRP_ISA=generic|avx2|avx512 picks a kernel (if this CPU and build have it)
+    if (const char* env = std::getenv("FASTLRP_ISA")) {
+        const std::string e(env);
+        for (int i = 0; i < 3; ++i)
+            if (e == isa_name(Isa(i)) && isa_supported(Isa(i))) return Isa(i);
+    }
+#ifdef FASTLRP_HAVE_AVX512
+    if (cpu_has(Isa::Avx512)) return Isa::Avx512;
+#endif
+#ifdef FASTLRP_HAVE_AVX2
+    if (cpu_has(Isa::Avx2)) return Isa::Avx2;
+#endif
+    return Isa::Generic;
+}
+
+std::atomic<int> g_forced{-1};
+
+}  // namespace
+
+bool isa_compiled(Isa isa) {
+    switch (isa) {
+        case Isa::Generic:
+            return true;
+        case Isa::Avx2:
+#ifdef FASTLRP_HAVE_AVX2
+            return true;
+#else
+            return false;
+#endif
+        case Isa::Avx512:
+#ifdef FASTLRP_HAVE_AVX512
+            return true;
+#else
+            return false;
+#endif
+    }
+    return false;
+}
+
+bool isa_supported(Isa isa) { return isa_compiled(isa) && cpu_has(isa); }
+
+Isa active_isa() {
+    static const Isa best = detect();
+    const int f = g_forced.load();
+    return f >= 0 ? Isa(f) : best;
+}
+
+bool set_isa(int isa) {
+    if (isa < 0) {
+        g_forced.store(-1);
+        return true;
+    }
+    if (isa > 2 || !isa_supported(Isa(isa))) return false;
+    g_forced.store(isa);
+    return true;
+}
+
+const char* isa_name(Isa isa) {
+    switch (isa) {
+        case Isa::Generic:
+            return "generic";
+        case Isa::Avx2:
+            return "avx2";
+        case Isa::Avx512:
+            return "avx512";
+    }
+    return "?";
+}
+
+Blocking blocking_of(Isa isa) {
+    switch (isa) {
+#ifdef FASTLRP_HAVE_AVX2
+        case Isa::Avx2:
+            return detail::blocking_avx2();
+#endif
+#ifdef FASTLRP_HAVE_AVX512
+        case Isa::Avx512:
+            return detail::blocking_avx512();
+#endif
+        default:
+            return detail::blocking_generic();
+    }
+}
+
+AlignedBuf aligned_floats(size_t n) {
+    const size_t bytes = ((n * sizeof(float) + 63) / 64) * 64 + 64;
+#ifdef _MSC_VER
+    void* p = _aligned_malloc(bytes, 64);
+#else
+    void* p = std::aligned_alloc(64, bytes);
+#endif
+    if (!p) throw std::bad_alloc();
+    return AlignedBuf(static_cast<float*>(p));
+}
+
+std::shared_ptr<PackedA> pack_a(const float* A, int64_t groups, int64_t m, int64_t k) {
+    if (groups < 1 || m < 0 || k < 0) throw std::invalid_argument("pack_a: bad sizes");
+    auto P = std::make_shared<PackedA>();
+    const Isa isa = active_isa();
+    const Blocking b = blocking_of(isa);
+    P->isa = isa;
+    P->mr = b.mr;
+    // Balanced K blocks (576 = 2 x 288, not 256 + 256 + 64): fewer passes of the
+    // output tile through the sink, no short last block.
+    // With one M block (m <= mc) each K block costs a pass of the output tiles
+    // through the sink; allow K blocks up to 2 kc there (the B micro-panel then
+    // streams from L2, which the 11 or fewer A panels per B panel tolerate).
+    const int64_t kcmax = m <= b.mc ? 2 * b.kc : b.kc;
+    const int64_t nkb = std::max<int64_t>(1, (k + kcmax - 1) / kcmax);
+    P->kc = std::max<int64_t>(1, (k + nkb - 1) / nkb);
+    P->groups = groups;
+    P->m = m;
+    P->k = k;
+    P->mp = (m + b.mr - 1) / b.mr * b.mr;
+    P->gstride = (P->mp * k + 15) / 16 * 16;
+    P->data = aligned_floats(size_t(std::max<int64_t>(1, groups * P->gstride)));
+    switch (isa) {
+#ifdef FASTLRP_HAVE_AVX2
+        case Isa::Avx2:
+            detail::pack_a_avx2(*P, A);
+            break;
+#endif
+#ifdef FASTLRP_HAVE_AVX512
+        case Isa::Avx512:
+            detail::pack_a_avx512(*P, A);
+            break;
+#endif
+        default:
+            detail::pack_a_generic(*P, A);
+    }
+    return P;
+}
+
+void conv_gemm(const ConvGemmArgs& a, int threads) {
+    if (!a.A || !a.x || !a.y) throw std::invalid_argument("conv_gemm: null operand");
+    const PackedA& A = *a.A;
+    const int64_t halves = a.sign == Sign::PosNeg ? 2 : 1;
+    if (a.c % A.groups != 0)
+        throw std::invalid_argument("conv_gemm: " + std::to_string(a.c) + " input channels are not divisible by " +
+                                    std::to_string(A.groups) + " groups");
+    const int64_t want_k = (a.c / A.groups) * a.kh * a.kw * halves;
+    if (A.k != want_k)
+        throw std::invalid_argument("conv_gemm: packed weights have K = " + std::to_string(A.k) + ", expected " +
+                                    std::to_string(want_k) + " (channels/group x kernel taps x sign halves)");
+    if (a.sh < 1 || a.sw < 1 || a.dh < 1 || a.dw < 1 || a.kh < 1 || a.kw < 1)
+        throw std::invalid_argument("conv_gemm: strides, dilations and kernel sizes must be >= 1");
+    if ((a.epi == Epi::Bias && !a.bias) || (a.epi >= Epi::MulX && !a.mul) || (a.epi == Epi::MulXOff && !a.off))
+        throw std::invalid_argument("conv_gemm: the epilogue's operand is missing");
+    if (a.y2 && (A.groups != 1 || a.split <= 0 || a.split >= A.m))
+        throw std::invalid_argument("conv_gemm: a split output needs groups == 1 and 0 < split < rows");
+    const int64_t O = A.groups * A.m, P = a.oh * a.ow;
+    if (a.n == 0 || O == 0 || P == 0) return;
+    if (A.k == 0) {  // empty sum: the epilogue of 0
+        for (int64_t n = 0; n < a.n; ++n)
+            for (int64_t o = 0; o < O; ++o)
+                for (int64_t p = 0; p < P; ++p) {
+                    if (a.y2 && o >= a.split)
+                        a.y2[(n * (O - a.split) + o - a.split) * P + p] = 0.0f;
+                    else
+                        a.y[(n * (a.y2 ? a.split : O) + o) * P + p] = a.epi == Epi::Bias ? a.bias[o] : 0.0f;
+                }
+        return;
+    }
+    switch (A.isa) {
+#ifdef FASTLRP_HAVE_AVX2
+        case Isa::Avx2:
+            detail::conv_gemm_avx2(a, threads);
+            return;
+#endif
+#ifdef FASTLRP_HAVE_AVX512
+        case Isa::Avx512:
+            detail::conv_gemm_avx512(a, threads);
+            return;
+#endif
+        default:
+            detail::conv_gemm_generic(a, threads);
+    }
+}
+
+void gemm_f32(const float* A, const float* B, float* C, int64_t m, int64_t n, int64_t k, int threads) {
+    auto P = pack_a(A, 1, m, k);
+    // B (k x n) row-major is a 1x1 image with k channels and n "pixels" in one sample.
+    ConvGemmArgs a;
+    a.x = B;
+    a.n = 1;
+    a.c = k;
+    a.h = 1;
+    a.w = n;
+    a.oh = 1;
+    a.ow = n;
+    a.A = P.get();
+    a.y = C;
+    conv_gemm(a, threads);
+}
+
+}  // namespace cpu
+}  // namespace fastlrp

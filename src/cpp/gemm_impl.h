@@ -1,0 +1,331 @@
+// The blocked GEMM driver, the im2col B packer, the A packer and the epilogue
+// sink, written once and compiled once per ISA.
+//
+// Included by gemm_generic.cpp / gemm_avx2.cpp / gemm_avx512.cpp, each compiled
+// with its own -m flags, after defining FASTLRP_ISA (a namespace name: the
+// templates below must not be shared between translation units built for
+// different ISAs) and, inside fastlrp::cpu::FASTLRP_ISA:
+//     constexpr int MR, NR;  constexpr int64_t KC, MC, NC;
+//     void ukr(int64_t kc, const float* a, const float* b, float* ct);
+// where ukr computes the MR x NR tile ct (row-major, stride NR) of the product of
+// an A micro-panel (kc x MR) and a B micro-panel (kc x NR).
+//
+// Loop nest (BLIS order, A already packed once per model):
+//   threads split output columns (or rows when there are few columns)
+//   for group g, for column block jc (NC), for K block pc (KC):
+//       gather B[pc, jc] from the image into micro-panels (sign split here)
+//       for row block ic (MC), for B micro-panel jr (stays in L1),
+//           for A micro-panel ir (stays in L2): ukr, then the sink adds the tile
+//           to y (first K block: stores) and, after the last K block, applies the
+//           epilogue while the tile is still in L1.
+#include <cstring>
+#include <vector>
+#include <stdexcept>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "gemm.h"
+
+namespace fastlrp {
+namespace cpu {
+namespace FASTLRP_ISA {
+
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// A.kc may reach 2 * KC for operands with few rows (see pack_a).
+static_assert(KC % 8 == 0 && NC % NR == 0 && MC % MR == 0, "inconsistent blocking");
+
+inline Blocking blocking() { return Blocking{MR, NR, KC, MC, NC}; }
+
+inline void pack_a_impl(PackedA& P, const float* A) {
+    const int64_t m = P.m, k = P.k;
+    for (int64_t g = 0; g < P.groups; ++g) {
+        const float* Ag = A + g * m * k;
+        for (int64_t k0 = 0; k0 < k; k0 += P.kc) {
+            const int64_t kl = imin(P.kc, k - k0);
+            for (int64_t ip = 0; ip * MR < m; ++ip) {
+                float* dst = P.data.get() + g * P.gstride + k0 * P.mp + ip * MR * kl;
+                for (int r = 0; r < MR; ++r) {
+                    const int64_t row = ip * MR + r;
+                    if (row < m) {
+                        const float* src = Ag + row * k + k0;
+                        for (int64_t kk = 0; kk < kl; ++kk) dst[kk * MR + r] = src[kk];
+                    } else {
+                        for (int64_t kk = 0; kk < kl; ++kk) dst[kk * MR + r] = 0.0f;
+                    }
+                }
+            }
+        }
+    }
+}
+
+// One row of K in the current block: where its tap reads the image.
+struct KEntry {
+    int64_t choff;  // channel offset within the group's first channel (ci * h * w)
+    int64_t dy, dx; // kh * dh, kw * dw
+    int mode;       // 0: x, 1: x+, 2: x-
+    int tap;        // kh * kw_size + kw
+};
+
+// Per micro-panel: either "fast" (one run of NR columns on one output row whose
+// every tap stays inside the image columns: a contiguous or strided copy after a
+// row check), or a gather table: for each kernel tap, the image offset of each
+// column (-1 outside the image).  The table depends only on the tap, not on the
+// channel, so it is built once per block and reused by all Cg channels.
+struct PanelInfo {
+    bool fast;          // every tap inside the image columns
+    bool row;           // one run of NR columns on one output row (edge taps use tab)
+    const float* src0;  // row: image address of column 0 for tap (0, 0)
+    int64_t ih0, iw0;
+    const int64_t* tab; // gather: KK x NR offsets from a.x (channel 0 of the group)
+};
+
+template <int Mode>
+inline float tf(float v) {
+    return Mode == 0 ? v : (Mode == 1 ? (v > 0.0f ? v : 0.0f) : (v < 0.0f ? v : 0.0f));
+}
+
+template <int Mode>
+inline void pack_rows(const ConvGemmArgs& a, const KEntry* kt, int64_t k0, int64_t k1, int64_t kl, int64_t np,
+                      const PanelInfo* pinfo, float* dst) {
+    const int64_t sw = a.sw;
+    for (int64_t kk = k0; kk < k1; ++kk) {
+        const KEntry e = kt[kk];
+        const int64_t koff = e.choff + e.dy * a.w + e.dx;
+        const float* __restrict xc = a.x + e.choff;
+        for (int64_t ip = 0; ip < np; ++ip) {
+            float* __restrict dk = dst + ip * kl * NR + kk * NR;
+            const PanelInfo& pi = pinfo[ip];
+            if (pi.fast || (pi.row && pi.iw0 + e.dx >= 0 && pi.iw0 + e.dx + (NR - 1) * sw < a.w)) {
+                const int64_t ih = pi.ih0 + e.dy;
+                if (ih >= 0 && ih < a.h) {
+                    const float* __restrict src = pi.src0 + koff;
+                    if (sw == 1 && Mode == 0) {
+                        std::memcpy(dk, src, sizeof(float) * NR);
+                    } else if (sw == 1) {
+                        // fixed-size copies through a local tile: always vector moves
+                        float t[NR];
+                        std::memcpy(t, src, sizeof(t));
+                        for (int c = 0; c < NR; ++c) t[c] = tf<Mode>(t[c]);
+                        std::memcpy(dk, t, sizeof(t));
+                    } else {
+                        for (int c = 0; c < NR; ++c) dk[c] = tf<Mode>(src[c * sw]);
+                    }
+                } else {
+                    for (int c = 0; c < NR; ++c) dk[c] = 0.0f;
+                }
+                continue;
+            }
+            const int64_t* __restrict o = pi.tab + int64_t(e.tap) * NR;
+            for (int c = 0; c < NR; ++c) dk[c] = o[c] >= 0 ? tf<Mode>(xc[o[c]]) : 0.0f;
+        }
+    }
+}
+
+// Gathers B[k in block, columns j0 .. j0+nl) of group g into micro-panels of NR
+// columns (kl x NR each, zero padded): the implicit im2col.  K is the outer loop
+// so that, for one tap, consecutive panels read consecutive image addresses (a
+// panel-outer order would stride through kl channel planes per panel and defeat
+// the hardware prefetcher).  The sign transform is a template parameter of the
+// copy loops: [x+ ; x-] along K costs the same as x.
+inline void pack_b_block(const ConvGemmArgs& a, int64_t cg, int64_t g, const KEntry* kt, int64_t kl, int64_t j0,
+                         int64_t nl, float* dst, PanelInfo* pinfo, int64_t* tabs) {
+    const int64_t P = a.oh * a.ow, HW = a.h * a.w, KK = a.kh * a.kw;
+    const int64_t np = (nl + NR - 1) / NR;
+    const int64_t dxmax = (a.kw - 1) * a.dw;
+    for (int64_t ip = 0; ip < np; ++ip) {
+        PanelInfo& pi = pinfo[ip];
+        const int64_t jb = j0 + ip * NR, ncol = imin(NR, j0 + nl - jb);
+        const int64_t n = jb / P, r = jb - n * P, oh = r / a.ow, ow = r - oh * a.ow;
+        const int64_t cbase = (n * a.c + g * cg) * HW;
+        pi.ih0 = oh * a.sh - a.ph;
+        const int64_t iw0 = ow * a.sw - a.pw;
+        pi.src0 = a.x + cbase + pi.ih0 * a.w + iw0;
+        pi.iw0 = iw0;
+        pi.row = ncol == NR && ow + NR <= a.ow;
+        pi.fast = pi.row && iw0 >= 0 && iw0 + dxmax + (NR - 1) * a.sw < a.w;
+        if (pi.fast) continue;
+        int64_t* tab = tabs + ip * KK * NR;
+        pi.tab = tab;
+        int64_t colb[NR], colh[NR], colw[NR];
+        for (int64_t c = 0; c < NR; ++c) {
+            if (c < ncol) {
+                const int64_t jj = jb + c, nn = jj / P, rr = jj - nn * P, hh = rr / a.ow, ww = rr - hh * a.ow;
+                colb[c] = (nn * a.c + g * cg) * HW;
+                colh[c] = hh * a.sh - a.ph;
+                colw[c] = ww * a.sw - a.pw;
+            } else {
+                colb[c] = -1, colh[c] = 0, colw[c] = 0;
+            }
+        }
+        for (int64_t t = 0; t < KK; ++t) {
+            const int64_t dy = (t / a.kw) * a.dh, dx = (t % a.kw) * a.dw;
+            for (int64_t c = 0; c < NR; ++c) {
+                const int64_t ih = colh[c] + dy, iw = colw[c] + dx;
+                tab[t * NR + c] = (colb[c] >= 0 && ih >= 0 && ih < a.h && iw >= 0 && iw < a.w)
+                                      ? colb[c] + ih * a.w + iw : -1;
+            }
+        }
+    }
+    // K rows of one sign mode are contiguous: x (Id), or x+ then x- (PosNeg)
+    int64_t kk = 0;
+    while (kk < kl) {
+        int64_t ke = kk;
+        while (ke < kl && kt[ke].mode == kt[kk].mode) ++ke;
+        if (kt[kk].mode == 0)
+            pack_rows<0>(a, kt, kk, ke, kl, np, pinfo, dst);
+        else if (kt[kk].mode == 1)
+            pack_rows<1>(a, kt, kk, ke, kl, np, pinfo, dst);
+        else
+            pack_rows<2>(a, kt, kk, ke, kl, np, pinfo, dst);
+        kk = ke;
+    }
+}
+
+// Adds a finished micro-tile to y; after the last K block applies the epilogue.
+inline void sink(const ConvGemmArgs& a, int64_t O, int64_t P, int64_t row0, int mr, int64_t j, int nr,
+                 const float* ct, bool first, bool last) {
+    int c = 0;
+    while (c < nr) {
+        const int64_t n = (j + c) / P, p = (j + c) - n * P;
+        const int len = int(imin(nr - c, P - p));
+        for (int r = 0; r < mr; ++r) {
+            const int64_t o = row0 + r;
+            const bool second = a.y2 && o >= a.split;  // rows past split go raw to y2
+            const int64_t off = second ? (n * (O - a.split) + o - a.split) * P + p
+                                       : (n * (a.y2 ? a.split : O) + o) * P + p;
+            float* __restrict yp = (second ? a.y2 : a.y) + off;
+            const float* __restrict t = ct + r * NR + c;
+            if (first) {
+                for (int q = 0; q < len; ++q) yp[q] = t[q];
+            } else {
+                for (int q = 0; q < len; ++q) yp[q] += t[q];
+            }
+            if (!last || second) continue;
+            const float* __restrict m = a.mul + off;
+            switch (a.epi) {
+                case Epi::None:
+                    break;
+                case Epi::Bias: {
+                    const float b = a.bias[o];
+                    for (int q = 0; q < len; ++q) yp[q] += b;
+                    break;
+                }
+                case Epi::MulX:
+                    for (int q = 0; q < len; ++q) yp[q] *= m[q];
+                    break;
+                case Epi::MulPos:
+                    for (int q = 0; q < len; ++q) yp[q] *= (m[q] > 0.0f ? m[q] : 0.0f);
+                    break;
+                case Epi::MulNeg:
+                    for (int q = 0; q < len; ++q) yp[q] *= (m[q] < 0.0f ? m[q] : 0.0f);
+                    break;
+                case Epi::MulXOff: {
+                    const float* __restrict l = a.off + o * P + p;
+                    for (int q = 0; q < len; ++q) yp[q] *= (m[q] - l[q]);
+                    break;
+                }
+            }
+        }
+        c += len;
+    }
+}
+
+struct ThreadBuffers {
+    AlignedBuf b;
+    size_t b_size = 0;
+    PanelInfo pinfo[NC / NR];
+    std::vector<int64_t> tabs;
+    float* get_b(size_t n) {
+        if (n > b_size) {
+            b = aligned_floats(n);
+            b_size = n;
+        }
+        return b.get();
+    }
+};
+
+inline void conv_gemm_impl(const ConvGemmArgs& a, int threads) {
+    const PackedA& A = *a.A;
+    const int64_t G = A.groups, Mg = A.m, K = A.k, O = G * Mg;
+    const int64_t KKs = a.kh * a.kw, halves = a.sign == Sign::PosNeg ? 2 : 1;
+    const int64_t cg = a.c / G, Kc = cg * KKs;
+    const int64_t P = a.oh * a.ow, cols = a.n * P, HW = a.h * a.w;
+    const int64_t kcb = A.kc;  // K block chosen when A was packed (<= 2 KC)
+    const int64_t mpanels = (Mg + MR - 1) / MR, npanels = (cols + NR - 1) / NR;
+    (void)halves;
+    if (threads < 1 || 2.0 * double(O) * double(K) * double(cols) < 4e6) threads = 1;  // not worth a fork
+    // Work items: (group, column block, row block), handed out dynamically so a
+    // core that is busy with something else does not hold the other one at a
+    // barrier.  Aim for >= 4 items per thread; column blocks first (each item
+    // packs only its own B), row blocks when there are few columns.
+    // Column block: NC, or for few rows (one M block) small enough that the packed
+    // B block (kc x nc) stays in L2 next to the A block: with few rows each packed
+    // B element is used only m times, so it must not take a round trip to L3.
+    int64_t ncs = NC;
+    if (mpanels * MR <= MC) ncs = imax(NR, imin(NC, (int64_t(256 * 1024) / (kcb * 4)) / NR * NR));
+    const int64_t want = threads > 1 ? 4 * threads : 1;
+    int64_t ncb = ncs, mpi = mpanels;
+    if (threads > 1) {
+        const int64_t per = (npanels + want - 1) / want;  // B panels per item
+        ncb = imin(ncs, imax(1, per) * NR);
+        const int64_t ncitems = G * ((cols + ncb - 1) / ncb);
+        if (ncitems < want) {
+            const int64_t mi = (want + ncitems - 1) / ncitems;
+            mpi = imax(1, (mpanels + mi - 1) / mi);
+        }
+    }
+    const int64_t nci = (cols + ncb - 1) / ncb, nmi = (mpanels + mpi - 1) / mpi;
+    const int64_t items = G * nci * nmi;
+    const int nthreads = int(imin(threads, items));
+
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        static thread_local ThreadBuffers tb;
+        float* bbuf = tb.get_b(size_t(kcb) * size_t(ncs));
+        tb.tabs.resize(size_t(NC / NR) * size_t(a.kh * a.kw) * NR);
+        KEntry kt[2 * KC];
+        alignas(64) float ct[MR * NR];
+        const int64_t mcp = MC / MR;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t it = 0; it < items; ++it) {
+            const int64_t g = it / (nci * nmi), rem = it - g * nci * nmi, ci = rem / nmi, mi = rem - ci * nmi;
+            const int64_t jb = ci * ncb, je = imin(cols, jb + ncb);
+            const int64_t p0 = mi * mpi, p1 = imin(mpanels, p0 + mpi);
+            for (int64_t jc = jb; jc < je; jc += ncs) {
+                const int64_t nl = imin(ncs, je - jc);
+                for (int64_t pc = 0; pc < K; pc += kcb) {
+                    const int64_t kl = imin(kcb, K - pc);
+                    for (int64_t kk = 0; kk < kl; ++kk) {
+                        const int64_t kabs = pc + kk, half = kabs / Kc, kr = kabs - half * Kc;
+                        const int64_t ci2 = kr / KKs, rr = kr - ci2 * KKs, khh = rr / a.kw, kww = rr - khh * a.kw;
+                        kt[kk] = KEntry{ci2 * HW, khh * a.dh, kww * a.dw,
+                                        a.sign == Sign::Id ? 0 : (half == 0 ? 1 : 2), int(rr)};
+                    }
+                    pack_b_block(a, cg, g, kt, kl, jc, nl, bbuf, tb.pinfo, tb.tabs.data());
+                    const bool first = pc == 0, last = pc + kl >= K;
+                    for (int64_t ic = p0; ic < p1; ic += mcp) {
+                        const int64_t ice = imin(p1, ic + mcp);
+                        for (int64_t jr = 0; jr * NR < nl; ++jr) {
+                            const float* bp = bbuf + jr * kl * NR;
+                            const int64_t j = jc + jr * NR;
+                            const int nr = int(imin(NR, jc + nl - j));
+                            for (int64_t ir = ic; ir < ice; ++ir) {
+                                ukr(kl, A.panel(g, pc, kl, ir), bp, ct);
+                                const int mr = int(imin(MR, Mg - ir * MR));
+                                sink(a, O, P, g * Mg + ir * MR, mr, j, nr, ct, first, last);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+}  // namespace FASTLRP_ISA
+}  // namespace cpu
+}  // namespace fastlrp

@@ -1,0 +1,414 @@
+"""The compiled CPU backend's GEMM core, conv/dense rules, pools and whole networks
+against the float64 reference backend.
+
+Tolerances (float32 compute, float32 accumulation):
+- GEMM vs numpy float64: |C - C64| <= 1e-5 * max(|A| |B|) elementwise bound; the
+  float32 sum of K products errs by about u * sqrt(K) * sum|a b| with u = 6e-8.
+- Relevance vs the reference: max|R - R_ref| <= RTOL * max|R_ref| per test, with
+  RTOL = 5e-4 for single layers and 2e-3 for whole networks. The forward sums z
+  are float32 GEMMs, so R / s(z) amplifies their rounding by sum|w x| / |z|
+  (unbounded in principle when z cancels; with these random layers the measured
+  worst case is ~1e-5); every later layer adds its own. A wrong term (a missing
+  x-, a wrong sign, a padding tap) is O(1) relative, far above these bounds.
+- 1 vs 2 threads: bit-identical, by construction (every output element is
+  summed by one thread in a fixed K order by the same micro-kernel).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+_ext = pytest.importorskip("fastlrp._ext")
+core = _ext.core
+if core is None or not hasattr(core, "conv_gemm"):  # pragma: no cover
+    pytest.skip(f"fastlrp._core (with the GEMM core) not built: {_ext.core_error}", allow_module_level=True)
+
+import fastlrp  # noqa: E402
+from fastlrp import rules  # noqa: E402
+from fastlrp.graph import GraphBuilder  # noqa: E402
+
+RTOL_LAYER = 5e-4
+RTOL_NET = 2e-3
+
+RULES = [
+    rules.Epsilon(),
+    rules.Epsilon(epsilon=0.1, zero_bias=True),
+    rules.ZPlus(),
+    rules.AlphaBeta(2.0, 1.0),
+    rules.AlphaBeta(1.0, 0.0),
+    rules.Gamma(0.25),
+    rules.Gamma(0.5, zero_bias=True),
+    rules.ZBox(-2.0, 2.5),
+    rules.Flat(),
+    rules.WSquare(),
+]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    yield
+    core.set_num_threads(0)
+    core.set_isa(-1)
+
+
+def rel_err(got, want):
+    return float(np.abs(np.asarray(got, np.float64) - want).max() / max(np.abs(want).max(), 1e-30))
+
+
+def explain_both(graph, composite, x, target=0):
+    ref = fastlrp.Explainer(graph, composite, backend="reference")
+    cpu = fastlrp.Explainer(graph, composite, backend="cpu")
+    return cpu.explain(x, target=target), ref.explain(x.astype(np.float64), target=target)
+
+
+def layer_graph(rng, in_shape, weight_shape, bias, relu_before, **conv_kw):
+    gb = GraphBuilder(in_shape)
+    h = gb.input
+    if relu_before:
+        h = gb.activation(h, "relu")
+    W = rng.standard_normal(weight_shape)
+    b = rng.standard_normal(weight_shape[0]) if bias else None
+    h = gb.dense(h, W, b) if len(weight_shape) == 2 else gb.conv(h, W, b, **conv_kw)
+    gb.flatten(h)
+    return gb.build()
+
+
+# ----------------------------------------------------------------------------- GEMM
+GEMM_SHAPES = [(1, 1, 1), (1, 7, 3), (5, 1, 2), (3, 4, 1), (7, 13, 5), (6, 16, 384), (17, 33, 389),
+               (100, 3, 1000), (1, 100, 7), (61, 97, 777), (13, 1031, 37)]
+
+
+def _isas():
+    return [name for name in core.gemm_info()["supported"]]
+
+
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("m,n,k", GEMM_SHAPES)
+def test_gemm_against_numpy(isa, m, n, k):
+    assert core.set_isa({"generic": 0, "avx2": 1, "avx512": 2}[isa])
+    rng = np.random.default_rng(m * 1000 + n * 10 + k)
+    A = rng.standard_normal((m, k)).astype(np.float32)
+    B = rng.standard_normal((k, n)).astype(np.float32)
+    want = A.astype(np.float64) @ B
+    bound = np.abs(A).astype(np.float64) @ np.abs(B)
+    core.set_num_threads(1)
+    C1 = core.gemm(A, B)
+    core.set_num_threads(2)
+    C2 = core.gemm(A, B)
+    assert C1.shape == (m, n) and C1.dtype == np.float32
+    assert np.all(np.abs(C1 - want) <= 1e-5 * bound.max())
+    np.testing.assert_array_equal(C1, C2)
+
+
+def test_conv_gemm_sign_split_and_epilogues():
+    """[x+ ; x-] packing along K, bias and multiply-by-x epilogues, against numpy."""
+    rng = np.random.default_rng(1)
+    N, C, L, O = 3, 5, 37, 7
+    x = rng.standard_normal((N, C, 1, L)).astype(np.float32)
+    Wp, Wn = rng.standard_normal((O, C)), rng.standard_normal((O, C))
+    A = core.pack_weights(np.concatenate([Wp, Wn], 1).astype(np.float32), 1)
+    y = core.conv_gemm(x, A, (1, 1), (1, 1), (0, 0), (1, 1), (1, L), 1, 0, None, None, None)
+    x64 = x.astype(np.float64)[:, :, 0, :]
+    want = np.einsum("oc,ncl->nol", Wp, np.maximum(x64, 0)) + np.einsum("oc,ncl->nol", Wn, np.minimum(x64, 0))
+    assert rel_err(y[:, :, 0, :], want) < 1e-5
+    b = rng.standard_normal(O).astype(np.float32)
+    A1 = core.pack_weights(Wp.astype(np.float32), 1)
+    m = rng.standard_normal((N, O, 1, L)).astype(np.float32)
+    z = np.einsum("oc,ncl->nol", Wp, x64)
+    for epi, f in [(1, lambda v: v + b[None, :, None]), (2, lambda v: v * m[:, :, 0]),
+                   (3, lambda v: v * np.maximum(m[:, :, 0], 0)), (4, lambda v: v * np.minimum(m[:, :, 0], 0))]:
+        y = core.conv_gemm(x, A1, (1, 1), (1, 1), (0, 0), (1, 1), (1, L), 0, epi,
+                           b if epi == 1 else None, m if epi >= 2 else None, None)
+        assert rel_err(y[:, :, 0, :], f(z)) < 1e-5, epi
+
+
+def test_conv_gemm_split_output():
+    """A = [W ; W+] in one GEMM: rows < split get the bias epilogue, the rest go raw
+    to a second array (the forward pass and ZPlus' psum from one packing)."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 3, 6, 7)).astype(np.float32)
+    W = rng.standard_normal((5, 3, 3, 3))
+    b = rng.standard_normal(5).astype(np.float32)
+    A = core.pack_weights(np.concatenate([W, np.maximum(W, 0)]).reshape(10, -1).astype(np.float32), 1)
+    y, p = core.conv_gemm(x, A, (3, 3), (1, 1), (1, 1), (1, 1), (6, 7), 0, 1, b, None, None, 5)
+    from fastlrp.backends.reference import conv_forward
+
+    at = {"dims": 2, "stride": (1, 1), "padding": ((1, 1), (1, 1)), "dilation": (1, 1), "groups": 1}
+    assert rel_err(y, conv_forward(x.astype(np.float64), W, b, at)) < 1e-5
+    assert rel_err(p, conv_forward(x.astype(np.float64), np.maximum(W, 0), None, at)) < 1e-5
+    with pytest.raises(ValueError, match="split"):
+        core.conv_gemm(x, A, (3, 3), (1, 1), (1, 1), (1, 1), (6, 7), 0, 0, None, None, None, 10)
+
+
+def test_conv_gemm_rejects_bad_arguments():
+    A = core.pack_weights(np.ones((4, 6), np.float32), 1)
+    x = np.ones((2, 3, 5, 5), np.float32)
+    with pytest.raises(ValueError, match="K = 6"):
+        core.conv_gemm(x, A, (3, 3), (1, 1), (0, 0), (1, 1), (3, 3))
+    with pytest.raises(TypeError, match="float32"):
+        core.conv_gemm(x.astype(np.float64), A, (1, 2), (1, 1), (0, 0), (1, 1), (5, 4))
+    with pytest.raises(ValueError, match="epilogue"):
+        core.conv_gemm(x[:, :3], A, (1, 2), (1, 1), (0, 0), (1, 1), (5, 4), 0, 2)
+
+
+# ----------------------------------------------------------------------------- conv / dense rules
+# (in_shape, weight_shape, stride, padding, dilation, groups, bias, relu_before)
+CONV_CASES = [
+    ((3, 7, 9), (5, 3, 3, 3), 1, 1, 1, 1, True, False),
+    ((1, 1, 1), (1, 1, 1, 1), 1, 0, 1, 1, True, False),
+    ((4, 8, 5), (6, 2, 3, 3), 2, ((1, 0), (0, 2)), 1, 2, False, False),
+    ((6, 11, 13), (6, 2, 2, 3), (2, 1), ((1, 2), (0, 1)), (2, 1), 3, True, True),
+    ((2, 5, 5), (4, 2, 1, 1), 1, 0, 1, 1, True, False),
+    ((3, 9, 9), (17, 3, 3, 3), 3, 2, 2, 1, True, True),
+    ((5, 1, 17), (7, 5, 1, 3), 1, ((0, 0), (2, 1)), 1, 1, False, False),
+    ((4, 6, 6), (4, 1, 3, 3), 1, 1, 1, 4, True, True),  # depthwise
+    ((3, 19, 23), (20, 3, 5, 4), (3, 2), ((2, 1), (1, 3)), (1, 2), 1, True, False),
+    ((16, 4, 4), (33, 16, 3, 3), 1, 1, 1, 1, True, True),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-g{c[5]}")
+@pytest.mark.parametrize("rule", RULES, ids=str)
+def test_conv2d_rules(case, rule):
+    in_shape, wshape, stride, padding, dilation, groups, bias, relu = case
+    rng = np.random.default_rng(abs(hash((in_shape, wshape))) % 2**32)
+    graph = layer_graph(rng, in_shape, wshape, bias, relu, stride=stride, padding=padding, dilation=dilation,
+                        groups=groups)
+    x = rng.standard_normal((3,) + in_shape).astype(np.float32)
+    got, want = explain_both(graph, fastlrp.Composite({"linear": rule}), x)
+    assert got.dtype == np.float32
+    assert rel_err(got, want) < RTOL_LAYER
+
+
+CONV1D_CASES = [
+    ((4, 19), (6, 2, 3), 2, ((2, 1),), 2, 2, True, False),
+    ((3, 1), (2, 3, 1), 1, 0, 1, 1, False, False),
+    ((5, 31), (7, 5, 4), 3, ((0, 3),), 1, 1, True, True),
+    ((2, 13), (3, 2, 3), 1, 1, 3, 1, True, False),
+]
+
+
+@pytest.mark.parametrize("case", CONV1D_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}")
+@pytest.mark.parametrize("rule", RULES, ids=str)
+def test_conv1d_rules(case, rule):
+    in_shape, wshape, stride, padding, dilation, groups, bias, relu = case
+    rng = np.random.default_rng(7)
+    graph = layer_graph(rng, in_shape, wshape, bias, relu, stride=stride, padding=padding, dilation=dilation,
+                        groups=groups)
+    x = rng.standard_normal((2,) + in_shape).astype(np.float32)
+    got, want = explain_both(graph, fastlrp.Composite({"linear": rule}), x)
+    assert rel_err(got, want) < RTOL_LAYER
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 5), (5, 17, 7), (3, 257, 11), (17, 100, 33), (2, 13, 1)])
+@pytest.mark.parametrize("rule", RULES, ids=str)
+@pytest.mark.parametrize("bias", [True, False])
+def test_dense_rules(shape, rule, bias):
+    N, I, O = shape
+    rng = np.random.default_rng(N * 100 + I + O)
+    graph = layer_graph(rng, (I,), (O, I), bias, False)
+    x = rng.standard_normal((N, I)).astype(np.float32)
+    got, want = explain_both(graph, fastlrp.Composite({"linear": rule}), x)
+    assert rel_err(got, want) < RTOL_LAYER
+
+
+def test_alphabeta_hand_checked_case():
+    """DESIGN.md: W = (1, -1), b = -1, x = (1, 1), R = z = -1."""
+    gb = GraphBuilder((2,))
+    gb.dense(gb.input, np.array([[1.0, -1.0]]), np.array([-1.0]))
+    graph = gb.build()
+    x = np.ones((1, 2), np.float32)
+    for rule, want in [(rules.AlphaBeta(1, 0), [-1.0, 0.0]), (rules.AlphaBeta(2, 1), [-2.0, 0.5])]:
+        R = fastlrp.Explainer(graph, fastlrp.Composite({"linear": rule}), backend="cpu").explain(x, target=0)
+        np.testing.assert_allclose(R[0], want, atol=1e-5)
+
+
+def test_nonneg_input_skips_negative_half_and_matches():
+    """A ReLU producer (static) and an input that just happens to be >= 0 (run-time)
+    both take the x >= 0 path; it must equal the reference."""
+    rng = np.random.default_rng(3)
+    for relu in (True, False):
+        graph = layer_graph(rng, (3, 8, 8), (4, 3, 3, 3), True, relu, padding=1)
+        x = np.abs(rng.standard_normal((2, 3, 8, 8))).astype(np.float32)
+        for rule in (rules.ZPlus(), rules.AlphaBeta(2, 1), rules.Gamma(0.25)):
+            got, want = explain_both(graph, fastlrp.Composite({"linear": rule}), x)
+            assert rel_err(got, want) < RTOL_LAYER
+
+
+def test_conv_shapes_property():
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+
+    @hypothesis.settings(max_examples=12, deadline=None, derandomize=True)
+    @hypothesis.given(
+        c=st.integers(1, 5), og=st.integers(1, 4), groups=st.integers(1, 3), h=st.integers(1, 9),
+        w=st.integers(1, 21), kh=st.integers(1, 3), kw=st.integers(1, 4), sh=st.integers(1, 3),
+        sw=st.integers(1, 3), dh=st.integers(1, 2), dw=st.integers(1, 2), pads=st.lists(st.integers(0, 2), min_size=4,
+                                                                                           max_size=4),
+        bias=st.booleans(), rule_i=st.integers(0, len(RULES) - 1), seed=st.integers(0, 2**16),
+    )
+    def check(c, og, groups, h, w, kh, kw, sh, sw, dh, dw, pads, bias, rule_i, seed):
+        pt, pb, pl, pr = pads
+        hypothesis.assume(h + pt + pb >= dh * (kh - 1) + 1 and w + pl + pr >= dw * (kw - 1) + 1)
+        rng = np.random.default_rng(seed)
+        graph = layer_graph(rng, (c * groups, h, w), (og * groups, c, kh, kw), bias, False, stride=(sh, sw),
+                            padding=((pt, pb), (pl, pr)), dilation=(dh, dw), groups=groups)
+        x = rng.standard_normal((2, c * groups, h, w)).astype(np.float32)
+        got, want = explain_both(graph, fastlrp.Composite({"linear": RULES[rule_i]}), x)
+        assert rel_err(got, want) < RTOL_LAYER
+
+    check()
+
+
+# ----------------------------------------------------------------------------- pools and structure
+def _pool_graph(rng, in_shape, pool):
+    gb = GraphBuilder(in_shape)
+    h = pool(gb, gb.input)
+    h = gb.flatten(h)
+    graph0 = gb.build()
+    n_out = int(np.prod(graph0[h].shape))
+    gb.dense(h, rng.standard_normal((3, n_out)), rng.standard_normal(3))
+    return gb.build()
+
+
+POOLS = [
+    ("max2x2", (3, 8, 8), lambda gb, h: gb.maxpool(h, 2)),
+    ("max3s2p1", (2, 9, 7), lambda gb, h: gb.maxpool(h, 3, 2, 1)),
+    ("max_overlap_dil", (2, 11, 10), lambda gb, h: gb.maxpool(h, (3, 2), (1, 2), ((1, 1), (0, 1)), dilation=(2, 1))),
+    ("max_ceil", (2, 7, 9), lambda gb, h: gb.maxpool(h, 3, 2, 1, ceil_mode=True)),
+    ("max1d", (3, 17), lambda gb, h: gb.maxpool(h, 3, 2, 1, dims=1, ceil_mode=True)),
+    ("avg2x2", (3, 8, 8), lambda gb, h: gb.avgpool(h, 2)),
+    ("avg_pad_incl", (2, 7, 9), lambda gb, h: gb.avgpool(h, 3, 2, 1, ceil_mode=True, count_include_pad=True)),
+    ("avg_pad_excl", (2, 7, 9), lambda gb, h: gb.avgpool(h, 3, 2, 1, ceil_mode=True, count_include_pad=False)),
+    ("avg_divisor", (2, 6, 6), lambda gb, h: gb.avgpool(h, 3, 1, 1, divisor_override=5)),
+    ("avg1d", (3, 17), lambda gb, h: gb.avgpool(h, 4, 3, 2, dims=1, count_include_pad=False)),
+    ("adaptive", (2, 7, 10), lambda gb, h: gb.adaptive_avgpool(h, (3, 4))),
+    ("global", (5, 4, 4), lambda gb, h: gb.adaptive_avgpool(h, 1)),
+]
+
+
+@pytest.mark.parametrize("name,in_shape,pool", POOLS, ids=[p[0] for p in POOLS])
+@pytest.mark.parametrize("pool_rule", [None, rules.Flat()], ids=["norm", "flat"])
+def test_pools(name, in_shape, pool, pool_rule):
+    rng = np.random.default_rng(5)
+    graph = _pool_graph(rng, in_shape, pool)
+    x = rng.standard_normal((3,) + in_shape).astype(np.float32)
+    lm = {"linear": rules.Epsilon()}
+    if pool_rule is not None:
+        lm["avgpool"] = pool_rule
+    comp = fastlrp.Composite(lm)
+    got, want = explain_both(graph, comp, x)
+    assert rel_err(got, want) < RTOL_LAYER
+    out_cpu = fastlrp.Explainer(graph, comp, backend="cpu").forward(x)
+    out_ref = fastlrp.Explainer(graph, comp, backend="reference").forward(x.astype(np.float64))
+    assert rel_err(out_cpu, out_ref) < 1e-5
+
+
+def _small_vgg(rng):
+    gb = GraphBuilder((3, 12, 12))
+    h = gb.input
+    c = 3
+    for co in (8, 8, "M", 16, "M"):
+        if co == "M":
+            h = gb.maxpool(h, 2)
+            continue
+        h = gb.conv(h, rng.standard_normal((co, c, 3, 3)) / np.sqrt(9 * c), 0.1 * rng.standard_normal(co), padding=1)
+        h = gb.activation(h, "relu")
+        c = co
+    h = gb.flatten(h)
+    h = gb.activation(gb.dense(h, rng.standard_normal((20, 16 * 9)) / 12, 0.1 * rng.standard_normal(20)), "relu")
+    gb.dense(h, rng.standard_normal((5, 20)) / 4, 0.1 * rng.standard_normal(5))
+    return gb.build()
+
+
+def _small_resnet(rng):
+    gb = GraphBuilder((3, 10, 10))
+    h = gb.conv(gb.input, rng.standard_normal((8, 3, 3, 3)) / 5, 0.1 * rng.standard_normal(8), stride=2, padding=1)
+    h = gb.activation(h, "relu")
+    h = gb.maxpool(h, 3, 2, 1)
+    idt = h
+    b = gb.activation(gb.conv(h, rng.standard_normal((8, 8, 3, 3)) / 8, None, padding=1), "relu")
+    b = gb.conv(b, rng.standard_normal((8, 8, 3, 3)) / 8, 0.1 * rng.standard_normal(8), padding=1)
+    h = gb.activation(gb.add(b, idt), "relu")
+    idt = gb.conv(h, rng.standard_normal((12, 8, 1, 1)) / 3, None, stride=2)
+    b = gb.activation(gb.conv(h, rng.standard_normal((12, 8, 3, 3)) / 8, None, stride=2, padding=1), "relu")
+    b = gb.conv(b, rng.standard_normal((12, 12, 3, 3)) / 10, None, padding=1)
+    h = gb.activation(gb.add(b, idt), "relu")
+    h = gb.flatten(gb.adaptive_avgpool(h, 1))
+    gb.dense(h, rng.standard_normal((4, 12)) / 3, 0.1 * rng.standard_normal(4))
+    return gb.build()
+
+
+NET_COMPOSITES = ["epsilon_plus", "epsilon_plus_flat", "epsilon_alpha2_beta1_flat", "epsilon_gamma_box(low=-3, high=3)",
+                  "excitation_backprop"]
+
+
+@pytest.mark.parametrize("net", [_small_vgg, _small_resnet], ids=["vgg", "resnet"])
+@pytest.mark.parametrize("composite", NET_COMPOSITES)
+def test_whole_networks(net, composite):
+    rng = np.random.default_rng(11)
+    graph = net(rng)
+    x = rng.standard_normal((4,) + graph.input_shape).astype(np.float32)
+    try:
+        ref = fastlrp.Explainer(graph, composite, backend="reference")
+    except Exception as e:  # a composite this build does not know
+        pytest.skip(f"composite {composite}: {e}")
+    cpu = fastlrp.Explainer(graph, composite, backend="cpu")
+    want = ref.explain(x.astype(np.float64))
+    got = cpu.explain(x)
+    assert got.dtype == np.float32
+    assert rel_err(got, want) < RTOL_NET
+    # several targets share the forward sums: same as one target at a time
+    tg = np.tile(np.arange(3), (4, 1))
+    many = cpu.explain(x, target=tg)
+    for k in range(3):
+        np.testing.assert_allclose(many[:, k], cpu.explain(x, target=k), rtol=0, atol=1e-6 * np.abs(many).max())
+
+
+@pytest.mark.parametrize("net", [_small_vgg, _small_resnet], ids=["vgg", "resnet"])
+def test_threads_1_and_2_identical(net):
+    rng = np.random.default_rng(2)
+    graph = net(rng)
+    x = rng.standard_normal((5,) + graph.input_shape).astype(np.float32)
+    outs = []
+    for t in (1, 2):
+        core.set_num_threads(t)
+        for comp in ("epsilon_plus_flat", "epsilon_gamma_box(low=-3, high=3)"):
+            outs.append(fastlrp.Explainer(graph, comp, backend="cpu").explain(x))
+    for a, b in zip(outs[:2], outs[2:]):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("rule", [rules.Epsilon(), rules.AlphaBeta(2, 1), rules.Gamma(0.25), rules.ZBox(-3, 3)], ids=str)
+def test_threads_1_and_2_identical_large_layer(rule):
+    """Layers big enough that the GEMM, rule epilogue, col2im and pools really fork
+    (small ones run on one thread), strided and not."""
+    rng = np.random.default_rng(8)
+    gb = GraphBuilder((16, 24, 24))
+    h = gb.conv(gb.input, rng.standard_normal((32, 16, 3, 3)) / 12, rng.standard_normal(32), padding=1)
+    h = gb.maxpool(gb.activation(h, "relu"), 2)
+    h = gb.conv(h, rng.standard_normal((24, 32, 3, 3)) / 17, None, stride=2, padding=1)
+    gb.flatten(h)
+    graph = gb.build()
+    x = rng.standard_normal((6, 16, 24, 24)).astype(np.float32)
+    comp = fastlrp.Composite({"linear": rule})
+    res = []
+    for t in (1, 2):
+        core.set_num_threads(t)
+        res.append(fastlrp.Explainer(graph, comp, backend="cpu").explain(x, target=5))
+    np.testing.assert_array_equal(res[0], res[1])
+    want = fastlrp.Explainer(graph, comp, backend="reference").explain(x.astype(np.float64), target=5)
+    assert rel_err(res[1], want) < RTOL_NET
+
+
+@pytest.mark.skipif(len(_isas()) < 2, reason="only one micro-kernel runs on this CPU")
+def test_portable_kernel_matches_simd_kernel():
+    rng = np.random.default_rng(4)
+    graph = _small_resnet(rng)
+    x = rng.standard_normal((3,) + graph.input_shape).astype(np.float32)
+    res = []
+    for isa in (0, -1):
+        core.set_isa(isa)  # weights are packed for the ISA active at prepare time
+        res.append(fastlrp.Explainer(graph, "epsilon_alpha2_beta1_flat", backend="cpu").explain(x))
+    assert rel_err(res[0], res[1].astype(np.float64)) < 1e-4
