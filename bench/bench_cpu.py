@@ -75,7 +75,17 @@ def _rss_kib(field: str) -> int:
 
 
 def measure_peak(fn):
-    """Run fn; return (result, peak extra resident memory in MiB over the RSS before)."""
+    """Run fn; return (result, peak extra resident memory in MiB over the RSS before).
+
+    Freed heap memory is handed back to the OS first (malloc_trim), so memory that
+    an earlier run left in the allocator's free lists does not hide this run's peak.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the high-water mark
@@ -90,18 +100,6 @@ def measure_peak(fn):
 # ------------------------------------------------------------------------------------
 # FLOP limit
 # ------------------------------------------------------------------------------------
-def _nonneg(graph, name, memo):
-    if name in memo:
-        return memo[name]
-    n = graph[name]
-    if n.op == "activation":
-        r = n.attrs["kind"] in ("relu", "sigmoid", "softplus")
-    elif n.op in ("maxpool", "avgpool", "adaptive_avgpool", "reshape", "permute", "concat", "add"):
-        r = all(_nonneg(graph, i, memo) for i in n.inputs)
-    else:
-        r = False
-    memo[name] = r
-    return r
 
 
 def layer_flops(graph, node) -> float:
@@ -117,10 +115,10 @@ def forward_flops(graph) -> float:
 
 def limit_flops(graph, rules, targets: int = 1) -> float:
     """GEMM FLOPs per sample that explaining ``targets`` outputs really needs."""
-    memo, total = {}, 0.0
+    total = 0.0
     for n in graph.parametric():
         pos, signed = LIMIT_MULTIPLE[rules[n.name].kind]
-        fw, bw = pos if _nonneg(graph, n.inputs[0], memo) else signed
+        fw, bw = pos if graph.known_nonnegative(n.inputs[0]) else signed
         total += (fw + targets * bw) * layer_flops(graph, n)
     return total
 

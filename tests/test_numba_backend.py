@@ -170,7 +170,7 @@ def test_nonnegative_input_skips_the_negative_half():
     h = bld.maxpool(h, 2)
     h = bld.conv(h, _nonzero(rng, (4, 4, 1, 1)), name="c2")
     g = bld.build()
-    assert not nb.known_nonnegative(g, "input") and nb.known_nonnegative(g, "maxpool_0")
+    assert not g.known_nonnegative("input") and g.known_nonnegative("maxpool_0")
     be = nb.NumbaBackend()
     signed = be.prepare(g, g["c1"], ZPlus())
     nonneg = be.prepare(g, g["c2"], AlphaBeta(2, 1))

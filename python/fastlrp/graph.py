@@ -90,6 +90,8 @@ OPS = (
     "batchnorm",
 )
 
+_NONNEG_ACTIVATIONS = ("relu", "sigmoid", "softplus", "softmax")
+
 #: Ops with weights: the layers that LRP rules such as Epsilon or ZPlus act on.
 PARAMETRIC_OPS = ("dense", "conv")
 
@@ -229,6 +231,21 @@ class Graph:
                 out[i].append(n.name)
         return out
 
+    def known_nonnegative(self, name: str) -> bool:
+        """Whether node ``name``'s output is >= 0 by construction: a ReLU (or sigmoid,
+        softplus, softmax), possibly seen through pools, reshapes, permutes, and adds or
+        concats of such outputs. Kernels skip the negative half of the sign split then."""
+        memo = self.__dict__.setdefault("_nonneg_memo", {})
+        if name not in memo:
+            n = self._index[name]
+            if n.op == "activation":
+                memo[name] = n.attrs.get("kind") in _NONNEG_ACTIVATIONS
+            elif n.op in ("maxpool", "avgpool", "adaptive_avgpool", "reshape", "permute", "add", "concat"):
+                memo[name] = all(self.known_nonnegative(i) for i in n.inputs)
+            else:
+                memo[name] = False
+        return memo[name]
+
     def parametric(self) -> list:
         """The dense/conv nodes, in execution order."""
         return [n for n in self.nodes if n.op in PARAMETRIC_OPS]
@@ -245,6 +262,7 @@ class Graph:
     # -- shapes ---------------------------------------------------------------------
     def infer_shapes(self) -> None:
         """Check every node's inputs and attributes and fill in ``Node.shape``."""
+        self.__dict__.pop("_nonneg_memo", None)
         for n in self.nodes:
             try:
                 n.shape = tuple(int(s) for s in self._infer(n))

@@ -47,7 +47,7 @@ import numpy as np
 from .. import _ext
 from .base import BackendError
 
-__all__ = ["CpuBackend", "DENSE_RULES", "nonneg_input"]
+__all__ = ["CpuBackend", "DENSE_RULES"]
 
 #: Rule kinds with a compiled dense/conv kernel (kept for fastlrp.backends.cuda).
 DENSE_RULES = ("epsilon", "zplus", "alphabeta", "gamma", "zbox", "flat", "wsquare")
@@ -64,23 +64,6 @@ def _f32(a) -> np.ndarray:
 
 def _stab(z, eps):
     return z + np.where(z >= 0, np.float32(eps), np.float32(-eps))
-
-
-def nonneg_input(graph, name: str, memo: Optional[dict] = None) -> bool:
-    """True when the node's output is non-negative by construction (ReLU, possibly
-    through pooling, reshapes, concat or adds of non-negative tensors)."""
-    memo = {} if memo is None else memo
-    if name in memo:
-        return memo[name]
-    n = graph[name]
-    if n.op == "activation":
-        r = n.attrs["kind"] in ("relu", "sigmoid", "softplus", "softmax")
-    elif n.op in ("maxpool", "avgpool", "adaptive_avgpool", "reshape", "permute", "concat", "add"):
-        r = all(nonneg_input(graph, i, memo) for i in n.inputs)
-    else:
-        r = False
-    memo[name] = r
-    return r
 
 
 class _LinearOp:
@@ -547,8 +530,6 @@ class CpuBackend:
         if num_threads is not None:
             self.core.set_num_threads(int(num_threads))
         self._reference = None
-        self._memo: dict = {}
-        self._graph = None
 
     def _ref(self):
         if self._reference is None:
@@ -558,13 +539,11 @@ class CpuBackend:
         return self._reference
 
     def prepare(self, graph, node, rule):
-        if graph is not self._graph:
-            self._graph, self._memo = graph, {}
         op = node.op
         if op in ("dense", "conv"):
             if rule.kind == "pass":
                 return _Float32Op(self._ref().prepare(graph, node, rule))
-            return _LinearOp(self.core, graph, node, rule, nonneg_input(graph, node.inputs[0], self._memo))
+            return _LinearOp(self.core, graph, node, rule, graph.known_nonnegative(node.inputs[0]))
         if op == "maxpool":
             return _MaxPoolOp(self.core, graph, node)
         if op in ("avgpool", "adaptive_avgpool"):

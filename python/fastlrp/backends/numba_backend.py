@@ -54,7 +54,7 @@ from numba import njit, prange
 from ..graph import Graph, Node
 from .base import BackendError
 
-__all__ = ["NumbaBackend", "known_nonnegative"]
+__all__ = ["NumbaBackend"]
 
 _JIT = dict(parallel=True, cache=True, fastmath=False, nogil=True)
 
@@ -361,23 +361,6 @@ def _gelu(x, out):
 # --------------------------------------------------------------------------------------
 # node ops
 # --------------------------------------------------------------------------------------
-_NONNEG_ACTIVATIONS = ("relu", "sigmoid", "softplus", "softmax")
-
-
-def known_nonnegative(graph: Graph, name: str) -> bool:
-    """Whether node ``name``'s output is >= 0 by construction: a ReLU (or sigmoid,
-    softplus, softmax), possibly seen through pools, reshapes, permutes, and adds or
-    concats of such outputs."""
-    n = graph[name]
-    if n.op == "activation":
-        return n.attrs.get("kind") in _NONNEG_ACTIVATIONS
-    if n.op in ("maxpool", "avgpool", "adaptive_avgpool", "reshape", "permute"):
-        return known_nonnegative(graph, n.inputs[0])
-    if n.op in ("add", "concat"):
-        return all(known_nonnegative(graph, i) for i in n.inputs)
-    return False
-
-
 def _as4d(x: np.ndarray, spatial_dims: int) -> np.ndarray:
     """(N, C, L) -> (N, C, 1, L); (N, C, H, W) as is; (N, K) -> (N, K, 1, 1)."""
     if spatial_dims == 0:
@@ -441,7 +424,7 @@ class _LinearOp:
         self.eps = float(getattr(rule, "epsilon", getattr(rule, "stabilizer", 0.0)))
         self.c1 = self.c2 = 0.0
 
-        self.nonneg = known_nonnegative(graph, node.inputs[0])
+        self.nonneg = graph.known_nonnegative(node.inputs[0])
         self.pq = kind in self._SPLIT_RULES
         self.split = int(self.pq and not self.nonneg)
         if self.pq:
