@@ -20,6 +20,7 @@ import fastlrp  # noqa: E402
 from fastlrp import cli  # noqa: E402
 from fastlrp.dataset import load_store  # noqa: E402
 from fastlrp.importers.torch import UnsupportedLayerError, from_torch  # noqa: E402
+from _torch_helpers import randomize  # noqa: E402
 
 COMPOSITES = ["epsilon_plus", "epsilon_plus_flat", "epsilon_alpha2_beta1", "epsilon_alpha2_beta1_flat",
               "epsilon_gamma_box(low=-3, high=3)"]
@@ -64,25 +65,6 @@ def _models():
             nn.Conv1d(4, 6, 2, dilation=2), nn.ReLU(), nn.AdaptiveAvgPool1d(2), nn.Flatten(), nn.Linear(12, 3)),
             (3, 2, 16)),
     }
-
-
-def randomize(model, seed=0):
-    """Random float64 weights, non-zero biases, non-trivial BatchNorm statistics; eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    model.double()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g, dtype=torch.float64) * 0.5)
-                m.running_var.copy_(torch.rand(c, generator=g, dtype=torch.float64) + 0.5)
-                m.weight.copy_(torch.rand(c, generator=g, dtype=torch.float64) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=g, dtype=torch.float64) * 0.3)
-            elif isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g, dtype=torch.float64) / m.weight[0].numel() ** 0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g, dtype=torch.float64) * 0.1)
-    return model.eval()
 
 
 def _quiet(fn, *a, **kw):

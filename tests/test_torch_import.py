@@ -12,6 +12,7 @@ F = torch.nn.functional
 
 from fastlrp.graph import GraphError  # noqa: E402
 from fastlrp.importers.torch import UnsupportedLayerError, from_torch  # noqa: E402
+from _torch_helpers import randomize  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------
@@ -23,27 +24,6 @@ def graph_forward(graph, x):
     import fastlrp
 
     return np.asarray(fastlrp.Explainer(graph, "epsilon_plus", backend="reference").forward(np.asarray(x)))
-
-
-def randomize(model, seed=0):
-    """Random weights, non-zero biases and non-trivial BatchNorm statistics (float64)."""
-    g = torch.Generator().manual_seed(seed)
-    model.double()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g, dtype=torch.float64) * 0.5)
-                m.running_var.copy_(torch.rand(c, generator=g, dtype=torch.float64) + 0.5)
-                if m.weight is not None:
-                    m.weight.copy_(torch.rand(c, generator=g, dtype=torch.float64) + 0.5)
-                    m.bias.copy_(torch.randn(c, generator=g, dtype=torch.float64) * 0.3)
-            elif isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-                fan_in = m.weight[0].numel()
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g, dtype=torch.float64) / fan_in ** 0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g, dtype=torch.float64) * 0.1)
-    return model.eval()
 
 
 def check_forward(model, x, atol=1e-10, **kw):

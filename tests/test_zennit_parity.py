@@ -26,6 +26,7 @@ from zennit.layer import Sum  # noqa: E402
 import fastlrp  # noqa: E402
 from fastlrp.composites import EpsilonGammaBox  # noqa: E402
 from fastlrp.importers.torch import from_torch  # noqa: E402
+from _torch_helpers import randomize as _randomize  # noqa: E402
 
 nn = torch.nn
 F = torch.nn.functional
@@ -44,22 +45,7 @@ COMPOSITES = {
 
 
 def randomize(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    model.double()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g, dtype=torch.float64) * 0.5)
-                m.running_var.copy_(torch.rand(c, generator=g, dtype=torch.float64) + 0.5)
-                m.weight.copy_(torch.rand(c, generator=g, dtype=torch.float64) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=g, dtype=torch.float64) * 0.3)
-            elif isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-                fan_in = m.weight[0].numel()
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g, dtype=torch.float64) * (2.0 / fan_in) ** 0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g, dtype=torch.float64) * 0.1)
-    return model.eval()
+    return _randomize(model, seed, gain=2.0)
 
 
 # ------------------------------------------------------------------------------------------------
