@@ -237,3 +237,53 @@ def test_avgpool_keeps_channels(pool, rule):
     assert np.all(R[:, [0, 1, 3]] == 0)
     assert np.all(np.abs(R[:, 2]).sum(axis=(1, 2)) > 0)
     np.testing.assert_allclose(R[:, 2].sum(axis=(1, 2)), seed[:, 2].sum(axis=(1, 2)), rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------
+# the opt-in proportional max pooling (Norm rule on a max pool)
+# ---------------------------------------------------------------------------------
+def _proportional_maxpool_by_loops(x, R, kernel, stride, pad, dil, eps):
+    N, C, H, W = x.shape
+    out = np.zeros_like(x)
+    for n in range(N):
+        for c in range(C):
+            for i in range(R.shape[2]):
+                for j in range(R.shape[3]):
+                    taps = [
+                        (i * stride[0] - pad[0] + a * dil[0], j * stride[1] - pad[1] + b * dil[1])
+                        for a in range(kernel[0])
+                        for b in range(kernel[1])
+                    ]
+                    taps = [(h, w) for h, w in taps if 0 <= h < H and 0 <= w < W]
+                    z = sum(x[n, c, h, w] for h, w in taps)
+                    z = z + (eps if z >= 0 else -eps)
+                    for h, w in taps:
+                        out[n, c, h, w] += x[n, c, h, w] * R[n, c, i, j] / z
+    return out
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba", "cpu"])
+@pytest.mark.parametrize("cfg", [((2, 2), (2, 2), 0, 1, False), ((3, 3), (2, 1), 1, 1, True), ((2, 3), (1, 2), 1, (2, 1), False)])
+def test_proportional_maxpool(cfg, backend):
+    if backend == "numba":
+        pytest.importorskip("numba")
+    if backend == "cpu":
+        from fastlrp import _ext
+
+        if _ext.core is None:
+            pytest.skip("compiled extension not built")
+    kernel, stride, pad, dil, ceil = cfg
+    rng = np.random.default_rng(11)
+    bld = GraphBuilder((3, 7, 8))
+    bld.maxpool(bld.input, kernel, stride=stride, padding=pad, dilation=dil, ceil_mode=ceil)
+    g = bld.build()
+    x = rng.uniform(0.1, 1.0, size=(2, 3, 7, 8)).astype(np.float32).astype(np.float64)
+    R = rng.uniform(0.1, 1.0, size=(2, *g.output_shape))
+    ex = fastlrp.Explainer(g, fastlrp.Composite({"maxpool": Norm(1e-9)}), backend=backend)
+    got = ex.explain(x, target=R)
+    dil2 = (dil, dil) if isinstance(dil, int) else dil
+    want = _proportional_maxpool_by_loops(x, R, kernel, stride, (pad, pad), dil2, 1e-9)
+    tol = 1e-12 if backend == "reference" else 1e-5
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+    # positive inputs: the window shares conserve relevance
+    np.testing.assert_allclose(got.sum(axis=(1, 2, 3)), R.sum(axis=(1, 2, 3)), rtol=1e-5)

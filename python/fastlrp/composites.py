@@ -61,7 +61,7 @@ _ALLOWED = {
     "conv": ("epsilon", "zplus", "alphabeta", "gamma", "zbox", "flat", "wsquare", "pass"),
     "avgpool": ("norm", "flat", "pass"),
     "adaptive_avgpool": ("norm", "flat", "pass"),
-    "maxpool": ("winner",),
+    "maxpool": ("winner", "norm"),
     "add": ("norm", "pass"),
     "concat": ("pass",),
     "reshape": ("pass",),

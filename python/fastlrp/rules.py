@@ -203,7 +203,9 @@ class WSquare(Rule):
 @dataclass(frozen=True)
 class Norm(Rule):
     """``R_in = x * J^T [R / s(f(x))]``: each input gets its share of the
-    output. Used for average pooling (per channel) and residual sums."""
+    output. Used for average pooling (per channel) and residual sums. On a max
+    pooling layer it is the opt-in proportional variant: each input of a window gets
+    ``x_i / s(sum of the window)`` of the window's relevance (padding excluded)."""
 
     stabilizer: float = 1e-6
     kind = "norm"

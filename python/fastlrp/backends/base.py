@@ -37,3 +37,20 @@ class Backend(Protocol):
 
 class BackendError(RuntimeError):
     """A backend is missing or cannot run this node."""
+
+
+class Float32Op:
+    """Runs a reference NodeOp (NumPy code that works in any float dtype) and keeps
+    inputs and outputs float32: the float32 backends use it for routing ops and
+    for rare variants without a kernel of their own (proportional max pooling)."""
+
+    def __init__(self, op):
+        self.op = op
+
+    def forward(self, inputs: list):
+        out, ctx = self.op.forward([np.ascontiguousarray(i, dtype=np.float32) for i in inputs])
+        return np.asarray(out, dtype=np.float32), ctx
+
+    def relevance(self, ctx, R):
+        rs = self.op.relevance(ctx, R)
+        return [None if r is None else np.asarray(r, dtype=np.float32) for r in rs]

@@ -45,7 +45,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .. import _ext
-from .base import BackendError
+from .base import BackendError, Float32Op
 
 __all__ = ["CpuBackend", "DENSE_RULES"]
 
@@ -409,23 +409,6 @@ class _AddOp:
         return [x * g for x in xs]
 
 
-class _Float32Op:
-    """Shape and elementwise ops (reshape, permute, concat, activations, unfolded
-    BatchNorm, input): the reference's NumPy code is dtype-agnostic; this keeps
-    the outputs float32."""
-
-    def __init__(self, op):
-        self.op = op
-
-    def forward(self, inputs):
-        out, ctx = self.op.forward([_f32(i) for i in inputs])
-        return np.asarray(out, dtype=np.float32), ctx
-
-    def relevance(self, ctx, R):
-        rs = self.op.relevance(ctx, R)
-        return [None if r is None else np.asarray(r, dtype=np.float32) for r in rs]
-
-
 class _DenseOp:
     """A dense node run by the ``dense_*`` entry points (``fastlrp._cuda``'s, or the
     simple ``_core`` ones); the CPU backend itself uses :class:`_LinearOp`."""
@@ -542,13 +525,15 @@ class CpuBackend:
         op = node.op
         if op in ("dense", "conv"):
             if rule.kind == "pass":
-                return _Float32Op(self._ref().prepare(graph, node, rule))
+                return Float32Op(self._ref().prepare(graph, node, rule))
             return _LinearOp(self.core, graph, node, rule, graph.known_nonnegative(node.inputs[0]))
         if op == "maxpool":
+            if rule.kind == "norm":  # the opt-in proportional variant
+                return Float32Op(self._ref().prepare(graph, node, rule))
             return _MaxPoolOp(self.core, graph, node)
         if op in ("avgpool", "adaptive_avgpool"):
             return _AvgPoolOp(graph, node, rule)
         if op == "add":
             return _AddOp(node, rule)
         # input, reshape, permute, concat, activation, batchnorm: NumPy in float32
-        return _Float32Op(self._ref().prepare(graph, node, rule))
+        return Float32Op(self._ref().prepare(graph, node, rule))

@@ -52,7 +52,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..graph import Graph, Node
-from .base import BackendError
+from .base import BackendError, Float32Op
 
 __all__ = ["NumbaBackend"]
 
@@ -790,6 +790,10 @@ class NumbaBackend:
             numba.set_num_threads(int(num_threads))
 
     def prepare(self, graph: Graph, node: Node, rule):
+        if node.op == "maxpool" and rule.kind == "norm":  # the opt-in proportional variant
+            from .reference import ReferenceBackend
+
+            return Float32Op(ReferenceBackend().prepare(graph, node, rule))
         try:
             cls = _OPS[node.op]
         except KeyError:

@@ -276,10 +276,11 @@ class _AvgPoolOp:
 
 
 class _MaxPoolOp:
-    """Max pooling; relevance goes to each window's first arg-max (PyTorch's gradient)."""
+    """Max pooling; relevance goes to each window's first arg-max (PyTorch's gradient),
+    or, with the Norm rule, to every input of the window in proportion to its value."""
 
     def __init__(self, graph: Graph, node: Node, rule):
-        self.node = node
+        self.node, self.rule = node, rule
         a = node.attrs
         in_shape = graph[node.inputs[0]].shape
         self.d = a["dims"]
@@ -307,10 +308,38 @@ class _MaxPoolOp:
         x = inputs[0]
         win = self._windows(x)
         arg = np.argmax(win, axis=-1)
-        return np.take_along_axis(win, arg[..., None], axis=-1)[..., 0], (x.shape, arg)
+        return np.take_along_axis(win, arg[..., None], axis=-1)[..., 0], (x, arg)
+
+    def _proportional(self, x, R):
+        # the Norm rule on the window sums: padding taps (-inf) count as 0
+        win = self._windows(x)
+        win = np.where(np.isneginf(win), 0.0, win)
+        g = R / stabilize(win.sum(axis=-1), self.rule.stabilizer)
+        shares = win * g[..., None]  # (N, C, *out, K)
+        N, C = x.shape[:2]
+        out = np.zeros((N, C, int(np.prod(x.shape[2:]))))
+        if self.d == 1:
+            (t,) = self.tables
+            flat = np.broadcast_to(t, shares.shape[2:])
+        else:
+            th, tw = self.tables
+            KW = tw.shape[1]
+            k = np.arange(th.shape[1] * KW)
+            ih = th[:, None, k // KW]  # (OH, 1, K)
+            iw = tw[None, :, k % KW]  # (1, OW, K)
+            flat = np.where((ih < 0) | (iw < 0), -1, ih * x.shape[3] + iw)
+        valid = np.broadcast_to(flat >= 0, shares.shape)
+        idx = np.broadcast_to(flat, shares.shape)
+        n_idx = np.broadcast_to(np.arange(N).reshape((N,) + (1,) * (shares.ndim - 1)), shares.shape)
+        c_idx = np.broadcast_to(np.arange(C).reshape((1, C) + (1,) * (shares.ndim - 2)), shares.shape)
+        np.add.at(out, (n_idx[valid], c_idx[valid], idx[valid]), shares[valid])
+        return [out.reshape(x.shape)]
 
     def relevance(self, ctx, R):
-        shape, arg = ctx
+        x, arg = ctx
+        if self.rule.kind == "norm":
+            return self._proportional(x, R)
+        shape = x.shape
         N, C = shape[:2]
         out = np.zeros((N, C, int(np.prod(shape[2:]))))
         if self.d == 1:
