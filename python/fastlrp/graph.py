@@ -496,6 +496,16 @@ def _from_json(obj: Any) -> Any:
     return obj
 
 
+def unique_name(name: str, used: set) -> str:
+    """``name``, or ``name_1``, ``name_2``, ... if taken; the result is added to ``used``."""
+    base, k = name, 1
+    while name in used:
+        name = f"{base}_{k}"
+        k += 1
+    used.add(name)
+    return name
+
+
 def same_padding(length: int, kernel: int, stride: int = 1, dilation: int = 1) -> tuple:
     """TensorFlow/Keras "same" padding along one axis: ``(before, after)``.
 

@@ -39,7 +39,7 @@ import warnings
 
 import numpy as np
 
-from ..graph import Graph, GraphError, Node, same_padding
+from ..graph import Graph, GraphError, Node, same_padding, unique_name
 
 __all__ = [
     "UnsupportedLayerError",
@@ -174,12 +174,7 @@ class _Importer:
         return (id(h.operation), h.node_index, h.tensor_index)
 
     def unique(self, name: str) -> str:
-        base, k = name, 1
-        while name in self.names:
-            name = f"{base}_{k}"
-            k += 1
-        self.names.add(name)
-        return name
+        return unique_name(name, self.names)
 
     def emit(self, name, op, inputs, attrs=None, params=None, shape=(), source="") -> str:
         name = self.unique(name)

@@ -38,7 +38,7 @@ import warnings
 
 import numpy as np
 
-from ..graph import Graph, GraphError, Node
+from ..graph import Graph, GraphError, Node, unique_name
 
 __all__ = ["from_torch", "UnsupportedLayerError"]
 
@@ -208,12 +208,7 @@ class _Converter:
 
     # -- bookkeeping ----------------------------------------------------------------------
     def unique(self, name):
-        base, k = name, 1
-        while name in self.used_names:
-            name = f"{base}_{k}"
-            k += 1
-        self.used_names.add(name)
-        return name
+        return unique_name(name, self.used_names)
 
     def add(self, fxnode, op, inputs, attrs=None, params=None, name=None, source=""):
         nm = self.unique(name or fxnode.name)
