@@ -1,0 +1,13 @@
+// Every GPU kernel and the device runtime, in one translation unit.  Compiled by
+// nvcc for fastlrp._cuda, and by the host compiler (kernels_emu.cpp, with
+// FASTLRP_SIMT_EMU) for fastlrp._cuda_emu, the SIMT emulator build that tests
+// the same kernel code on machines without a GPU.
+#include "simt.h"
+
+#include "runtime.cuh"
+#if __has_include("kernels_gemm.cuh")
+#include "kernels_gemm.cuh"
+#endif
+#if __has_include("kernels_elem.cuh")
+#include "kernels_elem.cuh"
+#endif
