@@ -27,22 +27,13 @@ if core is None or not hasattr(core, "conv_gemm"):  # pragma: no cover
 import fastlrp  # noqa: E402
 from fastlrp import rules  # noqa: E402
 from fastlrp.graph import GraphBuilder  # noqa: E402
+from _nets import (  # noqa: E402
+    CONV1D_CASES, CONV_CASES, NET_COMPOSITES, POOLS, RULES, _pool_graph, _small_resnet, _small_vgg, layer_graph,
+)
 
 RTOL_LAYER = 5e-4
 RTOL_NET = 2e-3
 
-RULES = [
-    rules.Epsilon(),
-    rules.Epsilon(epsilon=0.1, zero_bias=True),
-    rules.ZPlus(),
-    rules.AlphaBeta(2.0, 1.0),
-    rules.AlphaBeta(1.0, 0.0),
-    rules.Gamma(0.25),
-    rules.Gamma(0.5, zero_bias=True),
-    rules.ZBox(-2.0, 2.5),
-    rules.Flat(),
-    rules.WSquare(),
-]
 
 
 @pytest.fixture(autouse=True)
@@ -60,18 +51,6 @@ def explain_both(graph, composite, x, target=0):
     ref = fastlrp.Explainer(graph, composite, backend="reference")
     cpu = fastlrp.Explainer(graph, composite, backend="cpu")
     return cpu.explain(x, target=target), ref.explain(x.astype(np.float64), target=target)
-
-
-def layer_graph(rng, in_shape, weight_shape, bias, relu_before, **conv_kw):
-    gb = GraphBuilder(in_shape)
-    h = gb.input
-    if relu_before:
-        h = gb.activation(h, "relu")
-    W = rng.standard_normal(weight_shape)
-    b = rng.standard_normal(weight_shape[0]) if bias else None
-    h = gb.dense(h, W, b) if len(weight_shape) == 2 else gb.conv(h, W, b, **conv_kw)
-    gb.flatten(h)
-    return gb.build()
 
 
 # ----------------------------------------------------------------------------- GEMM
@@ -153,19 +132,6 @@ def test_conv_gemm_rejects_bad_arguments():
 
 
 # ----------------------------------------------------------------------------- conv / dense rules
-# (in_shape, weight_shape, stride, padding, dilation, groups, bias, relu_before)
-CONV_CASES = [
-    ((3, 7, 9), (5, 3, 3, 3), 1, 1, 1, 1, True, False),
-    ((1, 1, 1), (1, 1, 1, 1), 1, 0, 1, 1, True, False),
-    ((4, 8, 5), (6, 2, 3, 3), 2, ((1, 0), (0, 2)), 1, 2, False, False),
-    ((6, 11, 13), (6, 2, 2, 3), (2, 1), ((1, 2), (0, 1)), (2, 1), 3, True, True),
-    ((2, 5, 5), (4, 2, 1, 1), 1, 0, 1, 1, True, False),
-    ((3, 9, 9), (17, 3, 3, 3), 3, 2, 2, 1, True, True),
-    ((5, 1, 17), (7, 5, 1, 3), 1, ((0, 0), (2, 1)), 1, 1, False, False),
-    ((4, 6, 6), (4, 1, 3, 3), 1, 1, 1, 4, True, True),  # depthwise
-    ((3, 19, 23), (20, 3, 5, 4), (3, 2), ((2, 1), (1, 3)), (1, 2), 1, True, False),
-    ((16, 4, 4), (33, 16, 3, 3), 1, 1, 1, 1, True, True),
-]
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-g{c[5]}")
@@ -181,12 +147,6 @@ def test_conv2d_rules(case, rule):
     assert rel_err(got, want) < RTOL_LAYER
 
 
-CONV1D_CASES = [
-    ((4, 19), (6, 2, 3), 2, ((2, 1),), 2, 2, True, False),
-    ((3, 1), (2, 3, 1), 1, 0, 1, 1, False, False),
-    ((5, 31), (7, 5, 4), 3, ((0, 3),), 1, 1, True, True),
-    ((2, 13), (3, 2, 3), 1, 1, 3, 1, True, False),
-]
 
 
 @pytest.mark.parametrize("case", CONV1D_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}")
@@ -262,30 +222,6 @@ def test_conv_shapes_property():
 
 
 # ----------------------------------------------------------------------------- pools and structure
-def _pool_graph(rng, in_shape, pool):
-    gb = GraphBuilder(in_shape)
-    h = pool(gb, gb.input)
-    h = gb.flatten(h)
-    graph0 = gb.build()
-    n_out = int(np.prod(graph0[h].shape))
-    gb.dense(h, rng.standard_normal((3, n_out)), rng.standard_normal(3))
-    return gb.build()
-
-
-POOLS = [
-    ("max2x2", (3, 8, 8), lambda gb, h: gb.maxpool(h, 2)),
-    ("max3s2p1", (2, 9, 7), lambda gb, h: gb.maxpool(h, 3, 2, 1)),
-    ("max_overlap_dil", (2, 11, 10), lambda gb, h: gb.maxpool(h, (3, 2), (1, 2), ((1, 1), (0, 1)), dilation=(2, 1))),
-    ("max_ceil", (2, 7, 9), lambda gb, h: gb.maxpool(h, 3, 2, 1, ceil_mode=True)),
-    ("max1d", (3, 17), lambda gb, h: gb.maxpool(h, 3, 2, 1, dims=1, ceil_mode=True)),
-    ("avg2x2", (3, 8, 8), lambda gb, h: gb.avgpool(h, 2)),
-    ("avg_pad_incl", (2, 7, 9), lambda gb, h: gb.avgpool(h, 3, 2, 1, ceil_mode=True, count_include_pad=True)),
-    ("avg_pad_excl", (2, 7, 9), lambda gb, h: gb.avgpool(h, 3, 2, 1, ceil_mode=True, count_include_pad=False)),
-    ("avg_divisor", (2, 6, 6), lambda gb, h: gb.avgpool(h, 3, 1, 1, divisor_override=5)),
-    ("avg1d", (3, 17), lambda gb, h: gb.avgpool(h, 4, 3, 2, dims=1, count_include_pad=False)),
-    ("adaptive", (2, 7, 10), lambda gb, h: gb.adaptive_avgpool(h, (3, 4))),
-    ("global", (5, 4, 4), lambda gb, h: gb.adaptive_avgpool(h, 1)),
-]
 
 
 @pytest.mark.parametrize("name,in_shape,pool", POOLS, ids=[p[0] for p in POOLS])
@@ -305,43 +241,6 @@ def test_pools(name, in_shape, pool, pool_rule):
     assert rel_err(out_cpu, out_ref) < 1e-5
 
 
-def _small_vgg(rng):
-    gb = GraphBuilder((3, 12, 12))
-    h = gb.input
-    c = 3
-    for co in (8, 8, "M", 16, "M"):
-        if co == "M":
-            h = gb.maxpool(h, 2)
-            continue
-        h = gb.conv(h, rng.standard_normal((co, c, 3, 3)) / np.sqrt(9 * c), 0.1 * rng.standard_normal(co), padding=1)
-        h = gb.activation(h, "relu")
-        c = co
-    h = gb.flatten(h)
-    h = gb.activation(gb.dense(h, rng.standard_normal((20, 16 * 9)) / 12, 0.1 * rng.standard_normal(20)), "relu")
-    gb.dense(h, rng.standard_normal((5, 20)) / 4, 0.1 * rng.standard_normal(5))
-    return gb.build()
-
-
-def _small_resnet(rng):
-    gb = GraphBuilder((3, 10, 10))
-    h = gb.conv(gb.input, rng.standard_normal((8, 3, 3, 3)) / 5, 0.1 * rng.standard_normal(8), stride=2, padding=1)
-    h = gb.activation(h, "relu")
-    h = gb.maxpool(h, 3, 2, 1)
-    idt = h
-    b = gb.activation(gb.conv(h, rng.standard_normal((8, 8, 3, 3)) / 8, None, padding=1), "relu")
-    b = gb.conv(b, rng.standard_normal((8, 8, 3, 3)) / 8, 0.1 * rng.standard_normal(8), padding=1)
-    h = gb.activation(gb.add(b, idt), "relu")
-    idt = gb.conv(h, rng.standard_normal((12, 8, 1, 1)) / 3, None, stride=2)
-    b = gb.activation(gb.conv(h, rng.standard_normal((12, 8, 3, 3)) / 8, None, stride=2, padding=1), "relu")
-    b = gb.conv(b, rng.standard_normal((12, 12, 3, 3)) / 10, None, padding=1)
-    h = gb.activation(gb.add(b, idt), "relu")
-    h = gb.flatten(gb.adaptive_avgpool(h, 1))
-    gb.dense(h, rng.standard_normal((4, 12)) / 3, 0.1 * rng.standard_normal(4))
-    return gb.build()
-
-
-NET_COMPOSITES = ["epsilon_plus", "epsilon_plus_flat", "epsilon_alpha2_beta1_flat", "epsilon_gamma_box(low=-3, high=3)",
-                  "excitation_backprop"]
 
 
 @pytest.mark.parametrize("net", [_small_vgg, _small_resnet], ids=["vgg", "resnet"])

@@ -288,6 +288,7 @@ def _explain_batch(explainer: Explainer, x: np.ndarray, targets: _Targets, start
         yg = None if y is None else (_to_numpy(y)[gi] if gi.size < n else y)
         xb, _ = explainer._prepare_input(xg)
         out, ctxs = explainer._forward(xb)
+        out = explainer._host(out)
         ok = np.isfinite(out.reshape(out.shape[0], -1)).all(axis=1)
         if not ok.all() and nonfinite == "raise":
             bad = gi[~ok] + start
@@ -312,7 +313,7 @@ def _explain_batch(explainer: Explainer, x: np.ndarray, targets: _Targets, start
                 s[~ok] = 0
                 seeds.append(s.reshape(out.shape))
         for k, seed in enumerate(seeds):
-            r = explainer._to_user_layout(explainer._backward(ctxs, seed))
+            r = explainer._host(explainer._to_user_layout(explainer._backward(ctxs, seed)))
             R[gi, k] = r
         O[gi] = out
         T[gi] = tg

@@ -60,13 +60,17 @@ def get_backend(backend="auto"):
         from .backends.numba_backend import NumbaBackend
 
         return NumbaBackend()
-    if name == "cuda":
+    if name == "cuda" or name.startswith("cuda:"):
         from .backends.cuda import CudaBackend
 
-        return CudaBackend()
+        return CudaBackend(device=int(name[5:]) if name.startswith("cuda:") else 0)
+    if name == "cuda-emu":
+        from .backends.cuda import CudaBackend
+
+        return CudaBackend(emulate=True)
     from .backends.base import BackendError
 
-    raise BackendError(f"unknown backend '{backend}' (choose auto, reference, cpu, numba or cuda)")
+    raise BackendError(f"unknown backend '{backend}' (choose auto, reference, cpu, numba, cuda, cuda:N or cuda-emu)")
 
 
 @dataclass
@@ -176,7 +180,39 @@ class Explainer:
         return np.ascontiguousarray(x, dtype=self.dtype), batched
 
     def _to_user_layout(self, R):
-        return np.moveaxis(R, 1, -1) if self._channels_last else R
+        if not self._channels_last:
+            return R
+        if isinstance(R, np.ndarray):
+            return np.moveaxis(R, 1, -1)
+        return self.backend.moveaxis_last(R)
+
+    # device backends (fastlrp.backends.cuda) keep arrays on the device; these
+    # move what the engine itself needs (outputs for the seeds, report sums)
+    def _dev(self, a):
+        to = getattr(self.backend, "to_device", None)
+        return a if to is None else to(a)
+
+    def _host(self, a):
+        to = getattr(self.backend, "to_host", None)
+        return a if to is None else to(a)
+
+    def _prepare_device_input(self, x):
+        """A GPU array (torch CUDA, CuPy, ...): validated and used in place."""
+        d = self.backend.wrap(x)
+        shape = self.graph.input_shape
+        if self._channels_last:
+            raise InputError("channels-last models take GPU input in NCHW only through NumPy for now; "
+                             "pass a NumPy array or a channels-first tensor to a channels-first model")
+        if tuple(d.shape) == shape:
+            return d.reshape((1,) + shape), False
+        if d.ndim == len(shape) + 1 and tuple(d.shape[1:]) == shape:
+            if d.shape[0] == 0:
+                raise InputError("input has an empty batch")
+            return d, True
+        raise InputError(
+            f"input of shape {tuple(d.shape)} does not fit the model: expected (batch, {', '.join(map(str, shape))})"
+            f" or one sample of shape {shape}"
+        )
 
     # -- passes ----------------------------------------------------------------------
     def _forward(self, x):
@@ -186,7 +222,7 @@ class Explainer:
             for i in n.inputs:
                 consumers_left[i] += 1
         for n in self._nodes:
-            ins = [x] if n.op == "input" else [acts[i] for i in n.inputs]
+            ins = [self._dev(x)] if n.op == "input" else [acts[i] for i in n.inputs]
             out, ctx = self._ops[n.name].forward(ins)
             acts[n.name] = out
             ctxs[n.name] = ctx
@@ -200,10 +236,11 @@ class Explainer:
         """The model's output for ``x`` (with the batch axis if ``x`` had one)."""
         xb, batched = self._prepare_input(x)
         out, _ = self._forward(xb)
+        out = self._host(out)
         return out if batched else out[0]
 
     def _backward(self, ctxs, seed, report=None):
-        R = {self.graph.output: seed}
+        R = {self.graph.output: self._dev(seed)}
         for n in reversed(self._nodes):
             r = R.pop(n.name, None)
             if r is None:
@@ -212,12 +249,14 @@ class Explainer:
                 return r
             ins = self._ops[n.name].relevance(ctxs[n.name], r)
             if report is not None:
-                report.relevance_out[n.name] = r.reshape(r.shape[0], -1).sum(axis=1)
-                report.relevance_in[n.name] = sum(i.reshape(i.shape[0], -1).sum(axis=1) for i in ins)
+                rh = self._host(r)
+                report.relevance_out[n.name] = rh.reshape(rh.shape[0], -1).sum(axis=1)
+                report.relevance_in[n.name] = sum(
+                    ih.reshape(ih.shape[0], -1).sum(axis=1) for ih in map(self._host, ins))
             for name, ri in zip(n.inputs, ins):
                 R[name] = ri if name not in R else R[name] + ri
         # the output does not depend on the input
-        return np.zeros((seed.shape[0],) + self.graph.input_shape, dtype=self.dtype)
+        return self._dev(np.zeros((seed.shape[0],) + self.graph.input_shape, dtype=self.dtype))
 
     def _seeds(self, out, target, batched):
         """Seed relevance arrays, one per target column: list of (N, *out) arrays."""
@@ -296,8 +335,53 @@ class Explainer:
             Relevance with ``x``'s shape (plus a target axis for several targets),
             or ``(relevance, report)`` with ``return_layers``.
         """
-        xb, batched = self._prepare_input(x)
+        be = self.backend
+        on_device = bool(getattr(be, "is_device", False)) and be.accepts(x)
+        xb, batched = self._prepare_device_input(x) if on_device else self._prepare_input(x)
+        if not on_device and getattr(be, "is_device", False):
+            xb = be.stage(xb)
+        results, multi, reports = self._explain_split(xb, target, batched, return_layers)
+        if on_device:
+            R = be.stack_targets(results) if multi else results[0]
+            if not batched:
+                R = R.reshape(R.shape[1:])
+            R = be.like(R, x)
+        else:
+            results = [np.asarray(self._host(r)) for r in results]
+            R = np.stack(results, axis=1) if multi else results[0]
+            if not batched:
+                R = R[0]
+        if return_layers:
+            return R, (reports if multi else reports[0])
+        return R
+
+    def _explain_split(self, xb, target, batched, return_layers):
+        """One batch; on device out-of-memory, the two halves in turn (recursively)."""
+        from .backends.base import DeviceOutOfMemory
+
+        try:
+            return self._explain_batch(xb, target, batched, return_layers)
+        except DeviceOutOfMemory as e:
+            # leave the except block first: its traceback holds the failed
+            # attempt's device arrays
+            err = (str(e), e.requested, e.free)
+        N = xb.shape[0]
+        if N <= 1:
+            raise DeviceOutOfMemory(f"explaining one sample needs more device memory than is free: {err[0]}",
+                                    err[1], err[2])
+        h = N // 2
+        parts = []
+        for s, t in ((0, h), (h, N)):
+            parts.append(self._explain_split(self.backend.batch_slice(xb, s, t), _slice_target(target, s, t, N),
+                                             batched, return_layers))
+        multi = parts[0][1]
+        results = [self.backend.concat_batch([p[0][k] for p in parts]) for k in range(len(parts[0][0]))]
+        reports = [_merge_reports(parts[0][2][k], parts[1][2][k]) for k in range(len(parts[0][2]))]
+        return results, multi, reports
+
+    def _explain_batch(self, xb, target, batched, return_layers):
         out, ctxs = self._forward(xb)
+        out = self._host(out)
         if not np.isfinite(out).all():
             bad = np.flatnonzero(~np.isfinite(out.reshape(out.shape[0], -1)).all(axis=1))
             raise InputError(f"the model's output is NaN or Inf for sample(s) {bad[:10].tolist()}")
@@ -315,12 +399,7 @@ class Explainer:
                 )
                 reports.append(rep)
             results.append(self._to_user_layout(self._backward(ctxs, seed, rep)))
-        R = np.stack(results, axis=1) if multi else results[0]
-        if not batched:
-            R = R[0]
-        if return_layers:
-            return R, (reports if multi else reports[0])
-        return R
+        return results, multi, reports
 
     __call__ = explain
 
@@ -330,3 +409,23 @@ class Explainer:
 
         return explain_dataset(self, source, out, target=target, batch_size=batch_size, **kwargs)
 
+
+
+def _slice_target(target, s, e, N):
+    """The part of a per-sample target for samples s..e of N (scalars pass through)."""
+    if target is None or isinstance(target, (str, int, np.integer)):
+        return target
+    if hasattr(target, "detach") and hasattr(target, "cpu"):
+        target = target.detach().cpu().numpy()
+    t = np.asarray(target)
+    return t[s:e] if t.ndim >= 1 and t.shape[0] == N else target
+
+
+def _merge_reports(a: "RelevanceReport", b: "RelevanceReport") -> "RelevanceReport":
+    cat = np.concatenate
+    return RelevanceReport(
+        names=a.names, ops=a.ops, rules=a.rules,
+        relevance_out={k: cat([a.relevance_out[k], b.relevance_out[k]]) for k in a.relevance_out},
+        relevance_in={k: cat([a.relevance_in[k], b.relevance_in[k]]) for k in a.relevance_in},
+        explained=cat([a.explained, b.explained]),
+    )

@@ -11,14 +11,16 @@ namespace cpu {
 
 namespace {
 
-inline float stab(float z, float e) { return z >= 0.0f ? z + e : z - e; }
 inline float pos(float v) { return v > 0.0f ? v : 0.0f; }
 inline float neg(float v) { return v < 0.0f ? v : 0.0f; }
 
 }  // namespace
 
-int rule_g_halves(RuleKind kind) { return (kind == RuleKind::AlphaBeta || kind == RuleKind::Gamma) ? 2 : 1; }
+int rule_g_halves(RuleKind kind) { return rule_g_num_halves(kind); }
 
+// The per-element math is rules.h's rule_g_* (shared with the GPU kernel); the
+// switch on the kind is per row, so each inner loop is one straight-line,
+// vectorisable expression.
 void rule_g(const RuleGArgs& a, int threads) {
     const int64_t O = a.O, P = a.P, G = a.groups, Og = O / G, H = rule_g_halves(a.kind);
     const float e = float(a.coefs.eps), al = float(a.coefs.alpha), be = float(a.coefs.beta),
@@ -35,7 +37,7 @@ void rule_g(const RuleGArgs& a, int threads) {
                 const int64_t o = gi * Og + oi;
                 const float* __restrict R = a.R + (n * O + o) * P;
                 const float* __restrict zc = a.zc + o * P;
-                for (int64_t p = 0; p < P; ++p) gs[p] += R[p] / stab(zc[p], e);
+                for (int64_t p = 0; p < P; ++p) gs[p] += rule_g_const(R[p], zc[p], e);
             }
         }
         return;
@@ -44,8 +46,7 @@ void rule_g(const RuleGArgs& a, int threads) {
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && rows * P > 32768)
     for (int64_t row = 0; row < rows; ++row) {
         const int64_t n = row / O, o = row - n * O, gi = o / Og, oi = o - gi * Og;
-        const float b = a.bias ? a.bias[o] : 0.0f;
-        const float bb = a.zero_bias ? 0.0f : b;
+        const RuleGBias c = rule_g_bias(a.bias ? a.bias[o] : 0.0f, a.zero_bias, gm);
         const float* __restrict R = a.R + row * P;
         const float* __restrict out = a.out ? a.out + row * P : nullptr;
         const float* __restrict ps = a.psum ? a.psum + row * P : nullptr;
@@ -54,41 +55,23 @@ void rule_g(const RuleGArgs& a, int threads) {
         float* __restrict g1 = g0 + Og * P;  // second half (H == 2)
         switch (a.kind) {
             case RuleKind::Epsilon:
-                if (a.zero_bias)
-                    for (int64_t p = 0; p < P; ++p) g0[p] = R[p] / stab(out[p] - b, e);
-                else
-                    for (int64_t p = 0; p < P; ++p) g0[p] = R[p] / stab(out[p], e);
+                for (int64_t p = 0; p < P; ++p) g0[p] = rule_g_epsilon(R[p], out[p], c, e);
                 break;
-            case RuleKind::ZPlus: {
-                const float bp = pos(bb);
-                for (int64_t p = 0; p < P; ++p) g0[p] = R[p] / stab(ps[p] + bp, e);
+            case RuleKind::ZPlus:
+                for (int64_t p = 0; p < P; ++p) g0[p] = rule_g_zplus(R[p], ps[p], c, e);
                 break;
-            }
-            case RuleKind::AlphaBeta: {
-                const float bp = pos(bb), bn = neg(bb);
-                for (int64_t p = 0; p < P; ++p) {
-                    const float zr = out[p] - b;
-                    g0[p] = al * R[p] / stab(ps[p] + bp, e);
-                    g1[p] = -be * R[p] / stab(zr - ps[p] + bn, e);
-                }
+            case RuleKind::AlphaBeta:
+                for (int64_t p = 0; p < P; ++p) rule_g_alphabeta(R[p], out[p], ps[p], c, e, al, be, g0 + p, g1 + p);
                 break;
-            }
-            case RuleKind::Gamma: {
-                const float bu = bb + gm * pos(bb), bd = bb + gm * neg(bb);
-                for (int64_t p = 0; p < P; ++p) {
-                    const float zr = out[p] - b, z = a.zero_bias ? zr : out[p];
-                    const float zp = zr + gm * ps[p] + bu, zn = zr + gm * (zr - ps[p]) + bd;
-                    g0[p] = z > 0.0f ? R[p] / stab(zp, e) : 0.0f;
-                    g1[p] = z < 0.0f ? R[p] / stab(zn, e) : 0.0f;
-                }
+            case RuleKind::Gamma:
+                for (int64_t p = 0; p < P; ++p) rule_g_gamma(R[p], out[p], ps[p], c, e, gm, g0 + p, g1 + p);
                 break;
-            }
             case RuleKind::ZBox:
-                for (int64_t p = 0; p < P; ++p) g0[p] = R[p] / stab(out[p] - b - zc[p], e);
+                for (int64_t p = 0; p < P; ++p) g0[p] = rule_g_zbox(R[p], out[p], zc[p], c, e);
                 break;
             case RuleKind::Flat:
             case RuleKind::WSquare:
-                for (int64_t p = 0; p < P; ++p) g0[p] = R[p] / stab(zc[p], e);
+                for (int64_t p = 0; p < P; ++p) g0[p] = rule_g_const(R[p], zc[p], e);
                 break;
         }
     }

@@ -25,6 +25,8 @@ std::string device_name(int dev);
 void set_device(int dev);
 int get_device();
 void mem_get_info(size_t* free_bytes, size_t* total_bytes);
+// The device a pointer's memory lives on, or -1 for host / unknown memory.
+int pointer_device(const void* p);
 
 void* dev_malloc(size_t nbytes, void* stream);  // throws OutOfMemory
 void dev_free(void* p, void* stream);
@@ -49,6 +51,7 @@ void* event_create();
 void event_destroy(void* e);
 void event_record(void* e, void* s);
 void stream_wait_event(void* s, void* e);
+void event_synchronize(void* e);
 float event_elapsed_ms(void* start, void* end);
 
 }  // namespace gpu

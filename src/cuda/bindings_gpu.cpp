@@ -9,14 +9,8 @@
 #include <string>
 
 #include "api_runtime.h"
-#if __has_include("bind_gemm.h")
-#include "bind_gemm.h"
-#define FASTLRP_HAVE_BIND_GEMM 1
-#endif
-#if __has_include("bind_elem.h")
 #include "bind_elem.h"
-#define FASTLRP_HAVE_BIND_ELEM 1
-#endif
+#include "bind_gemm.h"
 
 #ifndef FASTLRP_GPU_MODULE
 #error "define FASTLRP_GPU_MODULE (_cuda or _cuda_emu)"
@@ -62,6 +56,8 @@ void bind_runtime(py::module_& m) {
         gpu::mem_get_info(&f, &t);
         return py::make_tuple(f, t);
     }, "(free, total) bytes of the current device.");
+    m.def("pointer_device", [](uintptr_t p) { return gpu::pointer_device(P(p)); }, py::arg("ptr"),
+          "The device holding this pointer's memory, -1 for host memory.");
     m.def("malloc", [](size_t n, uintptr_t s) { return I(gpu::dev_malloc(n, P(s))); }, py::arg("nbytes"),
           py::arg("stream") = 0, "Stream-ordered device allocation; raises OutOfMemoryError with the sizes.");
     m.def("free", [](uintptr_t p, uintptr_t s) { gpu::dev_free(P(p), P(s)); }, py::arg("ptr"), py::arg("stream") = 0);
@@ -115,6 +111,10 @@ void bind_runtime(py::module_& m) {
     m.def("event_record", [](uintptr_t e, uintptr_t s) { gpu::event_record(P(e), P(s)); }, py::arg("event"),
           py::arg("stream") = 0);
     m.def("stream_wait_event", [](uintptr_t s, uintptr_t e) { gpu::stream_wait_event(P(s), P(e)); });
+    m.def("event_synchronize", [](uintptr_t e) {
+        py::gil_scoped_release r;
+        gpu::event_synchronize(P(e));
+    });
     m.def("event_elapsed_ms", [](uintptr_t a, uintptr_t b) { return gpu::event_elapsed_ms(P(a), P(b)); });
 }
 
@@ -123,14 +123,6 @@ void bind_runtime(py::module_& m) {
 PYBIND11_MODULE(FASTLRP_GPU_MODULE, m) {
     m.doc() = "fastlrp GPU kernels and device runtime (pointer-level; use fastlrp.backends.cuda)";
     bind_runtime(m);
-#ifdef FASTLRP_HAVE_BIND_GEMM
-    using namespace fastlrp::gpu;
-    bind_gemm(m);
-#endif
-#ifdef FASTLRP_HAVE_BIND_ELEM
-    {
-        using namespace fastlrp::gpu;
-        bind_elem(m);
-    }
-#endif
+    fastlrp::gpu::bind_gemm(m);
+    fastlrp::gpu::bind_elem(m);
 }

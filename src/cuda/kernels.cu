@@ -5,9 +5,5 @@
 #include "simt.h"
 
 #include "runtime.cuh"
-#if __has_include("kernels_gemm.cuh")
 #include "kernels_gemm.cuh"
-#endif
-#if __has_include("kernels_elem.cuh")
 #include "kernels_elem.cuh"
-#endif

@@ -113,6 +113,15 @@ int get_device() {
 
 void mem_get_info(size_t* fr, size_t* tot) { FLRP_CHECK(cudaMemGetInfo(fr, tot)); }
 
+int pointer_device(const void* p) {
+    cudaPointerAttributes a;
+    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+        cudaGetLastError();
+        return -1;
+    }
+    return (a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged) ? a.device : -1;
+}
+
 void* dev_malloc(size_t n, void* s) {
     void* p = nullptr;
     const size_t req = n ? n : 1;
@@ -182,6 +191,7 @@ void event_destroy(void* e) {
 }
 void event_record(void* e, void* s) { FLRP_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(e), S(s))); }
 void stream_wait_event(void* s, void* e) { FLRP_CHECK(cudaStreamWaitEvent(S(s), static_cast<cudaEvent_t>(e), 0)); }
+void event_synchronize(void* e) { FLRP_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(e))); }
 float event_elapsed_ms(void* a, void* b) {
     float ms = 0;
     FLRP_CHECK(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(a), static_cast<cudaEvent_t>(b)));
@@ -206,6 +216,8 @@ void mem_get_info(size_t* fr, size_t* tot) {
     *tot = total;
     *fr = total > tracker().in_use ? total - tracker().in_use : 0;
 }
+
+int pointer_device(const void*) { return 0; }  // every pointer is "device" memory here
 
 void* dev_malloc(size_t n, void*) {
     const size_t req = n ? n : 1;
@@ -254,6 +266,7 @@ void* event_create() { return new int(0); }
 void event_destroy(void* e) { delete static_cast<int*>(e); }
 void event_record(void*, void*) {}
 void stream_wait_event(void*, void*) {}
+void event_synchronize(void*) {}
 float event_elapsed_ms(void*, void*) { return 0.0f; }
 
 #endif

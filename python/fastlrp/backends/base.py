@@ -39,6 +39,15 @@ class BackendError(RuntimeError):
     """A backend is missing or cannot run this node."""
 
 
+class DeviceOutOfMemory(MemoryError):
+    """A device allocation did not fit.  The Explainer splits the batch and
+    retries; a single sample that does not fit is reported with the sizes."""
+
+    def __init__(self, message: str, requested: int = 0, free=None):
+        super().__init__(message)
+        self.requested, self.free = requested, free
+
+
 class Float32Op:
     """Runs a reference NodeOp (NumPy code that works in any float dtype) and keeps
     inputs and outputs float32: the float32 backends use it for routing ops and
