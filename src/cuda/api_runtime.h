@@ -19,6 +19,8 @@ struct OutOfMemory : std::runtime_error {
 };
 
 bool emulated();
+int runtime_version();  // CUDA runtime version (e.g. 13000), 0 in the emulator
+int driver_version();   // 0 when no driver
 int device_count();          // 0 when no driver / no device (never throws)
 std::string why_unavailable();  // "" when a device is usable
 std::string device_name(int dev);

@@ -47,6 +47,8 @@ void bind_runtime(py::module_& m) {
     m.attr("emulated") = gpu::emulated();
     m.def("available", [] { return gpu::device_count() > 0; }, "True when a device can run the kernels.");
     m.def("why_unavailable", &gpu::why_unavailable);
+    m.def("runtime_version", &gpu::runtime_version);
+    m.def("driver_version", &gpu::driver_version);
     m.def("device_count", &gpu::device_count);
     m.def("device_name", &gpu::device_name, py::arg("device") = 0);
     m.def("set_device", &gpu::set_device, py::arg("device"));

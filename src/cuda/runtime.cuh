@@ -70,6 +70,19 @@ cudaStream_t S(void* s) { return static_cast<cudaStream_t>(s); }
 }  // namespace
 
 bool emulated() { return false; }
+int runtime_version() {
+    int v = 0;
+    cudaRuntimeGetVersion(&v);
+    return v;
+}
+int driver_version() {
+    int v = 0;
+    if (cudaDriverGetVersion(&v) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return v;
+}
 
 int device_count() {
     int n = 0;
@@ -201,6 +214,8 @@ float event_elapsed_ms(void* a, void* b) {
 #else  // SIMT emulator: "device" memory is host memory
 
 bool emulated() { return true; }
+int runtime_version() { return 0; }
+int driver_version() { return 0; }
 int device_count() { return 1; }
 std::string why_unavailable() { return ""; }
 std::string device_name(int) { return "fastlrp SIMT emulator (CPU)"; }

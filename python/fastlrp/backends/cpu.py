@@ -47,10 +47,7 @@ import numpy as np
 from .. import _ext
 from .base import BackendError, Float32Op
 
-__all__ = ["CpuBackend", "DENSE_RULES"]
-
-#: Rule kinds with a compiled dense/conv kernel (kept for fastlrp.backends.cuda).
-DENSE_RULES = ("epsilon", "zplus", "alphabeta", "gamma", "zbox", "flat", "wsquare")
+__all__ = ["CpuBackend"]
 
 _KIND = {"epsilon": 0, "zplus": 1, "alphabeta": 2, "gamma": 3, "zbox": 4, "flat": 5, "wsquare": 6}
 EPI_NONE, EPI_BIAS, EPI_MULX, EPI_MULPOS, EPI_MULNEG, EPI_MULXOFF = range(6)
@@ -407,89 +404,6 @@ class _AddOp:
             return [R / np.float32(len(xs)) for _ in xs]
         g = R / s
         return [x * g for x in xs]
-
-
-class _DenseOp:
-    """A dense node run by the ``dense_*`` entry points (``fastlrp._cuda``'s, or the
-    simple ``_core`` ones); the CPU backend itself uses :class:`_LinearOp`."""
-
-    def __init__(self, core, graph, node, rule):
-        self.node, self.rule = node, rule
-        W = np.asarray(node.params["weight"])
-        if W.ndim != 2:
-            raise BackendError(f"{node.describe()}: dense weight must be 2-d (out, in), got shape {W.shape}")
-        self.W = _f32(W)
-        self.out_features, self.in_features = self.W.shape
-        in_shape = tuple(graph[node.inputs[0]].shape)
-        if in_shape and int(np.prod(in_shape)) != self.in_features:
-            raise BackendError(
-                f"{node.describe()}: input shape {in_shape} does not match weight shape {W.shape}"
-            )
-        b = node.params.get("bias")
-        self.b = None if b is None else _f32(np.asarray(b).reshape(-1))
-        if self.b is not None and self.b.shape != (self.out_features,):
-            raise BackendError(f"{node.describe()}: bias has shape {self.b.shape}, expected ({self.out_features},)")
-        self._kernel = self._bind(core, rule, in_shape or (self.in_features,))
-
-    def _bind(self, core, r, in_shape):
-        k, W, b = r.kind, self.W, self.b
-        if k == "epsilon":
-            return lambda x, R: core.dense_epsilon(x, W, b, R, r.epsilon, r.zero_bias)
-        if k == "zplus":
-            return lambda x, R: core.dense_zplus(x, W, b, R, r.stabilizer, r.zero_bias)
-        if k == "alphabeta":
-            return lambda x, R: core.dense_alphabeta(x, W, b, R, r.alpha, r.beta, r.stabilizer, r.zero_bias)
-        if k == "gamma":
-            return lambda x, R: core.dense_gamma(x, W, b, R, r.gamma, r.stabilizer, r.zero_bias)
-        if k == "zbox":
-            try:
-                low = _f32(np.broadcast_to(np.asarray(r.low, dtype=np.float32), in_shape).reshape(-1))
-                high = _f32(np.broadcast_to(np.asarray(r.high, dtype=np.float32), in_shape).reshape(-1))
-            except ValueError:
-                raise BackendError(
-                    f"{self.node.describe()}: ZBox bounds of shapes {np.shape(r.low)} / {np.shape(r.high)} "
-                    f"do not broadcast to the input shape {in_shape}"
-                ) from None
-            return lambda x, R: core.dense_zbox(x, W, R, low, high, r.stabilizer)
-        if k == "flat":
-            return lambda x, R: core.dense_flat(x, W, R, r.stabilizer)
-        if k == "wsquare":
-            return lambda x, R: core.dense_wsquare(x, W, b, R, r.stabilizer, r.zero_bias)
-        raise BackendError(f"{self.node.describe()}: no compiled dense kernel for rule '{k}'")
-
-    def forward(self, inputs: list) -> tuple[np.ndarray, Any]:
-        x = np.asarray(inputs[0])
-        if x.ndim < 2 or int(np.prod(x.shape[1:])) != self.in_features:
-            raise BackendError(
-                f"{self.node.describe()}: input of shape {x.shape} (batch first) does not fit "
-                f"{self.in_features} in-features"
-            )
-        x2 = _f32(x.reshape(x.shape[0], self.in_features))
-        out = x2 @ self.W.T
-        if self.b is not None:
-            out += self.b
-        return out, x2
-
-    def relevance(self, ctx: np.ndarray, R: np.ndarray) -> list:
-        x2 = ctx
-        R2 = _f32(np.asarray(R).reshape(x2.shape[0], self.out_features))
-        return [self._kernel(x2, R2)]
-
-
-class _Float64Op:
-    """Runs a reference (float64) NodeOp behind float32 inputs and outputs (used by
-    the CUDA backend's host fallback; the CPU backend no longer needs it)."""
-
-    def __init__(self, op):
-        self.op = op
-
-    def forward(self, inputs: list) -> tuple[np.ndarray, Any]:
-        out, ctx = self.op.forward([np.asarray(a, dtype=np.float64) for a in inputs])
-        return np.asarray(out, dtype=np.float32), ctx
-
-    def relevance(self, ctx: Any, R: np.ndarray) -> list:
-        rs = self.op.relevance(ctx, np.asarray(R, dtype=np.float64))
-        return [None if r is None else np.asarray(r, dtype=np.float32) for r in rs]
 
 
 class CpuBackend:
