@@ -59,6 +59,11 @@ def _backend_lines() -> list[str]:
             f"  cuda      : built (CUDA runtime {_ext.cuda.runtime_version()}), no usable GPU "
             f"({_ext.cuda_unavailable_reason()})"
         )
+    try:
+        importlib.import_module("fastlrp._cuda_emu")
+        lines.append("  cuda-emu  : usable (the CUDA kernels on a CPU SIMT emulator; for tests, slow)")
+    except ImportError as e:
+        lines.append(f"  cuda-emu  : not built ({e})")
     return lines
 
 

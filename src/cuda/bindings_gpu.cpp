@@ -33,7 +33,7 @@ py::buffer_info host_buffer(const py::array& a, bool writable, const char* fn) {
 
 void bind_runtime(py::module_& m) {
     static py::exception<gpu::OutOfMemory> oom(m, "OutOfMemoryError", PyExc_MemoryError);
-    py::register_exception_translator([](std::exception_ptr p) {
+    py::register_local_exception_translator([](std::exception_ptr p) {
         try {
             if (p) std::rethrow_exception(p);
         } catch (const gpu::OutOfMemory& e) {

@@ -59,7 +59,7 @@ class _Allocation:
         self.mod = mod
         try:
             self.ptr = mod.malloc(int(nbytes))
-        except mod.OutOfMemoryError as e:
+        except MemoryError as e:  # the module's OutOfMemoryError (a MemoryError)
             raise DeviceOutOfMemory(str(e), getattr(e, "requested", nbytes), getattr(e, "free", None)) from None
 
     def __del__(self):
