@@ -55,10 +55,12 @@ class _Allocation:
 
     __slots__ = ("mod", "ptr", "__weakref__")
 
-    def __init__(self, mod, nbytes: int):
+    def __init__(self, mod, nbytes: int, stream: int = 0):
         self.mod = mod
         try:
-            self.ptr = mod.malloc(int(nbytes))
+            # stream-ordered: usable at once on `stream`; freed on the compute
+            # stream (0) after its last use there
+            self.ptr = mod.malloc(int(nbytes), stream)
         except MemoryError as e:  # the module's OutOfMemoryError (a MemoryError)
             raise DeviceOutOfMemory(str(e), getattr(e, "requested", nbytes), getattr(e, "free", None)) from None
 
@@ -82,12 +84,13 @@ class DeviceArray:
 
     __slots__ = ("mod", "ptr", "shape", "dtype", "owner")
 
-    def __init__(self, mod, shape, dtype=np.float32, ptr: Optional[int] = None, owner: Any = None):
+    def __init__(self, mod, shape, dtype=np.float32, ptr: Optional[int] = None, owner: Any = None,
+                 stream: int = 0):
         self.mod = mod
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
         if ptr is None:
-            owner = _Allocation(mod, max(self.nbytes, 1))
+            owner = _Allocation(mod, max(self.nbytes, 1), stream)
             ptr = owner.ptr
         self.ptr, self.owner = int(ptr), owner
 
@@ -242,7 +245,9 @@ class CudaBackend:
                 buf = slot[0] = mod.pinned_empty(max(a.nbytes, 1))
             host = buf[: a.nbytes].view(np.float32).reshape(a.shape)
             np.copyto(host, a)
-            d = DeviceArray(mod, a.shape)
+            # allocated on the copy stream: memory the pool hands back is then free of
+            # pending compute-stream work before the copy writes into it
+            d = DeviceArray(mod, a.shape, stream=self._copy_stream)
             if a.size:
                 mod.memcpy_htod(d.ptr, host, self._copy_stream, True)
             mod.event_record(ev, self._copy_stream)
