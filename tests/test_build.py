@@ -108,3 +108,22 @@ def test_emulator_module_runs_kernels():
         assert _cuda_emu.min_value(p, x.size) == -5.0
     finally:
         _cuda_emu.free(p)
+
+
+def test_simt_emulator_barriers():
+    """The emulator that tests every GPU kernel here: flrp_syncthreads() is a real
+    barrier (a shared-memory reversal that needs it comes out right), and kernels
+    that break the barrier rules are reported, not silently run."""
+    from fastlrp import _cuda_emu
+
+    assert _cuda_emu.simt_selftest(0, 3) == 0
+    with pytest.raises(RuntimeError, match="barrier divergence"):
+        _cuda_emu.simt_selftest(1)
+    with pytest.raises(RuntimeError, match="launch_sync"):
+        _cuda_emu.simt_selftest(2)
+
+
+@pytest.mark.gpu
+def test_simt_barrier_kernel_on_gpu():
+    cuda = _gpu_or_skip()
+    assert cuda.simt_selftest(0, 40) == 0

@@ -56,5 +56,10 @@ void stream_wait_event(void* s, void* e);
 void event_synchronize(void* e);
 float event_elapsed_ms(void* start, void* end);
 
+// SIMT layer self-test (kernels_selftest.cuh): mode 0 returns the number of wrong
+// elements of a barrier-dependent shared-memory reversal; modes 1 and 2 break the
+// barrier rules and must raise CudaError (emulator only).
+int run_simt_selftest(int mode, int blocks);
+
 }  // namespace gpu
 }  // namespace fastlrp

@@ -113,6 +113,12 @@ void bind_runtime(py::module_& m) {
     m.def("event_record", [](uintptr_t e, uintptr_t s) { gpu::event_record(P(e), P(s)); }, py::arg("event"),
           py::arg("stream") = 0);
     m.def("stream_wait_event", [](uintptr_t s, uintptr_t e) { gpu::stream_wait_event(P(s), P(e)); });
+    m.def("simt_selftest", [](int mode, int blocks) {
+        if (mode < 0 || mode > 2 || blocks < 1) throw py::value_error("simt_selftest: mode 0..2, blocks >= 1");
+        if (mode > 0 && !gpu::emulated())
+            throw py::value_error("simt_selftest: modes 1 and 2 break the barrier rules; emulator only");
+        return gpu::run_simt_selftest(mode, blocks);
+    }, py::arg("mode"), py::arg("blocks") = 3);
     m.def("event_synchronize", [](uintptr_t e) {
         py::gil_scoped_release r;
         gpu::event_synchronize(P(e));

@@ -7,3 +7,10 @@
 #include "runtime.cuh"
 #include "kernels_gemm.cuh"
 #include "kernels_elem.cuh"
+#include "kernels_selftest.cuh"
+
+namespace fastlrp {
+namespace gpu {
+int run_simt_selftest(int mode, int blocks) { return simt_selftest(mode, blocks); }
+}  // namespace gpu
+}  // namespace fastlrp
