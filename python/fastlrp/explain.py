@@ -158,17 +158,9 @@ class Explainer:
         shape = self.graph.input_shape
         if self._channels_last:
             shape = shape[1:] + shape[:1]
-        if tuple(x.shape) == shape:
-            batched, x = False, x[None]
-        elif x.ndim == len(shape) + 1 and tuple(x.shape[1:]) == shape:
-            batched = True
-        else:
-            raise InputError(
-                f"input of shape {tuple(x.shape)} does not fit the model: expected (batch, {', '.join(map(str, shape))})"
-                f" or one sample of shape {shape}"
-            )
-        if x.shape[0] == 0:
-            raise InputError("input has an empty batch")
+        batched = self._is_batched(x.shape, shape)
+        if not batched:
+            x = x[None]
         bad = ~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1) if np.issubdtype(x.dtype, np.floating) else None
         if bad is not None and bad.any():
             idx = np.flatnonzero(bad)
@@ -203,14 +195,21 @@ class Explainer:
         if self._channels_last:
             raise InputError("channels-last models take GPU input in NCHW only through NumPy for now; "
                              "pass a NumPy array or a channels-first tensor to a channels-first model")
-        if tuple(d.shape) == shape:
-            return d.reshape((1,) + shape), False
-        if d.ndim == len(shape) + 1 and tuple(d.shape[1:]) == shape:
-            if d.shape[0] == 0:
+        batched = self._is_batched(d.shape, shape)
+        return (d if batched else d.reshape((1,) + shape)), batched
+
+    @staticmethod
+    def _is_batched(got, shape) -> bool:
+        """True for (N, *shape) with N >= 1, False for one sample ``shape``; else InputError."""
+        got = tuple(got)
+        if got == shape:
+            return False
+        if len(got) == len(shape) + 1 and got[1:] == shape:
+            if got[0] == 0:
                 raise InputError("input has an empty batch")
-            return d, True
+            return True
         raise InputError(
-            f"input of shape {tuple(d.shape)} does not fit the model: expected (batch, {', '.join(map(str, shape))})"
+            f"input of shape {got} does not fit the model: expected (batch, {', '.join(map(str, shape))})"
             f" or one sample of shape {shape}"
         )
 

@@ -27,18 +27,17 @@ from __future__ import annotations
 
 import threading
 import warnings
-import weakref
 from typing import Any, Optional
 
 import numpy as np
 
 from .. import _ext
 from .base import BackendError, DeviceOutOfMemory, Float32Op
+from .cpu import _KIND, EPI_BIAS, EPI_MULX, EPI_NONE
+from .cpu import _LinearOp as _CpuLinearOp
 
 __all__ = ["CudaBackend", "DeviceArray"]
 
-_KIND = {"epsilon": 0, "zplus": 1, "alphabeta": 2, "gamma": 3, "zbox": 4, "flat": 5, "wsquare": 6}
-EPI_NONE, EPI_BIAS, EPI_MULX, EPI_MULPOS, EPI_MULNEG, EPI_MULXOFF = range(6)
 _ACT_KINDS = ("identity", "relu", "leaky_relu", "elu", "tanh", "sigmoid", "gelu", "silu", "softplus")
 
 
@@ -191,7 +190,6 @@ class CudaBackend:
         mod.set_device(self.device)
         self.device_name = mod.device_name(self.device)
         self._copy_stream = None
-        self._pinned: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
         self._ref = None
 
@@ -240,7 +238,8 @@ class CudaBackend:
             slot = self._slots[self._slot]
             self._slot = 1 - self._slot
             buf, ev = slot
-            mod.stream_synchronize(self._copy_stream) if buf is None else mod.event_synchronize(ev)
+            if buf is not None:
+                mod.event_synchronize(ev)  # this slot's previous copy has finished
             if buf is None or buf.nbytes < a.nbytes:
                 buf = slot[0] = mod.pinned_empty(max(a.nbytes, 1))
             host = buf[: a.nbytes].view(np.float32).reshape(a.shape)
@@ -434,13 +433,8 @@ class _LinearOp:
     stride (no col2im)."""
 
     def __init__(self, be, graph, node, rule, nonneg):
-        from .cpu import _LinearOp as CpuLinear
-
         self.be = be
-        host = _HostPrep.__new__(_HostPrep)
-        host.be = be
-        CpuLinear.__init__(host, None, graph, node, rule, nonneg)
-        self.h = host
+        self.h = host = _HostPrep(be, graph, node, rule, nonneg)
         self.node, self.rule, self.kind = node, rule, host.kind
         self.bias = None if host.b is None else be.upload(host.b)
         self.zc = None if host.zc is None else be.upload(host.zc)
@@ -509,15 +503,14 @@ class _LinearOp:
         return [res.reshape((N,) + h.in_shape)]
 
 
-class _HostPrep:
+class _HostPrep(_CpuLinearOp):
     """The CPU backend's _LinearOp preparation with device matrices instead of
-    packed CPU panels (``_pack`` / ``_bwd_term`` overridden)."""
+    packed CPU panels (``_pack`` / ``_bwd_term`` overridden); only its prepared
+    attributes are used, never its CPU forward/relevance."""
 
-    from .cpu import _LinearOp as _Cpu
-
-    _stack = _Cpu._stack
-    _bounds = _Cpu._bounds
-    _const_fwd = _Cpu._const_fwd
+    def __init__(self, be, graph, node, rule, nonneg):
+        self.be = be
+        super().__init__(None, graph, node, rule, nonneg)
 
     def _pack(self, A2d, groups=None):
         A2d = np.ascontiguousarray(A2d, dtype=np.float32)
@@ -587,7 +580,7 @@ class _AvgPoolOp:
         self.H, self.W = self.mh.shape[1], self.mw.shape[1]
         self.OH, self.OW = self.mh.shape[0], self.mw.shape[0]
         self.d_mh, self.d_mw = be.upload(self.mh), be.upload(self.mw)
-        self.bands = [be.upload(t) for t in _band_tables(self.mh)] + [be.upload(t) for t in _band_tables(self.mw)]
+        self.bands = [be.upload(t) for m in (self.mh, self.mw) for t in be.mod.avgpool_bands(m)]
         self.eps = float(getattr(rule, "stabilizer", getattr(rule, "epsilon", 1e-6)))
         self.flat_den = None
         if rule.kind == "flat":
@@ -620,18 +613,6 @@ class _AvgPoolOp:
                                  *(b.ptr for b in self.bands), planes=N * self.C, channels=self.C, h=self.H,
                                  w=self.W, oh=self.OH, ow=self.OW, den_per_sample=not flat)
         return [r.reshape((N,) + self.in_shape)]
-
-
-def _band_tables(M: np.ndarray):
-    """For an (out, in) pooling matrix: per output the [lo, hi) of its nonzero
-    inputs, and per input the [lo, hi) of the outputs that read it (int32)."""
-    nz = M != 0
-    out_n, in_n = M.shape
-    lo = np.where(nz.any(1), nz.argmax(1), 0)
-    hi = np.where(nz.any(1), in_n - nz[:, ::-1].argmax(1), 0)
-    ilo = np.where(nz.any(0), nz.argmax(0), 0)
-    ihi = np.where(nz.any(0), out_n - nz[::-1, :].argmax(0), 0)
-    return (np.stack([lo, hi], 1).astype(np.int32), np.stack([ilo, ihi], 1).astype(np.int32))
 
 
 class _AddOp:
