@@ -1,11 +1,45 @@
-"""Layers, pools and small networks shared by the CPU-kernel and GPU-engine tests."""
+"""Layers, pools, small networks and comparison helpers shared by the kernel tests
+(test_kernels_vs_reference.py, test_cpu_kernels.py, test_gpu_engine.py)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from fastlrp import rules
+import fastlrp
+from fastlrp import _ext, rules
 from fastlrp.graph import GraphBuilder
+
+try:
+    from fastlrp import _cuda_emu
+except ImportError:  # pragma: no cover - built by default
+    _cuda_emu = None
+
+#: Relevance tolerances of the float32 backends against the float64 reference
+#: (max|R - R_ref| <= RTOL * max|R_ref|), for single layers and whole networks.
+RTOL_LAYER = 5e-4
+RTOL_NET = 2e-3
+
+#: The GPU engine on the SIMT emulator (always built) and on a real GPU (marker gpu).
+GPU_BACKENDS = [
+    pytest.param("cuda-emu", marks=pytest.mark.skipif(_cuda_emu is None, reason="fastlrp._cuda_emu not built")),
+    pytest.param("cuda", marks=[pytest.mark.gpu,
+                                pytest.mark.skipif(not _ext.cuda_available(),
+                                                   reason=f"no usable GPU: {_ext.cuda_unavailable_reason()}")]),
+]
+
+
+def rel_err(got, want):
+    return float(np.abs(np.asarray(got, np.float64) - want).max() / max(np.abs(want).max(), 1e-30))
+
+
+def explain_vs_reference(backend, graph, composite, x, target=0):
+    """(relevance from ``backend`` on float32 x, float64 reference relevance)."""
+    ref = fastlrp.Explainer(graph, composite, backend="reference")
+    ex = fastlrp.Explainer(graph, composite, backend=backend)
+    got = ex.explain(x, target=target)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32
+    return got, ref.explain(x.astype(np.float64), target=target)
 
 RULES = [
     rules.Epsilon(),

@@ -1,5 +1,6 @@
-"""The compiled CPU backend's GEMM core, conv/dense rules, pools and whole networks
-against the float64 reference backend.
+"""The compiled CPU backend's own parts: the GEMM core, conv_gemm's arguments, the
+ISA paths, thread counts and a property test over conv shapes. (Its rules, pools
+and whole networks against the float64 reference: test_kernels_vs_reference.py.)
 
 Tolerances (float32 compute, float32 accumulation):
 - GEMM vs numpy float64: |C - C64| <= 1e-5 * max(|A| |B|) elementwise bound; the
@@ -27,12 +28,7 @@ if core is None or not hasattr(core, "conv_gemm"):  # pragma: no cover
 import fastlrp  # noqa: E402
 from fastlrp import rules  # noqa: E402
 from fastlrp.graph import GraphBuilder  # noqa: E402
-from _nets import (  # noqa: E402
-    CONV1D_CASES, CONV_CASES, NET_COMPOSITES, POOLS, RULES, _pool_graph, _small_resnet, _small_vgg, layer_graph,
-)
-
-RTOL_LAYER = 5e-4
-RTOL_NET = 2e-3
+from _nets import RTOL_LAYER, RTOL_NET, RULES, _small_resnet, _small_vgg, explain_vs_reference, layer_graph, rel_err  # noqa: E402,I001
 
 
 
@@ -41,16 +37,6 @@ def _restore_threads():
     yield
     core.set_num_threads(0)
     core.set_isa(-1)
-
-
-def rel_err(got, want):
-    return float(np.abs(np.asarray(got, np.float64) - want).max() / max(np.abs(want).max(), 1e-30))
-
-
-def explain_both(graph, composite, x, target=0):
-    ref = fastlrp.Explainer(graph, composite, backend="reference")
-    cpu = fastlrp.Explainer(graph, composite, backend="cpu")
-    return cpu.explain(x, target=target), ref.explain(x.astype(np.float64), target=target)
 
 
 # ----------------------------------------------------------------------------- GEMM
@@ -134,68 +120,6 @@ def test_conv_gemm_rejects_bad_arguments():
 # ----------------------------------------------------------------------------- conv / dense rules
 
 
-@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-g{c[5]}")
-@pytest.mark.parametrize("rule", RULES, ids=str)
-def test_conv2d_rules(case, rule):
-    in_shape, wshape, stride, padding, dilation, groups, bias, relu = case
-    rng = np.random.default_rng(abs(hash((in_shape, wshape))) % 2**32)
-    graph = layer_graph(rng, in_shape, wshape, bias, relu, stride=stride, padding=padding, dilation=dilation,
-                        groups=groups)
-    x = rng.standard_normal((3,) + in_shape).astype(np.float32)
-    got, want = explain_both(graph, fastlrp.Composite({"linear": rule}), x)
-    assert got.dtype == np.float32
-    assert rel_err(got, want) < RTOL_LAYER
-
-
-
-
-@pytest.mark.parametrize("case", CONV1D_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}")
-@pytest.mark.parametrize("rule", RULES, ids=str)
-def test_conv1d_rules(case, rule):
-    in_shape, wshape, stride, padding, dilation, groups, bias, relu = case
-    rng = np.random.default_rng(7)
-    graph = layer_graph(rng, in_shape, wshape, bias, relu, stride=stride, padding=padding, dilation=dilation,
-                        groups=groups)
-    x = rng.standard_normal((2,) + in_shape).astype(np.float32)
-    got, want = explain_both(graph, fastlrp.Composite({"linear": rule}), x)
-    assert rel_err(got, want) < RTOL_LAYER
-
-
-@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 5), (5, 17, 7), (3, 257, 11), (17, 100, 33), (2, 13, 1)])
-@pytest.mark.parametrize("rule", RULES, ids=str)
-@pytest.mark.parametrize("bias", [True, False])
-def test_dense_rules(shape, rule, bias):
-    N, I, O = shape
-    rng = np.random.default_rng(N * 100 + I + O)
-    graph = layer_graph(rng, (I,), (O, I), bias, False)
-    x = rng.standard_normal((N, I)).astype(np.float32)
-    got, want = explain_both(graph, fastlrp.Composite({"linear": rule}), x)
-    assert rel_err(got, want) < RTOL_LAYER
-
-
-def test_alphabeta_hand_checked_case():
-    """DESIGN.md: W = (1, -1), b = -1, x = (1, 1), R = z = -1."""
-    gb = GraphBuilder((2,))
-    gb.dense(gb.input, np.array([[1.0, -1.0]]), np.array([-1.0]))
-    graph = gb.build()
-    x = np.ones((1, 2), np.float32)
-    for rule, want in [(rules.AlphaBeta(1, 0), [-1.0, 0.0]), (rules.AlphaBeta(2, 1), [-2.0, 0.5])]:
-        R = fastlrp.Explainer(graph, fastlrp.Composite({"linear": rule}), backend="cpu").explain(x, target=0)
-        np.testing.assert_allclose(R[0], want, atol=1e-5)
-
-
-def test_nonneg_input_skips_negative_half_and_matches():
-    """A ReLU producer (static) and an input that just happens to be >= 0 (run-time)
-    both take the x >= 0 path; it must equal the reference."""
-    rng = np.random.default_rng(3)
-    for relu in (True, False):
-        graph = layer_graph(rng, (3, 8, 8), (4, 3, 3, 3), True, relu, padding=1)
-        x = np.abs(rng.standard_normal((2, 3, 8, 8))).astype(np.float32)
-        for rule in (rules.ZPlus(), rules.AlphaBeta(2, 1), rules.Gamma(0.25)):
-            got, want = explain_both(graph, fastlrp.Composite({"linear": rule}), x)
-            assert rel_err(got, want) < RTOL_LAYER
-
-
 def test_conv_shapes_property():
     hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies
@@ -215,54 +139,13 @@ def test_conv_shapes_property():
         graph = layer_graph(rng, (c * groups, h, w), (og * groups, c, kh, kw), bias, False, stride=(sh, sw),
                             padding=((pt, pb), (pl, pr)), dilation=(dh, dw), groups=groups)
         x = rng.standard_normal((2, c * groups, h, w)).astype(np.float32)
-        got, want = explain_both(graph, fastlrp.Composite({"linear": RULES[rule_i]}), x)
+        got, want = explain_vs_reference("cpu", graph, fastlrp.Composite({"linear": RULES[rule_i]}), x)
         assert rel_err(got, want) < RTOL_LAYER
 
     check()
 
 
 # ----------------------------------------------------------------------------- pools and structure
-
-
-@pytest.mark.parametrize("name,in_shape,pool", POOLS, ids=[p[0] for p in POOLS])
-@pytest.mark.parametrize("pool_rule", [None, rules.Flat()], ids=["norm", "flat"])
-def test_pools(name, in_shape, pool, pool_rule):
-    rng = np.random.default_rng(5)
-    graph = _pool_graph(rng, in_shape, pool)
-    x = rng.standard_normal((3,) + in_shape).astype(np.float32)
-    lm = {"linear": rules.Epsilon()}
-    if pool_rule is not None:
-        lm["avgpool"] = pool_rule
-    comp = fastlrp.Composite(lm)
-    got, want = explain_both(graph, comp, x)
-    assert rel_err(got, want) < RTOL_LAYER
-    out_cpu = fastlrp.Explainer(graph, comp, backend="cpu").forward(x)
-    out_ref = fastlrp.Explainer(graph, comp, backend="reference").forward(x.astype(np.float64))
-    assert rel_err(out_cpu, out_ref) < 1e-5
-
-
-
-
-@pytest.mark.parametrize("net", [_small_vgg, _small_resnet], ids=["vgg", "resnet"])
-@pytest.mark.parametrize("composite", NET_COMPOSITES)
-def test_whole_networks(net, composite):
-    rng = np.random.default_rng(11)
-    graph = net(rng)
-    x = rng.standard_normal((4,) + graph.input_shape).astype(np.float32)
-    try:
-        ref = fastlrp.Explainer(graph, composite, backend="reference")
-    except Exception as e:  # a composite this build does not know
-        pytest.skip(f"composite {composite}: {e}")
-    cpu = fastlrp.Explainer(graph, composite, backend="cpu")
-    want = ref.explain(x.astype(np.float64))
-    got = cpu.explain(x)
-    assert got.dtype == np.float32
-    assert rel_err(got, want) < RTOL_NET
-    # several targets share the forward sums: same as one target at a time
-    tg = np.tile(np.arange(3), (4, 1))
-    many = cpu.explain(x, target=tg)
-    for k in range(3):
-        np.testing.assert_allclose(many[:, k], cpu.explain(x, target=k), rtol=0, atol=1e-6 * np.abs(many).max())
 
 
 @pytest.mark.parametrize("net", [_small_vgg, _small_resnet], ids=["vgg", "resnet"])

@@ -1,10 +1,11 @@
-"""The GPU engine (fastlrp.backends.cuda) against the float64 reference and the CPU backend.
+"""What only the GPU engine (fastlrp.backends.cuda) has: structure ops with
+conservation, single samples, out-of-memory splitting, GPU-array input.
 
-Every test runs twice: on ``cuda-emu`` (the same kernel source compiled for the
-host SIMT emulator, fastlrp._cuda_emu: runs everywhere, CI included) and on
-``cuda`` (a real GPU; marked ``gpu`` and skipped without one).  Tolerances as in
-test_cpu_kernels.py (float32 sums): max|R - R_ref| <= 5e-4 max|R_ref| for single
-layers and 2e-3 for whole networks.
+Every test runs on ``cuda-emu`` (the same kernel source compiled for the host
+SIMT emulator, fastlrp._cuda_emu: runs everywhere, CI included) and, where it
+makes sense, on ``cuda`` (a real GPU; marked ``gpu`` and skipped without one).
+The per-layer and whole-network comparisons with the reference, shared with the
+CPU backend, are in test_kernels_vs_reference.py.  Tolerances: tests/_nets.py.
 """
 
 from __future__ import annotations
@@ -13,142 +14,11 @@ import numpy as np
 import pytest
 
 import fastlrp
-from fastlrp import _ext, rules
+from fastlrp import _ext
 from fastlrp.backends.base import BackendError, DeviceOutOfMemory
 from fastlrp.graph import GraphBuilder
-from _nets import (
-    CONV1D_CASES, CONV_CASES, NET_COMPOSITES, POOLS, RULES, _pool_graph, _small_resnet, _small_vgg, layer_graph,
-)
-
-try:
-    from fastlrp import _cuda_emu
-except ImportError:  # pragma: no cover - built by default
-    _cuda_emu = None
-
-RTOL_LAYER = 5e-4
-RTOL_NET = 2e-3
-
-BACKENDS = [
-    pytest.param("cuda-emu", marks=pytest.mark.skipif(_cuda_emu is None, reason="fastlrp._cuda_emu not built")),
-    pytest.param("cuda", marks=[pytest.mark.gpu,
-                                pytest.mark.skipif(not _ext.cuda_available(),
-                                                   reason=f"no usable GPU: {_ext.cuda_unavailable_reason()}")]),
-]
-
-
-def rel_err(got, want):
-    return float(np.abs(np.asarray(got, np.float64) - want).max() / max(np.abs(want).max(), 1e-30))
-
-
-def explain_vs_reference(backend, graph, composite, x, target=0):
-    ref = fastlrp.Explainer(graph, composite, backend="reference")
-    gpu = fastlrp.Explainer(graph, composite, backend=backend)
-    got = gpu.explain(x, target=target)
-    assert isinstance(got, np.ndarray) and got.dtype == np.float32
-    return got, ref.explain(x.astype(np.float64), target=target)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-g{c[5]}")
-@pytest.mark.parametrize("rule", RULES, ids=str)
-def test_conv2d_rules(backend, case, rule):
-    in_shape, wshape, stride, padding, dilation, groups, bias, relu = case
-    rng = np.random.default_rng(abs(hash((in_shape, wshape, str(rule)))) % 2**32)
-    graph = layer_graph(rng, in_shape, wshape, bias, relu, stride=stride, padding=padding, dilation=dilation,
-                        groups=groups)
-    x = rng.standard_normal((3,) + in_shape).astype(np.float32)
-    got, want = explain_vs_reference(backend, graph, fastlrp.Composite({"linear": rule}), x)
-    assert rel_err(got, want) < RTOL_LAYER
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case", CONV1D_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}")
-@pytest.mark.parametrize("rule", RULES, ids=str)
-def test_conv1d_rules(backend, case, rule):
-    in_shape, wshape, stride, padding, dilation, groups, bias, relu = case
-    rng = np.random.default_rng(17)
-    graph = layer_graph(rng, in_shape, wshape, bias, relu, stride=stride, padding=padding, dilation=dilation,
-                        groups=groups)
-    x = rng.standard_normal((2,) + in_shape).astype(np.float32)
-    got, want = explain_vs_reference(backend, graph, fastlrp.Composite({"linear": rule}), x)
-    assert rel_err(got, want) < RTOL_LAYER
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 5), (5, 17, 7), (3, 257, 11), (2, 13, 1)])
-@pytest.mark.parametrize("rule", RULES, ids=str)
-@pytest.mark.parametrize("bias", [True, False])
-def test_dense_rules(backend, shape, rule, bias):
-    N, I, O = shape
-    rng = np.random.default_rng(N * 100 + I + O)
-    graph = layer_graph(rng, (I,), (O, I), bias, False)
-    x = rng.standard_normal((N, I)).astype(np.float32)
-    got, want = explain_vs_reference(backend, graph, fastlrp.Composite({"linear": rule}), x)
-    assert rel_err(got, want) < RTOL_LAYER
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_alphabeta_hand_checked_case(backend):
-    """DESIGN.md: W = (1, -1), b = -1, x = (1, 1), R = z = -1."""
-    gb = GraphBuilder((2,))
-    gb.dense(gb.input, np.array([[1.0, -1.0]]), np.array([-1.0]))
-    graph = gb.build()
-    x = np.ones((1, 2), np.float32)
-    for rule, want in [(rules.AlphaBeta(1, 0), [-1.0, 0.0]), (rules.AlphaBeta(2, 1), [-2.0, 0.5])]:
-        R = fastlrp.Explainer(graph, fastlrp.Composite({"linear": rule}), backend=backend).explain(x, target=0)
-        np.testing.assert_allclose(R[0], want, atol=1e-5)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_nonneg_input_paths(backend):
-    """A ReLU producer (static) and an input that happens to be >= 0 (checked on
-    the device) both take the x >= 0 path and must equal the reference."""
-    rng = np.random.default_rng(3)
-    for relu in (True, False):
-        graph = layer_graph(rng, (3, 8, 8), (4, 3, 3, 3), True, relu, padding=1)
-        x = np.abs(rng.standard_normal((2, 3, 8, 8))).astype(np.float32)
-        for rule in (rules.ZPlus(), rules.AlphaBeta(2, 1), rules.Gamma(0.25)):
-            got, want = explain_vs_reference(backend, graph, fastlrp.Composite({"linear": rule}), x)
-            assert rel_err(got, want) < RTOL_LAYER
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name,in_shape,pool", POOLS, ids=[p[0] for p in POOLS])
-@pytest.mark.parametrize("pool_rule", [None, rules.Flat()], ids=["norm", "flat"])
-def test_pools(backend, name, in_shape, pool, pool_rule):
-    rng = np.random.default_rng(5)
-    graph = _pool_graph(rng, in_shape, pool)
-    x = rng.standard_normal((3,) + in_shape).astype(np.float32)
-    lm = {"linear": rules.Epsilon()}
-    if pool_rule is not None:
-        lm["avgpool"] = pool_rule
-    comp = fastlrp.Composite(lm)
-    got, want = explain_vs_reference(backend, graph, comp, x)
-    assert rel_err(got, want) < RTOL_LAYER
-    out = fastlrp.Explainer(graph, comp, backend=backend).forward(x)
-    out_ref = fastlrp.Explainer(graph, comp, backend="reference").forward(x.astype(np.float64))
-    assert rel_err(out, out_ref) < 1e-5
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("net", [_small_vgg, _small_resnet], ids=["vgg", "resnet"])
-@pytest.mark.parametrize("composite", NET_COMPOSITES)
-def test_whole_networks(backend, net, composite):
-    rng = np.random.default_rng(11)
-    graph = net(rng)
-    x = rng.standard_normal((4,) + graph.input_shape).astype(np.float32)
-    gpu = fastlrp.Explainer(graph, composite, backend=backend)
-    want = fastlrp.Explainer(graph, composite, backend="reference").explain(x.astype(np.float64))
-    got = gpu.explain(x)
-    assert rel_err(got, want) < RTOL_NET
-    cpu = fastlrp.Explainer(graph, composite, backend="cpu").explain(x)
-    assert rel_err(got, cpu.astype(np.float64)) < RTOL_NET
-    # several targets share one forward pass: same as one target at a time
-    tg = np.tile(np.arange(3), (4, 1))
-    many = gpu.explain(x, target=tg)
-    assert many.shape == (4, 3) + graph.input_shape
-    for k in range(3):
-        np.testing.assert_allclose(many[:, k], gpu.explain(x, target=k), rtol=0, atol=1e-6 * np.abs(many).max())
+from _nets import GPU_BACKENDS as BACKENDS
+from _nets import RTOL_LAYER, RTOL_NET, _cuda_emu, _small_resnet, _small_vgg, explain_vs_reference, rel_err
 
 
 def _structure_graph(rng):
