@@ -52,11 +52,7 @@ void def_conv_functions(py::module_& m, Threads threads) {
             a.bias = opt_f32(bias, kb, "bias", fn, a.O);
             a.zc = opt_f32(zc, kz, "zc", fn, a.O * a.P);
             const auto k = a.kind;
-            const bool need_out = k == RuleKind::Epsilon || k == RuleKind::AlphaBeta || k == RuleKind::Gamma ||
-                                  k == RuleKind::ZBox;
-            const bool need_ps = k == RuleKind::ZPlus || k == RuleKind::AlphaBeta || k == RuleKind::Gamma;
-            const bool need_zc = k == RuleKind::ZBox || k == RuleKind::Flat || k == RuleKind::WSquare;
-            if ((need_out && !a.out) || (need_ps && !a.psum) || (need_zc && !a.zc))
+            if ((rule_g_reads_out(k) && !a.out) || (rule_g_reads_psum(k) && !a.psum) || (rule_g_reads_zc(k) && !a.zc))
                 throw py::value_error("rule_g: missing forward sums for this rule");
             a.coefs.eps = eps, a.coefs.alpha = alpha, a.coefs.beta = beta, a.coefs.gamma = gamma;
             a.zero_bias = zero_bias;

@@ -6,33 +6,13 @@
 #include <cstdint>
 
 #include "gemm.h"
+#include "kernel_args.h"
 #include "rules.h"
 
 namespace fastlrp {
 namespace cpu {
 
-// Per-output factors g of a dense/conv rule from target-independent sums:
-//   out = W x + b (the layer's output), psum = W+ x+ + W- x- (or null),
-//   zc   = a per-sample constant (O, P): ZBox's W+ l + W- h, Flat's tap counts,
-//          WSquare's W^2 1 + b^2 (or null).
-// R, out, psum: (n, O, P).  g: (n, groups, halves, O/groups, P) with halves = 2 for
-// AlphaBeta (alpha ga, -beta gb) and Gamma (gp, gn), else 1: the layout that the
-// backward GEMM reads as an image with doubled K per group.
-struct RuleGArgs {
-    RuleKind kind = RuleKind::Epsilon;
-    RuleCoefs coefs;
-    bool zero_bias = false;
-    const float* R = nullptr;
-    const float* out = nullptr;
-    const float* psum = nullptr;
-    const float* bias = nullptr;
-    const float* zc = nullptr;
-    float* g = nullptr;
-    int64_t n = 0, O = 0, P = 0, groups = 1;
-    // Flat only: g[n, group, p] = sum over the group's outputs (the backward of
-    // Flat is 1^T g, so only the group sums are ever needed).
-    bool flat_group_sum = false;
-};
+using ::fastlrp::RuleGArgs;  // kernel_args.h, shared with the GPU kernels
 int rule_g_halves(RuleKind kind);
 void rule_g(const RuleGArgs& a, int threads);
 

@@ -275,6 +275,18 @@ struct WSquareRule {
 // so a CPU loop switches on the kind once per row and stays vectorisable.
 // ---------------------------------------------------------------------------------
 
+// Which kept forward sums a rule's g reads: the layer output (out), the positive
+// part sum (psum), the model constant (zc); the others may be null.
+FASTLRP_HD constexpr bool rule_g_reads_out(RuleKind k) {
+    return k == RuleKind::Epsilon || k == RuleKind::AlphaBeta || k == RuleKind::Gamma || k == RuleKind::ZBox;
+}
+FASTLRP_HD constexpr bool rule_g_reads_psum(RuleKind k) {
+    return k == RuleKind::ZPlus || k == RuleKind::AlphaBeta || k == RuleKind::Gamma;
+}
+FASTLRP_HD constexpr bool rule_g_reads_zc(RuleKind k) {
+    return k == RuleKind::ZBox || k == RuleKind::Flat || k == RuleKind::WSquare;
+}
+
 // 2 for AlphaBeta (alpha ga, -beta gb) and Gamma (gp, gn), else 1.
 FASTLRP_HD int rule_g_num_halves(RuleKind kind) {
     return (kind == RuleKind::AlphaBeta || kind == RuleKind::Gamma) ? 2 : 1;

@@ -12,6 +12,8 @@
 
 #include <cstdint>
 
+#include "kernel_args.h"
+
 namespace fastlrp {
 namespace gpu {
 
@@ -19,35 +21,14 @@ namespace gpu {
 // R, out, psum: (n, O, P); bias: (O) or null; zc: (O, P) or null.
 // g: (n, groups, halves, O/groups, P), halves = 2 for AlphaBeta and Gamma;
 // Flat with flat_group_sum: (n, groups, P), summed over each group's outputs.
-// kind: fastlrp::RuleKind as int (0 Epsilon ... 6 WSquare).  eps, alpha, beta,
-// gamma are rounded to float as the CPU kernel rounds them.
-struct RuleGParams {
-    int kind = 0;
-    const float* R = nullptr;
-    const float* out = nullptr;
-    const float* psum = nullptr;
-    const float* bias = nullptr;
-    const float* zc = nullptr;
-    float* g = nullptr;
-    int64_t n = 0, O = 0, P = 0, groups = 1;
-    double eps = 1e-6, alpha = 1.0, beta = 0.0, gamma = 0.0;
-    bool zero_bias = false;
-    bool flat_group_sum = false;
-};
-void rule_g(const RuleGParams& a, void* stream);
+// eps, alpha, beta, gamma are rounded to float as the CPU kernel rounds them.
+void rule_g(const RuleGArgs& a, void* stream);  // RuleGArgs: src/cpp/kernel_args.h
 
 // ---- max pooling (same semantics as cpu::maxpool_forward / maxpool_backward) ------
 // x: (planes, h, w); y, idx: (planes, oh, ow); idx (int32) = in-plane flat index of
 // each window's first maximum (NaN wins, padding never does; -1 and y = -inf for a
 // window entirely in padding).
-struct MaxPoolParams {
-    const float* x = nullptr;
-    float* y = nullptr;
-    int32_t* idx = nullptr;
-    int64_t planes = 0, h = 1, w = 1, kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1, oh = 1,
-            ow = 1;
-};
-void maxpool_forward(const MaxPoolParams& a, void* stream);
+void maxpool_forward(const MaxPoolArgs& a, void* stream);  // MaxPoolArgs: src/cpp/kernel_args.h
 // r_in (planes, in_size) = 0, then r_in[pl, idx[pl, o]] += R[pl, o] (atomics; idx < 0 skipped)
 void maxpool_backward(const float* R, const int32_t* idx, float* r_in, int64_t planes, int64_t in_size,
                       int64_t out_size, void* stream);

@@ -86,17 +86,16 @@ inline void bind_elem(pybind11::module_& m) {
                                              std::to_string(groups) + ")");
             const bool any = n * O * Pn > 0;
             ptr(fn, "R", R, any), ptr(fn, "g", g, any);
-            const bool need_out = kind == 0 || kind == 2 || kind == 3 || kind == 4;
-            const bool need_ps = kind == 1 || kind == 2 || kind == 3;
-            const bool need_zc = kind == 4 || kind == 5 || kind == 6;
-            if (any && ((need_out && !out) || (need_ps && !psum) || (need_zc && !zc)))
+            const RuleKind k = RuleKind(kind);
+            if (any && ((rule_g_reads_out(k) && !out) || (rule_g_reads_psum(k) && !psum) ||
+                        (rule_g_reads_zc(k) && !zc)))
                 fail(fn, "missing forward sums for this rule (out, psum or zc)");
-            RuleGParams a;
-            a.kind = kind;
+            RuleGArgs a;
+            a.kind = k;
             a.R = P<const float>(R), a.out = P<const float>(out), a.psum = P<const float>(psum);
             a.bias = P<const float>(bias), a.zc = P<const float>(zc), a.g = P(g);
             a.n = n, a.O = O, a.P = Pn, a.groups = groups;
-            a.eps = eps, a.alpha = alpha, a.beta = beta, a.gamma = gamma;
+            a.coefs.eps = eps, a.coefs.alpha = alpha, a.coefs.beta = beta, a.coefs.gamma = gamma;
             a.zero_bias = zero_bias;
             a.flat_group_sum = flat_group_sum && kind == 5;
             if (!any) return;
@@ -126,7 +125,7 @@ inline void bind_elem(pybind11::module_& m) {
             const bool any = planes * oh * ow > 0;
             ptr(fn, "x", x, any && h * w > 0), ptr(fn, "y", y, any), ptr(fn, "idx", idx, any);
             if (!any) return;
-            MaxPoolParams a;
+            MaxPoolArgs a;
             a.x = P<const float>(x), a.y = P(y), a.idx = P<int32_t>(idx);
             a.planes = planes, a.h = h, a.w = w, a.kh = kh, a.kw = kw, a.sh = sh, a.sw = sw, a.ph = ph, a.pw = pw;
             a.dh = dh, a.dw = dw, a.oh = oh, a.ow = ow;

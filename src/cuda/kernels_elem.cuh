@@ -70,16 +70,17 @@ inline bool g_force_int64 = false;  // set_force_int64_indices (tests)
 // ===================================================================================
 // one thread per (n, o, p); K is the RuleKind (compile time: the switch folds away)
 template <class I, int K>
-FLRP_GLOBAL void rule_g_kernel(RuleGParams a) {
+FLRP_GLOBAL void rule_g_kernel(RuleGArgs a) {
     constexpr RuleKind kind = RuleKind(K);
     // the operands this rule reads (the others may be null)
-    constexpr bool kOut = K == 0 || K == 2 || K == 3 || K == 4;
-    constexpr bool kPsum = K == 1 || K == 2 || K == 3;
-    constexpr bool kZc = K == 4 || K == 5 || K == 6;
+    constexpr bool kOut = rule_g_reads_out(kind);
+    constexpr bool kPsum = rule_g_reads_psum(kind);
+    constexpr bool kZc = rule_g_reads_zc(kind);
     const I P = I(a.P), O = I(a.O), G = I(a.groups), Og = O / G;
     const I H = I(rule_g_num_halves(kind));
     const I total = I(a.n) * O * P;
-    const float e = float(a.eps), al = float(a.alpha), be = float(a.beta), gm = float(a.gamma);
+    const float e = float(a.coefs.eps), al = float(a.coefs.alpha), be = float(a.coefs.beta),
+                gm = float(a.coefs.gamma);
     for (I idx = gtid<I>(); idx < total; idx += gstride<I>()) {
         const I row = idx / P, p = idx - row * P;
         const I n = row / O, o = row - n * O;
@@ -96,10 +97,10 @@ FLRP_GLOBAL void rule_g_kernel(RuleGParams a) {
 // Flat summed per group: one thread per (n, group, p), the group's outputs in order
 // (the same float sum as cpu::rule_g)
 template <class I>
-FLRP_GLOBAL void rule_g_flat_sum_kernel(RuleGParams a) {
+FLRP_GLOBAL void rule_g_flat_sum_kernel(RuleGArgs a) {
     const I P = I(a.P), O = I(a.O), G = I(a.groups), Og = O / G;
     const I total = I(a.n) * G * P;
-    const float e = float(a.eps);
+    const float e = float(a.coefs.eps);
     for (I idx = gtid<I>(); idx < total; idx += gstride<I>()) {
         const I row = idx / P, p = idx - row * P;
         const I n = row / G, gi = row - n * G;
@@ -112,14 +113,14 @@ FLRP_GLOBAL void rule_g_flat_sum_kernel(RuleGParams a) {
 }
 
 template <class I>
-void rule_g_launch(const RuleGParams& a, Stream s) {
+void rule_g_launch(const RuleGArgs& a, Stream s) {
     const dim3 block(kThreads);
-    if (a.kind == int(RuleKind::Flat) && a.flat_group_sum) {
+    if (a.kind == RuleKind::Flat && a.flat_group_sum) {
         launch(rule_g_flat_sum_kernel<I>, grid_for(a.n * a.groups * a.P), block, s, a);
         return;
     }
     const dim3 grid = grid_for(a.n * a.O * a.P);
-    switch (a.kind) {
+    switch (int(a.kind)) {
         case 0: launch(rule_g_kernel<I, 0>, grid, block, s, a); break;
         case 1: launch(rule_g_kernel<I, 1>, grid, block, s, a); break;
         case 2: launch(rule_g_kernel<I, 2>, grid, block, s, a); break;
@@ -136,7 +137,7 @@ void rule_g_launch(const RuleGParams& a, Stream s) {
 // ===================================================================================
 // one thread per output; the same scan as cpu::maxpool_forward's general path
 template <class I>
-FLRP_GLOBAL void maxpool_forward_kernel(MaxPoolParams a) {
+FLRP_GLOBAL void maxpool_forward_kernel(MaxPoolArgs a) {
     const I OW = I(a.ow), OP = I(a.oh) * OW, HW = I(a.h) * I(a.w);
     const I total = I(a.planes) * OP;
     for (I idx = gtid<I>(); idx < total; idx += gstride<I>()) {
@@ -431,13 +432,13 @@ struct DevBuf {
 // ===================================================================================
 void set_force_int64_indices(bool on) { elem::g_force_int64 = on; }
 
-void rule_g(const RuleGParams& a, void* stream) {
-    const int64_t H = rule_g_num_halves(RuleKind(a.kind));
+void rule_g(const RuleGArgs& a, void* stream) {
+    const int64_t H = rule_g_num_halves(a.kind);
     const int64_t biggest = a.n * a.O * a.P * H;
     FLRP_ELEM_INDEX_DISPATCH(biggest, I, elem::rule_g_launch<I>(a, elem::S(stream)))
 }
 
-void maxpool_forward(const MaxPoolParams& a, void* stream) {
+void maxpool_forward(const MaxPoolArgs& a, void* stream) {
     const int64_t in = a.planes * a.h * a.w, out = a.planes * a.oh * a.ow;
     const int64_t total = a.planes * a.oh * a.ow;
     FLRP_ELEM_INDEX_DISPATCH(in > out ? in : out, I,
