@@ -1,13 +1,11 @@
 // pybind11 module fastlrp._core: the CPU kernels plus build/thread information.
-// Validation and argument filling live in dense_binding.h (shared with _cuda).
 
 #include <pybind11/pybind11.h>
 
 #include <string>
 
 #include "conv_binding.h"
-#include "dense_binding.h"
-#include "dense_cpu.h"
+#include "threads.h"
 #include "gemm.h"
 #include "gemm_binding.h"
 
@@ -50,24 +48,19 @@ py::dict build_info() {
 #endif
     d["cpu_features"] = cpu;
     d["num_threads"] = fastlrp::cpu::get_num_threads();
-    // dense_* (dense_cpu.cpp): forward sums float64; backends/cpu.py runs the GEMM core: float32 FMA
-    d["accumulation"] = "dense_* kernels: forward sums float64, backward float32; GEMM core: float32";
+    d["accumulation"] = "float32 (GEMM core)";
     return d;
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
-    m.doc() = "fastlrp compiled CPU kernels (dense-layer LRP relevance).";
+    m.doc() = "fastlrp compiled CPU kernels: GEMM core, conv/dense relevance epilogues, pooling.";
 
     m.def("build_info", &build_info, "Compiler, OpenMP, SIMD paths and thread count of this build.");
     m.def("set_num_threads", &fastlrp::cpu::set_num_threads, py::arg("n"),
           "Threads used by the kernels; n <= 0 restores OpenMP's default.");
     m.def("get_num_threads", &fastlrp::cpu::get_num_threads);
-
-    fastlrp::binding::def_dense_functions(m, [](const fastlrp::DenseArgs& args) {
-        fastlrp::cpu::run_dense_relevance(args);
-    });
 
     // The GEMM core and the conv/pool kernels behind backends/cpu.py.
     const auto threads = []() { return fastlrp::cpu::get_num_threads(); };
