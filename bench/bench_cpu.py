@@ -3,7 +3,7 @@
 For each model, correctness comes first: every fastlrp backend is compared with
 the float64 reference backend and with zennit on a small batch. Then each
 (batch size, composite) is timed with the methods interleaved: one warm-up call
-each, then ``--repeats`` rounds, median reported. The FLOP limit is DESIGN.md
+each, then ``--repeats`` rounds, median reported. The FLOP limit is docs/design.md
 section 3's: per layer, the GEMM work its rule really needs (a multiple of the
 layer's forward work, smaller when its input is known non-negative), at the
 forward GEMM rate torch reaches on this machine in this run.
@@ -35,7 +35,7 @@ COMPOSITES = {
     "epsilon_gamma_box": ("epsilon_gamma_box(low=-3, high=3)", "EpsilonGammaBox", {"low": -3.0, "high": 3.0}),
 }
 
-# GEMM work per rule in units of the layer's forward work (DESIGN.md section 3):
+# GEMM work per rule in units of the layer's forward work (docs/design.md section 3):
 # (forward-side units, backward units per target) for an input known non-negative,
 # then for a signed input. The forward pass itself is one forward-side unit; the
 # sign split doubles K for signed inputs ([x+ | x-] packing); model-constant sums

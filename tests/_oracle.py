@@ -1,7 +1,7 @@
 """An independent formulation of the rules for the tests: every dense or conv
 layer is written as an explicit dense matrix (built by plain loops over output
 positions and kernel taps), and the rules are applied to that matrix straight
-from their definitions in DESIGN.md. Nothing here calls fastlrp's backends."""
+from their definitions in docs/design.md section 2. Nothing here calls fastlrp's backends."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The CPU backend's dense layers against a float64 oracle written from DESIGN.md.
+"""The CPU backend's dense layers against a float64 oracle written from docs/design.md.
 
-The oracle below follows DESIGN.md section 2 literally (explicit W+, W-, x+, x-
+The oracle below follows docs/design.md section 2 literally (explicit W+, W-, x+, x-
 arrays, float64). It runs on the same float32-rounded inputs as the backend, so
 only the backend's own arithmetic is measured.
 

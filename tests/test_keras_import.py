@@ -707,7 +707,7 @@ def test_innvestigate_flat_input_layers_in_branching_model():
 
 
 def test_innvestigate_alpha_beta_hand_case():
-    """DESIGN.md's hand-checked case through a one-layer Keras model, IB variant (no bias)."""
+    """docs/design.md section 2.5's hand-checked case through a one-layer Keras model, IB variant (no bias)."""
     m = keras.Sequential([keras.Input((2,)), layers.Dense(1, use_bias=False)])
     m.layers[0].set_weights([np.array([[1.0], [-1.0]], dtype="float32")])
     g = from_keras(m)

@@ -74,7 +74,7 @@ def test_dense_rules(backend, shape, rule, bias):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_alphabeta_hand_checked_case(backend):
-    """DESIGN.md: W = (1, -1), b = -1, x = (1, 1), R = z = -1."""
+    """docs/design.md section 2.5: W = (1, -1), b = -1, x = (1, 1), R = z = -1."""
     gb = GraphBuilder((2,))
     gb.dense(gb.input, np.array([[1.0, -1.0]]), np.array([-1.0]))
     graph = gb.build()

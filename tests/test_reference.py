@@ -126,7 +126,7 @@ def test_zbox_per_channel_bounds():
 
 
 # ---------------------------------------------------------------------------------
-# the hand-checked case from DESIGN.md: W = (1, -1), b = -1, x = (1, 1), R = z = -1
+# the hand-checked case from docs/design.md section 2.5: W = (1, -1), b = -1, x = (1, 1), R = z = -1
 # ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("alpha,beta,want", [(1, 0, (-1.0, 0.0)), (2, 1, (-2.0, 0.5))])
 def test_alphabeta_hand_checked(alpha, beta, want):

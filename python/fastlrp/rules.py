@@ -2,7 +2,7 @@
 
 A rule is a small frozen dataclass: its kind and parameters. Backends read
 ``rule.kind`` and the fields; nothing here computes. Formulas follow zennit's
-semantics (see DESIGN.md section 2). Notation: a layer computes ``z = W x + b``;
+semantics (see docs/design.md section 2). Notation: a layer computes ``z = W x + b``;
 ``x+ = max(x, 0)``, ``x- = min(x, 0)`` and likewise for ``W`` and ``b``; the
 stabilizer is ``s(z) = z + eps * sign(z)`` with ``sign(0) = +1``.
 """

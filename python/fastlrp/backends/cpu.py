@@ -2,7 +2,7 @@
 
 Dense and conv layers (1-d and 2-d, stride, padding pairs, dilation, groups,
 with or without bias) run on the packed GEMM core for every parametric rule,
-following DESIGN.md section 3:
+following docs/design.md section 3:
 
 - ``prepare`` (once per Explainer) packs every model-constant operand: the
   forward weights W, the positive-part weights W+ (or ``[W+ | W-]`` for signed

@@ -2,7 +2,7 @@
 reference backend, used when the compiled extension is missing or when asked for.
 
 Dense and conv layers (a dense layer is a 1x1 conv over a 1x1 image) follow
-DESIGN.md section 3, in two passes per layer:
+docs/design.md section 3, in two passes per layer:
 
 - **forward-sum** (in :meth:`_LinearOp.forward`, once per batch, shared by all
   targets): :func:`_im2col` packs one chunk of samples into GEMM columns and,
@@ -14,7 +14,7 @@ DESIGN.md section 3, in two passes per layer:
   :func:`_bwd_prologue` does the stabilized division ``R / s(.)`` and writes the
   GEMM operand (for AlphaBeta ``[a ga ; -b gb]``, for Gamma the two masked
   factors combined); one transposed GEMM (``[W+ W-; W- W+]^T [..]``, doubled
-  K, as DESIGN.md describes); :func:`_col2im` scatters the columns back and
+  K, as docs/design.md section 3 describes); :func:`_col2im` scatters the columns back and
   multiplies by ``x``, ``x+``/``x-`` (split while reading ``x``) or
   ``x``/``l``/``h`` in its epilogue.
 

@@ -3,7 +3,7 @@
 Every dense and conv rule is written once, in terms of two functions of the
 layer: ``fwd(x, W, b)`` (the layer applied with modified inputs/weights) and
 ``bwd(g, W)`` (the transposed layer, i.e. the input-gradient ``W^T g``). The
-formulas are DESIGN.md's, term by term. Convolutions loop over kernel taps with
+formulas are docs/design.md section 2's, term by term. Convolutions loop over kernel taps with
 strided slices; pools use explicit window index tables.
 """
 
