@@ -23,13 +23,16 @@ per-sample input shape and ``graph.meta["input_perm"]`` the permutation;
 :func:`to_engine_layout` and :func:`from_engine_layout` convert inputs and
 relevance maps between the two layouts (batch-aware).
 
-BatchNormalization
-------------------
-A BatchNormalization directly after a Dense/Conv without activation (the
-Dense/Conv output read by nothing else) is folded into that layer; one directly
-before a Dense or an unpadded Conv (its output read by nothing else) is folded
-into the input side of that layer. Both are exact. Any other BatchNormalization
-becomes a ``batchnorm`` node (Pass rule) and the import warns.
+BatchNormalization and the output activation
+--------------------------------------------
+The importer translates a BatchNormalization into a ``batchnorm`` node and a softmax
+into an ``activation`` node; the IR passes (:func:`fastlrp.passes.optimize`, run once
+at the end) fold a BatchNormalization into the Dense/Conv before it (a Dense/Conv
+without activation whose output nothing else reads) or into the input side of the
+Dense or unpadded Conv after it, where that is exact; any other BatchNormalization
+stays a ``batchnorm`` node (Pass rule) and the import warns. ``graph.meta``
+lists the folded ones under ``"folded_batchnorm"``. A final softmax, log_softmax or
+sigmoid is stripped with a warning unless ``keep_output_activation=True``.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import warnings
 
 import numpy as np
 
+from .. import passes
 from ..graph import Graph, GraphError, Node, same_padding, unique_name
 
 __all__ = [
@@ -164,8 +168,6 @@ class _Importer:
         self.tensors: dict = {}  # tensor key -> (engine name, perm)
         self.shapes: dict = {}  # engine name -> per-sample engine shape
         self.seen_ops: dict = {}  # id(layer) -> where it was first used
-        self.folded: list = []
-        self.unfolded: list = []
 
     # -- bookkeeping ---------------------------------------------------------------
     @staticmethod
@@ -230,7 +232,6 @@ class _Importer:
         if len(out_perm) > 1 and tuple(out_perm) != _ident(len(out_perm)):
             out_name = self.ensure((out_name, out_perm), _ident(len(out_perm)), _Named("output"))
 
-        nodes, out_name = self.post_process(out_name)
         layout = "channels_last" if tuple(perm) != _ident(len(perm)) else "channels_first"
         meta = {
             "importer": "keras",
@@ -239,11 +240,12 @@ class _Importer:
             "layout": layout,
             "keras_input_shape": kshape,
             "input_perm": tuple(perm),
-            "folded_batchnorm": self.folded,
         }
-        if self.unfolded:
-            meta["unfolded_batchnorm"] = self.unfolded
-        return Graph(nodes, output=out_name, meta=meta)
+        graph = Graph(self.nodes, output=out_name, meta=meta)
+        try:
+            return passes.optimize(graph, keep_output_activation=self.keep)
+        except GraphError as e:  # a graph the engine cannot explain, e.g. a softmax inside the model
+            raise UnsupportedLayerError(f"model '{model.name}': {e}") from e
 
     def functional(self, model):
         keras = self.keras
@@ -552,111 +554,8 @@ class _Importer:
         beta = _np(layer.beta).astype(np.float64) if layer.center else np.zeros_like(var)
         scale = gamma / np.sqrt(var + float(layer.epsilon))
         shift = beta - mean * scale
-        dt = np.float64
-        h = self.emit(name, "batchnorm", [x], {}, {"scale": scale.astype(dt), "shift": shift.astype(dt)},
-                      self.shapes[x], src)
-        # keep float64 copies for exact folding
-        self._bn64 = getattr(self, "_bn64", {})
-        self._bn64[h] = (scale, shift)
+        h = self.emit(name, "batchnorm", [x], {}, {"scale": scale, "shift": shift}, self.shapes[x], src)
         return (h, perm)
-
-    # -- post-processing: fold BatchNorm, strip a final softmax -------------------------
-    def post_process(self, out_name):
-        nodes = self.nodes
-        index = {n.name: n for n in nodes}
-        bn64 = getattr(self, "_bn64", {})
-
-        def consumers(name):
-            return [n for n in nodes if name in n.inputs]
-
-        rename: dict = {}
-        removed: set = set()
-        for bn in [n for n in nodes if n.op == "batchnorm"]:
-            scale, shift = bn64[bn.name]
-            prod = index[bn.inputs[0]]
-            cons = consumers(bn.name)
-            # after a dense/conv (its output read only by this BatchNorm)
-            if prod.op in ("dense", "conv") and len(consumers(prod.name)) == 1:
-                w = prod.params["weight"].astype(np.float64)
-                b = prod.params.get("bias")
-                b = np.zeros(w.shape[0]) if b is None else b.astype(np.float64)
-                dt = prod.params["weight"].dtype
-                sh = (-1,) + (1,) * (w.ndim - 1)
-                prod.params["weight"] = (w * scale.reshape(sh)).astype(dt)
-                prod.params["bias"] = (b * scale + shift).astype(dt)
-                prod.source += f" + {bn.source} folded"
-                rename[bn.name] = prod.name
-                removed.add(bn.name)
-                self.folded.append(bn.source)
-                continue
-            # before a dense / unpadded conv (this BatchNorm read only by it)
-            if len(cons) == 1 and cons[0].op in ("dense", "conv") and bn.name != out_name:
-                c = cons[0]
-                ok = c.op == "dense" or all(p == (0, 0) for p in c.attrs["padding"])
-                if ok:
-                    w = c.params["weight"].astype(np.float64)
-                    b = c.params.get("bias")
-                    b = np.zeros(w.shape[0]) if b is None else b.astype(np.float64)
-                    dt = c.params["weight"].dtype
-                    if c.op == "dense":
-                        nb = b + w @ shift
-                        nw = w * scale[None, :]
-                    else:
-                        g = int(c.attrs.get("groups", 1))
-                        cout, cin_g = w.shape[0], w.shape[1]
-                        # input channel of weight[o, j] is (o // (cout/g)) * cin_g + j
-                        grp = np.arange(cout) // (cout // g)
-                        ch = grp[:, None] * cin_g + np.arange(cin_g)[None, :]  # (cout, cin_g)
-                        sc = scale[ch].reshape(cout, cin_g, *([1] * (w.ndim - 2)))
-                        shf = shift[ch].reshape(cout, cin_g, *([1] * (w.ndim - 2)))
-                        nb = b + (w * shf).reshape(cout, -1).sum(axis=1)
-                        nw = w * sc
-                    c.params["weight"] = nw.astype(dt)
-                    c.params["bias"] = nb.astype(dt)
-                    c.source += f" + {bn.source} folded into its input side"
-                    rename[bn.name] = bn.inputs[0]
-                    removed.add(bn.name)
-                    self.folded.append(bn.source)
-                    continue
-            self.unfolded.append(bn.source)
-            warnings.warn(
-                f"fastlrp.from_keras: BatchNormalization {bn.source} could not be folded into an adjacent "
-                "Dense/Conv layer (an activation or a branch sits in between); it stays as a 'batchnorm' node "
-                "that relevance passes through unchanged",
-                stacklevel=4,
-            )
-
-        def resolve(n):
-            while n in rename:
-                n = rename[n]
-            return n
-
-        kept = []
-        for n in nodes:
-            if n.name in removed:
-                continue
-            n.inputs = [resolve(i) for i in n.inputs]
-            kept.append(n)
-        out_name = resolve(out_name)
-
-        last = {n.name: n for n in kept}[out_name]
-        if last.op == "activation" and last.attrs.get("kind") in ("softmax", "log_softmax", "sigmoid") and not self.keep:
-            warnings.warn(
-                f"fastlrp.from_keras: the final {last.attrs['kind']} ({last.source}) is stripped, relevance "
-                "explains the logits; pass keep_output_activation=True to keep it",
-                stacklevel=4,
-            )
-            kept = [n for n in kept if n.name != out_name]
-            out_name = last.inputs[0]
-            if {n.name: n for n in kept}[out_name].op == "input":
-                out_name = kept[-1].name if kept[-1].op != "input" else out_name
-        # drop nodes that no longer feed the output
-        needed = {out_name}
-        for n in reversed(kept):
-            if n.name in needed:
-                needed.update(n.inputs)
-        kept = [n for n in kept if n.name in needed or n.op == "input"]
-        return kept, out_name
 
 
 class _Named:

@@ -4,9 +4,10 @@
 ATen operators (``aten.conv2d.default``, ``aten.linear.default``,
 ``aten._native_batch_norm_legit_no_training.default`` with ``operator.getitem``,
 ``aten.addmm.default`` of a transposed weight, ...), into the same IR as the
-torch.fx front-end, through the same converter: shape propagation, BatchNorm
-folding, output-softmax stripping, naming and errors are shared
-(:mod:`fastlrp.importers.torch`). Both the training IR that ``torch.export.export``
+torch.fx front-end, through the same lowering
+(:mod:`fastlrp.importers.torch_lowering`: shape propagation, layer builders, naming and
+errors) and the same IR passes (:func:`fastlrp.passes.optimize`: BatchNorm folding,
+output-softmax stripping). Both the training IR that ``torch.export.export``
 produces and the core ATen IR left by ``ExportedProgram.run_decompositions()`` are
 understood.
 
@@ -33,7 +34,7 @@ import warnings
 
 import numpy as np
 
-from .torch import UnsupportedLayerError, _Converter, _lower, _Meta, _np, _propagate
+from .torch_lowering import Converter, Meta, UnsupportedLayerError, lower, propagate, to_numpy
 
 __all__ = ["from_exported", "is_exported_program", "is_script_module"]
 
@@ -70,7 +71,7 @@ def _op_name(target) -> str:
 # the ATen front-end
 
 
-class _AtenConverter(_Converter):
+class _AtenConverter(Converter):
     """Converts an ATen-level fx graph (an exported program's module) with the shared machinery."""
 
     unwrap_output_tuple = True
@@ -174,7 +175,7 @@ class _AtenConverter(_Converter):
             return None
         if isinstance(arg, torch.fx.Node):
             v = self.env.get(arg)
-            if isinstance(v, _Meta) and isinstance(v.value, torch.Tensor):
+            if isinstance(v, Meta) and isinstance(v.value, torch.Tensor):
                 return v.value
             if isinstance(v, str):
                 raise self.unsupported(n, what, f"its {role} '{arg.name}' is computed from the input; only "
@@ -204,19 +205,19 @@ class _AtenConverter(_Converter):
                 raise self.unsupported(n, f"use of output {idx} of {_op_name(base.target)} at '{base.name}'",
                                        "only the first output (the result) is supported")
         if not isinstance(target, torch._ops.OpOverload):
-            if n.all_input_nodes and all(isinstance(self.env.get(a), _Meta) for a in n.all_input_nodes):
-                self.env[n] = _Meta(self.consts.get(n.name, self.values.get(n.name)), fname)  # size arithmetic
+            if n.all_input_nodes and all(isinstance(self.env.get(a), Meta) for a in n.all_input_nodes):
+                self.env[n] = Meta(self.consts.get(n.name, self.values.get(n.name)), fname)  # size arithmetic
                 return
             return super().convert_function(n, target, fname)
         op = _op_name(target)
         what = f"ATen op {op}"
         kind = self.aten_kind.get(target)
         ins = n.all_input_nodes
-        if kind == "size" or (ins and all(isinstance(self.env.get(a), _Meta) for a in ins)) or (
+        if kind == "size" or (ins and all(isinstance(self.env.get(a), Meta) for a in ins)) or (
             not ins and n.name in self.consts
         ):
             # computed from parameters / sizes only (e.g. aten.t of a weight): a constant
-            self.env[n] = _Meta(self.consts.get(n.name, self.values.get(n.name)), f"{op} at '{n.name}'")
+            self.env[n] = Meta(self.consts.get(n.name, self.values.get(n.name)), f"{op} at '{n.name}'")
             return
         if kind is None:
             raise self.unsupported(n, what)
@@ -283,7 +284,7 @@ class _AtenConverter(_Converter):
             name = self.owner(wnode, "weight")
             if name is None and len(wnode.all_input_nodes) == 1:  # aten.t / permute of a weight
                 name = self.owner(wnode.all_input_nodes[0], "weight")
-            self.add(n, "dense", [x], {}, {"weight": _np(w), "bias": None if bias is None else _np(bias)},
+            self.add(n, "dense", [x], {}, {"weight": to_numpy(w), "bias": None if bias is None else to_numpy(bias)},
                      name=name, source=src)
             return
         if kind == "batch_norm":
@@ -297,14 +298,13 @@ class _AtenConverter(_Converter):
                 raise unsup("no running statistics (track_running_stats=False is not supported)")
             gamma = self.const(n, a.get("weight"), what, "weight", optional=True)
             beta = self.const(n, a.get("bias"), what, "bias", optional=True)
-            mean, var = _np(mean), _np(var)
-            gamma = _np(gamma) if gamma is not None else np.ones_like(mean)
-            beta = _np(beta) if beta is not None else np.zeros_like(mean)
+            mean, var = to_numpy(mean), to_numpy(var)
+            gamma = to_numpy(gamma) if gamma is not None else np.ones_like(mean)
+            beta = to_numpy(beta) if beta is not None else np.zeros_like(mean)
             scale = gamma / np.sqrt(var + float(a["eps"]))
             shift = beta - mean * scale
             path = self.owner(a.get("running_mean"), "running_mean") or self.default_name(n)
-            nm = self.add(n, "batchnorm", [x], {}, {"scale": scale, "shift": shift}, name=path, source=src)
-            self.bn_info[nm] = path
+            self.add(n, "batchnorm", [x], {}, {"scale": scale, "shift": shift}, name=path, source=src)
             return
         raise unsup("")  # pragma: no cover
 
@@ -393,10 +393,10 @@ def from_exported(program, example_input=None, *, keep_output_activation: bool =
         else:
             raise TypeError(f"the {what} has no stored example inputs; pass an example input to learn the shapes")
     x = _example_for(torch, example_input, spec)
-    values, tensor_nodes, consts = _propagate(torch, gm, x)
-    conv = _AtenConverter(torch, gm, values, tensor_nodes, keep_output_activation, consts)
+    values, tensor_nodes, consts = propagate(torch, gm, x)
+    conv = _AtenConverter(torch, gm, values, tensor_nodes, consts)
     if model_name is None:
         model_name = "ExportedProgram"
     meta = {"importer": "fastlrp.importers.torch_export", "framework": f"torch {torch.__version__}",
             "name": model_name, "layout": "channels_first"}
-    return _lower(conv, keep_output_activation, meta, stacklevel=4)
+    return lower(conv, meta, keep_output_activation)

@@ -1,0 +1,678 @@
+"""The torch lowering shared by both PyTorch front-ends.
+
+:func:`fastlrp.importers.torch.from_torch` traces an ``nn.Module`` with ``torch.fx``;
+:mod:`fastlrp.importers.torch_export` reads the ATen-level graph of a
+``torch.export.ExportedProgram`` or a TorchScript module. Both hand their fx graph to
+this module: :func:`propagate` runs the example input through it to learn every
+tensor's shape, :class:`Converter` translates it node by node into IR nodes (a
+BatchNorm becomes a ``batchnorm`` node with per-channel ``scale``/``shift``, a softmax
+an ``activation`` node), and :func:`lower` builds the :class:`~fastlrp.graph.Graph` and
+runs the IR passes once (:func:`fastlrp.passes.optimize`: BatchNorm folding,
+output-activation stripping, dead-node pruning).
+
+Only fx nodes the output depends on are translated, so dead code that has no IR
+equivalent (shape asserts, guards, unused branches) is skipped rather than reported.
+
+torch is never imported here: the front-ends pass their ``torch`` module in.
+"""
+
+from __future__ import annotations
+
+import operator
+import warnings
+
+import numpy as np
+
+from .. import passes
+from ..graph import Graph, GraphError, Node, unique_name
+
+__all__ = ["Converter", "Meta", "UnsupportedLayerError", "lower", "propagate", "to_numpy"]
+
+class UnsupportedLayerError(GraphError):
+    """A module or function in the model has no fastlrp equivalent (the message names it and where it is)."""
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+class Meta:
+    """A non-tensor value in the traced graph (an int from ``x.size(0)``, a shape, a constant)."""
+
+    def __init__(self, value, origin):
+        self.value = value
+        self.origin = origin
+
+
+def _arg(node, i, name, default=None):
+    """Positional argument ``i`` or keyword ``name`` of an fx node."""
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+def _tup(v, d):
+    if isinstance(v, (list, tuple)):
+        v = tuple(int(x) for x in v)
+        if len(v) == 1 and d > 1:
+            v = v * d
+        return v
+    return (int(v),) * d
+
+
+def to_numpy(t):
+    """Copy a tensor to a float64 NumPy array (never a view of the model's storage)."""
+    return t.detach().cpu().double().numpy().copy()
+
+
+def _type_name(mod):
+    cls = type(mod)
+    if cls.__module__.startswith("torch.nn"):
+        return f"nn.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__name__}"
+
+
+def _func_name(target):
+    if isinstance(target, str):
+        return target
+    mod = getattr(target, "__module__", None) or ""
+    name = getattr(target, "__name__", None) or repr(target)
+    if mod in ("_operator", "operator"):
+        return f"operator.{name}"
+    if mod.startswith("torch.nn.functional") or mod == "torch._C._nn":
+        return f"F.{name}"
+    if mod.startswith("torch"):
+        return f"torch.{name}"
+    return f"{mod}.{name}" if mod else name
+
+
+def _live_nodes(graph) -> set:
+    """The fx nodes the output depends on, plus every placeholder (the model's inputs)."""
+    out = [n for n in graph.nodes if n.op == "output"]
+    live = {n for n in graph.nodes if n.op == "placeholder"}
+    stack = list(out)
+    while stack:
+        n = stack.pop()
+        if n in live and n.op != "placeholder":
+            continue
+        live.add(n)
+        stack.extend(a for a in n.all_input_nodes if a not in live)
+    return live
+
+
+# --------------------------------------------------------------------------------------------
+# the converter
+
+
+class Converter:
+    """Translates a torch.fx graph (modules, functions, Tensor methods) into IR nodes.
+
+    ``values``, ``tensor_nodes`` and ``consts`` come from :func:`propagate`. The ATen
+    front-end subclasses it (:mod:`fastlrp.importers.torch_export`).
+    """
+
+    #: a forward returning a 1-tuple ``(y,)`` counts as returning ``y`` (exported programs flatten outputs)
+    unwrap_output_tuple = False
+
+    def __init__(self, torch, gm, values, tensor_nodes, consts=None):
+        self.torch = torch
+        self.gm = gm
+        self.values = values  # fx node name -> shape tuple (tensors) or python value
+        self.tensor_nodes = tensor_nodes  # names of fx nodes whose value is a tensor
+        self.consts = consts or {}  # fx node name -> tensor, for tensors that do not depend on the input
+        self.modules = dict(gm.named_modules())
+        self.nodes: list[Node] = []
+        self.env: dict = {}  # fx node -> graph node name, or Meta
+        self.used_names: set = set()
+        self._build_tables()
+
+    # -- tables -------------------------------------------------------------------
+    def _build_tables(self):
+        torch = self.torch
+        F = torch.nn.functional
+        nn = torch.nn
+        T = torch.Tensor
+
+        def ids(*fs):
+            return [f for f in fs if f is not None]
+
+        g = lambda mod, n: getattr(mod, n, None)  # noqa: E731
+        self.fn_kind: dict = {}
+
+        def reg(kind, *fs):
+            for f in ids(*fs):
+                self.fn_kind[f] = kind
+
+        reg("add", operator.add, operator.iadd, torch.add, g(T, "add"), g(T, "__add__"), g(T, "__iadd__"))
+        reg("cat", torch.cat, g(torch, "concat"), g(torch, "concatenate"))
+        reg("flatten", torch.flatten)
+        reg("reshape", torch.reshape, torch.squeeze, torch.unsqueeze)
+        reg("permute", torch.permute)
+        reg("transpose", torch.transpose, g(torch, "swapaxes"), g(torch, "swapdims"))
+        reg("relu", F.relu, torch.relu, g(torch, "relu_"), g(F, "relu_"))
+        reg("leaky_relu", F.leaky_relu, g(F, "leaky_relu_"))
+        reg("elu", F.elu, g(F, "elu_"))
+        reg("tanh", torch.tanh, g(F, "tanh"))
+        reg("sigmoid", torch.sigmoid, g(F, "sigmoid"))
+        reg("gelu", F.gelu)
+        reg("silu", F.silu)
+        reg("softplus", F.softplus)
+        reg("softmax", F.softmax, torch.softmax)
+        reg("log_softmax", F.log_softmax, torch.log_softmax)
+        reg("dropout", F.dropout, g(F, "dropout1d"), g(F, "dropout2d"), g(F, "dropout3d"), g(F, "alpha_dropout"),
+            g(F, "feature_alpha_dropout"), g(torch, "dropout"))
+        reg("mean", torch.mean)
+        reg("adaptive_avg_pool", F.adaptive_avg_pool1d, F.adaptive_avg_pool2d)
+        reg("max_pool", F.max_pool1d, F.max_pool2d, g(torch, "max_pool1d"), g(torch, "max_pool2d"))
+        reg("avg_pool", F.avg_pool1d, F.avg_pool2d, g(torch, "avg_pool1d"))
+        self.fn_dims = {F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2, F.max_pool1d: 1, F.max_pool2d: 2,
+                        F.avg_pool1d: 1, F.avg_pool2d: 2}
+        for n, d in (("max_pool1d", 1), ("max_pool2d", 2), ("avg_pool1d", 1)):
+            if hasattr(torch, n):
+                self.fn_dims[getattr(torch, n)] = d
+
+        self.method_kind = {
+            "add": "add", "add_": "add", "__add__": "add", "__iadd__": "add",
+            "view": "reshape", "reshape": "reshape", "flatten": "flatten", "squeeze": "reshape",
+            "unsqueeze": "reshape", "view_as": "reshape", "reshape_as": "reshape",
+            "contiguous": "identity", "clone": "identity", "detach": "identity",
+            "permute": "permute", "transpose": "transpose", "swapaxes": "transpose",
+            "relu": "relu", "relu_": "relu", "tanh": "tanh", "tanh_": "tanh", "sigmoid": "sigmoid",
+            "sigmoid_": "sigmoid", "softmax": "softmax", "log_softmax": "log_softmax", "mean": "mean",
+            "size": "meta", "dim": "meta",
+        }
+
+        self.act_modules = {
+            nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.ELU: "elu", nn.Tanh: "tanh",
+            nn.Sigmoid: "sigmoid", nn.GELU: "gelu", nn.SiLU: "silu", nn.Softplus: "softplus",
+            nn.Softmax: "softmax", nn.LogSoftmax: "log_softmax",
+        }
+        self.identity_modules = tuple(
+            c for c in (nn.Identity, nn.Dropout, g(nn, "Dropout1d"), nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                        nn.FeatureAlphaDropout) if c is not None
+        )
+
+    # -- bookkeeping ----------------------------------------------------------------------
+    def unique(self, name):
+        return unique_name(name, self.used_names)
+
+    def add(self, fxnode, op, inputs, attrs=None, params=None, name=None, source=""):
+        nm = self.unique(name or fxnode.name)
+        params = {k: np.asarray(v, dtype=np.float64) for k, v in (params or {}).items() if v is not None}
+        self.nodes.append(Node(nm, op, list(inputs), dict(attrs or {}), params, (), source))
+        self.env[fxnode] = nm
+        return nm
+
+    def where(self, fxnode):
+        if fxnode.op == "call_module":
+            return f"'{fxnode.target}'"
+        return f"'{fxnode.name}'"
+
+    def unsupported(self, fxnode, what, why=""):
+        return UnsupportedLayerError(
+            f"unsupported {what} at {self.where(fxnode)}" + (f": {why}" if why else "")
+        )
+
+    def shape(self, fxnode):
+        """Full (batched) output shape of an fx node."""
+        v = self.values.get(fxnode.name)
+        if not isinstance(v, tuple) or not all(isinstance(s, int) for s in v) or fxnode.name not in self.tensor_nodes:
+            raise UnsupportedLayerError(f"fx node '{fxnode.name}' ({fxnode.op} {_func_name(fxnode.target)}) "
+                                        f"does not produce a single tensor")
+        return v
+
+    def sample_shape(self, fxnode):
+        return self.shape(fxnode)[1:]
+
+    def tensor_input(self, fxnode, arg, what):
+        """The graph node name of a tensor argument; errors for constants and non-graph values."""
+        torch = self.torch
+        if isinstance(arg, torch.fx.Node):
+            v = self.env.get(arg)
+            if isinstance(v, str):
+                return v
+            if isinstance(v, Meta):
+                raise self.unsupported(fxnode, what, f"operand '{arg.name}' is a constant or parameter "
+                                       f"({v.origin}), not a tensor computed from the input")
+        raise self.unsupported(fxnode, what, f"operand {arg!r} is a constant, not a tensor computed from the input")
+
+    def check_batch(self, fxnode, what):
+        """The op must keep the batch axis in front."""
+        ins = [a for a in fxnode.all_input_nodes if isinstance(self.env.get(a), str)]
+        if not ins:
+            return
+        b = self.shape(ins[0])[0]
+        out = self.shape(fxnode)
+        if len(out) < 1 or out[0] != b or (b == 1 and len(out) < 2):
+            raise self.unsupported(fxnode, what, f"it changes the batch axis (input {self.shape(ins[0])} -> output "
+                                   f"{out}); only per-sample reshapes are supported")
+
+    # -- main loop ------------------------------------------------------------------------
+    def run(self):
+        torch = self.torch
+        out_fx = None
+        live = _live_nodes(self.gm.graph)
+        for n in self.gm.graph.nodes:
+            if n not in live:
+                continue  # dead code (unused branches, shape asserts, guards) is not converted
+            if n.op == "placeholder":
+                if n.name not in self.tensor_nodes:
+                    # extra (default) arguments of forward are constants
+                    self.env[n] = Meta(self.values.get(n.name), f"argument '{n.name}'")
+                    continue
+                if any(isinstance(v, str) for v in self.env.values()):
+                    raise UnsupportedLayerError(
+                        f"the model takes more than one tensor input ('{n.name}'); only single-input models are supported")
+                nm = self.unique("input")
+                shape = self.sample_shape(n)
+                self.nodes.append(Node(nm, "input", [], {"shape": shape}, {}, shape, f"input '{n.name}'"))
+                self.env[n] = nm
+            elif n.op == "get_attr":
+                self.env[n] = Meta(self.consts.get(n.name), f"attribute '{n.target}'")
+            elif n.op == "call_module":
+                self.convert_module(n)
+            elif n.op == "call_function":
+                self.convert_function(n, n.target, _func_name(n.target))
+            elif n.op == "call_method":
+                self.convert_method(n)
+            elif n.op == "output":
+                out_fx = n
+            else:  # pragma: no cover
+                raise self.unsupported(n, f"fx op '{n.op}'")
+        arg = out_fx.args[0]
+        if self.unwrap_output_tuple and isinstance(arg, (tuple, list)) and len(arg) == 1:
+            arg = arg[0]
+        if not isinstance(arg, torch.fx.Node) or not isinstance(self.env.get(arg), str):
+            raise UnsupportedLayerError(
+                f"the model output must be a single tensor computed from the input, got {type(arg).__name__} "
+                f"({arg!r}); models with several outputs are not supported")
+        return self.env[arg]
+
+    # -- modules --------------------------------------------------------------------------
+    def convert_module(self, n):
+        torch = self.torch
+        nn = torch.nn
+        path = n.target
+        mod = self.modules[path]
+        tname = _type_name(mod)
+        what = f"module '{path}' ({tname})"
+        src = f"{path} ({type(mod).__name__})"
+
+        def inp():
+            if len(n.args) != 1 or n.kwargs:
+                raise UnsupportedLayerError(f"unsupported call of module '{path}' ({tname}): expected one tensor argument")
+            return self.tensor_input(n, n.args[0], f"module '{path}' ({tname})")
+
+        def unsup(why):
+            return UnsupportedLayerError(f"unsupported module '{path}' ({tname}): {why}")
+
+        if isinstance(mod, self.identity_modules):
+            self.env[n] = inp()
+            return
+        if type(mod) in (nn.Linear,) or (isinstance(mod, nn.Linear) and type(mod).forward is nn.Linear.forward):
+            x = inp()
+            if len(self.sample_shape(n.args[0])) != 1:
+                raise unsup(f"applied to per-sample shape {self.sample_shape(n.args[0])}; only 1-D features are supported")
+            self.add(n, "dense", [x], {}, {"weight": to_numpy(mod.weight),
+                                           "bias": None if mod.bias is None else to_numpy(mod.bias)}, name=path, source=src)
+            return
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d)) and type(mod).forward in (nn.Conv1d.forward, nn.Conv2d.forward):
+            x = inp()
+            d = 1 if isinstance(mod, nn.Conv1d) else 2
+            if mod.padding_mode != "zeros":
+                raise unsup(f"padding_mode='{mod.padding_mode}' (only 'zeros' is supported)")
+            self.add_conv(n, x, d, mod.weight, mod.bias, mod.stride, mod.padding, mod.dilation, mod.groups,
+                          name=path, source=src, unsup=unsup)
+            return
+        if isinstance(mod, (nn.MaxPool1d, nn.MaxPool2d)):
+            x = inp()
+            d = 1 if isinstance(mod, nn.MaxPool1d) else 2
+            if mod.return_indices:
+                raise unsup("return_indices=True")
+            self.add_maxpool(n, x, d, mod.kernel_size, mod.stride, mod.padding, mod.dilation, mod.ceil_mode,
+                             name=path, source=src, unsup=unsup)
+            return
+        if isinstance(mod, (nn.AvgPool1d, nn.AvgPool2d)):
+            x = inp()
+            d = 1 if isinstance(mod, nn.AvgPool1d) else 2
+            self.add_avgpool(n, x, d, mod.kernel_size, mod.stride, mod.padding, mod.ceil_mode, mod.count_include_pad,
+                             getattr(mod, "divisor_override", None), name=path, source=src, unsup=unsup)
+            return
+        if isinstance(mod, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
+            x = inp()
+            d = 1 if isinstance(mod, nn.AdaptiveAvgPool1d) else 2
+            self.add_adaptive(n, x, d, name=path, source=src, unsup=unsup)
+            return
+        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)) and type(mod).forward is nn.modules.batchnorm._BatchNorm.forward:
+            x = inp()
+            if mod.running_mean is None or mod.running_var is None:
+                raise unsup("track_running_stats=False (batch statistics at inference are not supported)")
+            var = to_numpy(mod.running_var)
+            mean = to_numpy(mod.running_mean)
+            gamma = to_numpy(mod.weight) if mod.weight is not None else np.ones_like(mean)
+            beta = to_numpy(mod.bias) if mod.bias is not None else np.zeros_like(mean)
+            scale = gamma / np.sqrt(var + float(mod.eps))
+            shift = beta - mean * scale
+            self.add(n, "batchnorm", [x], {}, {"scale": scale, "shift": shift}, name=path, source=src)
+            return
+        if isinstance(mod, nn.Flatten):
+            x = inp()
+            if mod.start_dim == 0 or (mod.start_dim < 0 and mod.start_dim + len(self.shape(n.args[0])) == 0):
+                raise unsup("start_dim=0 flattens the batch axis")
+            self.add_reshape(n, x, what, name=path, source=src)
+            return
+        if isinstance(mod, nn.Unflatten):
+            x = inp()
+            self.add_reshape(n, x, what, name=path, source=src)
+            return
+        for cls, kind in self.act_modules.items():
+            if type(mod) is cls:
+                x = inp()
+                attrs = {}
+                if kind == "leaky_relu":
+                    attrs["negative_slope"] = float(mod.negative_slope)
+                elif kind == "elu":
+                    attrs["alpha"] = float(mod.alpha)
+                elif kind == "gelu" and mod.approximate != "none":
+                    raise unsup(f"approximate='{mod.approximate}' (only the exact GELU is supported)")
+                elif kind == "softplus" and (float(mod.beta) != 1.0 or float(mod.threshold) != 20.0):
+                    raise unsup("only beta=1, threshold=20 is supported")
+                elif kind in ("softmax", "log_softmax"):
+                    self.check_softmax_dim(n, mod.dim, unsup)
+                self.add(n, "activation", [x], {"kind": kind, **attrs}, name=path, source=src)
+                return
+        raise UnsupportedLayerError(f"unsupported module '{path}' ({tname})")
+
+    # -- functions ------------------------------------------------------------------------
+    def convert_function(self, n, target, fname):
+        torch = self.torch
+        kind = self.fn_kind.get(target) if not isinstance(target, str) else None
+        what = f"function {fname}"
+        if target is getattr and len(n.args) >= 2:
+            base = n.args[0]
+            if n.args[1] in ("shape", "ndim", "dtype", "device") and isinstance(base, torch.fx.Node):
+                self.env[n] = Meta(self.values.get(n.name), f"{base.name}.{n.args[1]}")
+                return
+            raise self.unsupported(n, f"attribute access .{n.args[1]}")
+        if target is operator.getitem:
+            base = n.args[0]
+            if isinstance(base, torch.fx.Node) and isinstance(self.env.get(base), Meta):
+                self.env[n] = Meta(self.values.get(n.name), f"{base.name}[...]")
+                return
+            raise self.unsupported(n, "indexing/slicing of a tensor (operator.getitem)")
+        if kind is None and fname.startswith("operator.") and n.all_input_nodes and all(
+            isinstance(self.env.get(a), Meta) for a in n.all_input_nodes
+        ):
+            # arithmetic on sizes, e.g. x.size(1) * x.size(2)
+            self.env[n] = Meta(self.values.get(n.name), fname)
+            return
+        if kind is None:
+            raise self.unsupported(n, what)
+        self.convert_kind(n, kind, what, target)
+
+    def convert_method(self, n):
+        kind = self.method_kind.get(n.target)
+        what = f"method Tensor.{n.target}"
+        if kind is None:
+            raise self.unsupported(n, what)
+        if kind == "meta":
+            self.env[n] = Meta(self.values.get(n.name), f"{n.args[0]}.{n.target}()")
+            return
+        self.convert_kind(n, kind, what, None)
+
+    def convert_kind(self, n, kind, what, target):
+        torch = self.torch
+        args = n.args
+
+        def unsup(why):
+            return self.unsupported(n, what, why)
+
+        def x0():
+            return self.tensor_input(n, args[0] if args else n.kwargs.get("input"), what)
+
+        if kind == "identity":
+            self.env[n] = x0()
+            return
+        if kind == "dropout":
+            x = x0()
+            training = _arg(n, 2, "train" if target is getattr(torch, "dropout", None) else "training", True)
+            if training is True:
+                warnings.warn(f"{what} at '{n.name}' is called with training=True; fastlrp treats it as the identity "
+                              "(inference)", stacklevel=4)
+            self.env[n] = x
+            return
+        if kind == "add":
+            if len(args) < 2:
+                raise unsup("expected two operands")
+            alpha = _arg(n, 2, "alpha", 1)
+            if alpha != 1:
+                raise unsup(f"alpha={alpha} (only a plain sum x + y is supported)")
+            if n.kwargs.get("out") is not None:
+                raise unsup("out= argument")
+            a = self.tensor_input(n, args[0], what)
+            b = self.tensor_input(n, args[1], what)
+            sa, sb = self.sample_shape(args[0]), self.sample_shape(args[1])
+            if sa != sb:
+                raise unsup(f"operand shapes {sa} and {sb} differ (broadcasting is not supported)")
+            self.add(n, "add", [a, b], source=f"{n.name} ({what})")
+            return
+        if kind == "cat":
+            tensors = _arg(n, 0, "tensors")
+            dim = _arg(n, 1, "dim", 0)
+            if not isinstance(tensors, (list, tuple)):
+                raise unsup("expected a list of tensors")
+            ins = [self.tensor_input(n, t, what) for t in tensors]
+            rank = len(self.shape(n))
+            dim = int(dim) + rank if int(dim) < 0 else int(dim)
+            if dim == 0:
+                raise unsup("concatenation along the batch axis")
+            if len(ins) == 1:
+                self.env[n] = ins[0]
+                return
+            self.add(n, "concat", ins, {"axis": dim - 1}, source=f"{n.name} ({what})")
+            return
+        if kind in ("reshape", "flatten"):
+            x = x0()
+            if kind == "flatten":
+                start = int(_arg(n, 1, "start_dim", 0))
+                if start == 0 or start + len(self.shape(args[0])) == 0:
+                    raise unsup("start_dim=0 flattens the batch axis (flatten from axis 1)")
+            self.add_reshape(n, x, what, source=f"{n.name} ({what})")
+            return
+        if kind in ("permute", "transpose"):
+            x = x0()
+            rank = len(self.shape(args[0]))
+            if kind == "permute":
+                dims = list(args[1:]) if len(args) > 1 else list(n.kwargs.get("dims", ()))
+                if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+                    dims = list(dims[0])
+                perm = [int(d) % rank for d in dims]
+            else:
+                d0, d1 = int(_arg(n, 1, "dim0")) % rank, int(_arg(n, 2, "dim1")) % rank
+                perm = list(range(rank))
+                perm[d0], perm[d1] = perm[d1], perm[d0]
+            if perm[0] != 0:
+                raise unsup("it moves the batch axis")
+            sp = tuple(p - 1 for p in perm[1:])
+            if sp == tuple(range(rank - 1)):
+                self.env[n] = x
+                return
+            self.add(n, "permute", [x], {"perm": sp}, source=f"{n.name} ({what})")
+            return
+        if kind in ("relu", "leaky_relu", "elu", "tanh", "sigmoid", "gelu", "silu", "softplus",
+                    "softmax", "log_softmax"):
+            x = x0()
+            attrs = {}
+            if kind == "leaky_relu":
+                attrs["negative_slope"] = float(_arg(n, 1, "negative_slope", 0.01))
+            elif kind == "elu":
+                attrs["alpha"] = float(_arg(n, 1, "alpha", 1.0))
+            elif kind == "gelu":
+                if _arg(n, 1, "approximate", "none") != "none":
+                    raise unsup("approximate GELU (only the exact GELU is supported)")
+            elif kind == "softplus":
+                if float(_arg(n, 1, "beta", 1.0)) != 1.0 or float(_arg(n, 2, "threshold", 20.0)) != 20.0:
+                    raise unsup("only beta=1, threshold=20 is supported")
+            elif kind in ("softmax", "log_softmax"):
+                self.check_softmax_dim(n, _arg(n, 1, "dim", None), unsup)
+            self.add(n, "activation", [x], {"kind": kind, **attrs}, source=f"{n.name} ({what})")
+            return
+        if kind == "mean":
+            x = x0()
+            dim = _arg(n, 1, "dim", None)
+            keepdim = bool(_arg(n, 2, "keepdim", False))
+            if n.kwargs.get("dtype") is not None:
+                raise unsup("dtype argument")
+            full = self.shape(args[0])
+            rank = len(full)
+            if dim is None:
+                raise unsup("mean over all axes (includes the batch axis)")
+            dims = {int(d) % rank for d in (dim if isinstance(dim, (list, tuple)) else (dim,))}
+            if 0 in dims or 1 in dims or rank not in (3, 4):
+                raise unsup(f"mean over axes {sorted(dims)} of a tensor of shape {full}; only means over the spatial "
+                            "axes of (N, C, L) or (N, C, H, W) tensors are supported")
+            d = rank - 2
+            out_size = tuple(1 if (2 + i) in dims else full[2 + i] for i in range(d))
+            src = f"{n.name} ({what})"
+            pooled = self.add(n, "adaptive_avgpool", [x], {"dims": d, "output_size": out_size}, source=src)
+            if not keepdim:
+                self.add(n, "reshape", [pooled], {"shape": self.sample_shape(n)}, name=f"{n.name}_reshape", source=src)
+            return
+        if kind == "adaptive_avg_pool":
+            x = x0()
+            self.add_adaptive(n, x, self.fn_dims[target], source=f"{n.name} ({what})", unsup=unsup)
+            return
+        if kind == "max_pool":
+            x = x0()
+            if _arg(n, 6, "return_indices", False):
+                raise unsup("return_indices=True")
+            self.add_maxpool(n, x, self.fn_dims[target], _arg(n, 1, "kernel_size"), _arg(n, 2, "stride", None),
+                             _arg(n, 3, "padding", 0), _arg(n, 4, "dilation", 1), _arg(n, 5, "ceil_mode", False),
+                             source=f"{n.name} ({what})", unsup=unsup)
+            return
+        if kind == "avg_pool":
+            x = x0()
+            d = self.fn_dims[target]
+            self.add_avgpool(n, x, d, _arg(n, 1, "kernel_size"), _arg(n, 2, "stride", None), _arg(n, 3, "padding", 0),
+                             _arg(n, 4, "ceil_mode", False), _arg(n, 5, "count_include_pad", True),
+                             _arg(n, 6, "divisor_override", None) if d == 2 else None,
+                             source=f"{n.name} ({what})", unsup=unsup)
+            return
+        raise unsup("")  # pragma: no cover
+
+    # -- layer builders ---------------------------------------------------------------------
+    def check_softmax_dim(self, n, dim, unsup):
+        rank = len(self.shape(n))
+        if dim is None:
+            dim = 0 if rank in (0, 1, 3) else 1  # torch's legacy implicit choice
+        if rank != 2 or int(dim) % rank != 1:
+            raise unsup(f"softmax over axis {dim} of a tensor of shape {self.shape(n)}; only a softmax over the "
+                        "features of a (N, classes) output is supported")
+
+    def add_conv(self, n, x, d, weight, bias, stride, padding, dilation, groups, name, source, unsup):
+        stride, dilation = _tup(stride, d), _tup(dilation, d)
+        k = tuple(weight.shape[2:])
+        if isinstance(padding, str):
+            if padding == "valid":
+                pads = ((0, 0),) * d
+            elif padding == "same":
+                pads = []
+                for i in range(d):
+                    total = dilation[i] * (k[i] - 1)
+                    pads.append((total // 2, total - total // 2))
+                pads = tuple(pads)
+            else:
+                raise unsup(f"padding='{padding}'")
+        else:
+            pads = tuple((p, p) for p in _tup(padding, d))
+        attrs = {"dims": d, "stride": stride, "padding": pads, "dilation": dilation, "groups": int(groups)}
+        self.add(n, "conv", [x], attrs, {"weight": to_numpy(weight), "bias": None if bias is None else to_numpy(bias)},
+                 name=name, source=source)
+
+    def add_maxpool(self, n, x, d, kernel, stride, padding, dilation, ceil_mode, name=None, source="", unsup=None):
+        kernel = _tup(kernel, d)
+        stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) else _tup(stride, d)
+        attrs = {"dims": d, "kernel": kernel, "stride": stride, "padding": tuple((p, p) for p in _tup(padding, d)),
+                 "dilation": _tup(dilation, d), "ceil_mode": bool(ceil_mode)}
+        self.add(n, "maxpool", [x], attrs, name=name, source=source)
+
+    def add_avgpool(self, n, x, d, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override,
+                    name=None, source="", unsup=None):
+        kernel = _tup(kernel, d)
+        stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) else _tup(stride, d)
+        attrs = {"dims": d, "kernel": kernel, "stride": stride, "padding": tuple((p, p) for p in _tup(padding, d)),
+                 "ceil_mode": bool(ceil_mode), "count_include_pad": bool(count_include_pad),
+                 "divisor_override": None if divisor_override is None else int(divisor_override)}
+        self.add(n, "avgpool", [x], attrs, name=name, source=source)
+
+    def add_adaptive(self, n, x, d, name=None, source="", unsup=None):
+        ins = self.sample_shape(n.args[0])
+        if len(ins) != d + 1:
+            raise unsup(f"input of per-sample shape {ins}; expected {d + 1} axes (channels first)")
+        out = self.sample_shape(n)
+        self.add(n, "adaptive_avgpool", [x], {"dims": d, "output_size": tuple(out[1:])}, name=name, source=source)
+
+    def add_reshape(self, n, x, what, name=None, source=""):
+        self.check_batch(n, what)
+        src_shape = self.sample_shape(n.args[0])
+        out = self.sample_shape(n)
+        if out == src_shape:
+            self.env[n] = x
+            return
+        self.add(n, "reshape", [x], {"shape": out}, name=name, source=source)
+
+
+def lower(converter: "Converter", meta: dict, keep_output_activation: bool = False) -> Graph:
+    """Translate the converter's fx graph, build the :class:`Graph` and run the IR passes
+    (:func:`fastlrp.passes.optimize`) once."""
+    out = converter.run()
+    try:
+        graph = Graph(converter.nodes, output=out, meta=meta)
+    except GraphError as e:
+        raise GraphError(f"import of {meta.get('name')} produced an invalid graph: {e}") from e
+    try:
+        return passes.optimize(graph, keep_output_activation=keep_output_activation)
+    except GraphError as e:  # a graph the engine cannot explain, e.g. a softmax inside the model
+        raise UnsupportedLayerError(str(e)) from e
+
+
+def propagate(torch, gm, x):
+    """Run ``x`` through the traced module; record each node's output shape (tensors) or value.
+
+    Returns ``(values, tensor_nodes, consts)``: ``consts`` holds the tensors that do not
+    depend on the input (parameters read with get_attr, and what is computed from them,
+    such as a transposed weight in an exported graph).
+    """
+    values: dict = {}
+    tensor_nodes: set = set()
+    consts: dict = {}
+    dependent: set = set()
+
+    class _Rec(torch.fx.Interpreter):
+        def run_node(self, n):
+            r = super().run_node(n)
+            if n.op == "placeholder" or any(a.name in dependent for a in n.all_input_nodes):
+                dependent.add(n.name)
+            if isinstance(r, torch.Tensor):
+                values[n.name] = tuple(int(s) for s in r.shape)
+                tensor_nodes.add(n.name)
+                if n.name not in dependent:
+                    consts[n.name] = r.detach()
+            elif isinstance(r, (int, float, bool, str, type(None))) or (
+                isinstance(r, (tuple, list)) and all(isinstance(v, (int, float)) for v in r)
+            ):
+                values[n.name] = r if not isinstance(r, list) else tuple(r)
+            elif isinstance(r, torch.Size):
+                values[n.name] = tuple(r)
+            return r
+
+    try:
+        with torch.no_grad():
+            _Rec(gm).run(x)
+    except Exception as e:  # noqa: BLE001
+        raise UnsupportedLayerError(
+            f"running the example input of shape {tuple(x.shape)} through the traced model failed: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    return values, tensor_nodes, consts
+

@@ -1,0 +1,307 @@
+"""Graph passes on the IR, run once after every importer.
+
+The importers (torch.fx, torch.export / TorchScript, Keras) only translate a framework's
+graph into IR nodes: a BatchNorm becomes a ``batchnorm`` node with per-channel ``scale``
+and ``shift``, a softmax an ``activation`` node. :func:`optimize` then rewrites the graph
+with the passes below. Each pass takes a :class:`~fastlrp.graph.Graph` and returns a new
+one (the argument is never modified; unchanged parameter arrays are shared), and works on
+the IR alone, whatever framework the graph came from.
+
+What every pass guarantees
+--------------------------
+- The model's output is the same function of its input (up to float64 rounding where a
+  pass multiplies parameters together, see :func:`fold_batchnorms`).
+- Nodes that remain keep their names, so composites that address layers by name still
+  find them; a dense/conv layer that absorbs a BatchNorm keeps its own name. When the
+  output node is removed, the output moves to the node that computes the same tensor.
+- Only what is exact is rewritten; anything else is left as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+import numpy as np
+
+from .graph import PARAMETRIC_OPS, Graph, GraphError, Node
+
+__all__ = [
+    "OUTPUT_ACTIVATIONS",
+    "optimize",
+    "strip_output_activation",
+    "prune_dead_nodes",
+    "simplify",
+    "fold_batchnorms",
+]
+
+#: Activations that are stripped from the output unless ``keep_output_activation=True``.
+OUTPUT_ACTIVATIONS = ("softmax", "log_softmax", "sigmoid")
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def optimize(graph: Graph, keep_output_activation: bool = False) -> Graph:
+    """All passes, in order: strip the output activation (unless ``keep_output_activation``),
+    prune dead nodes, check that a softmax comes only at the output, simplify routing
+    (identities, chains of reshapes and permutes), fold BatchNorms.
+
+    Raises
+    ------
+    GraphError
+        If a softmax / log_softmax is left anywhere but at the output (LRP has no rule
+        for it there).
+    """
+    if not keep_output_activation:
+        graph = strip_output_activation(graph)
+    graph = prune_dead_nodes(graph)
+    for n in graph:
+        if n.op == "activation" and n.attrs.get("kind") in ("softmax", "log_softmax") and n.name != graph.output:
+            raise GraphError(f"unsupported {n.attrs['kind']} at '{n.name}' ({n.source}): a softmax is only "
+                             "supported at the output")
+    return fold_batchnorms(simplify(graph))
+
+
+# --------------------------------------------------------------------------------------------
+# output activation and dead nodes
+
+
+def strip_output_activation(graph: Graph) -> Graph:
+    """Remove a final softmax / log_softmax / sigmoid, with a warning, so that relevance
+    explains the logits. The output moves to the activation's input; nodes only the
+    activation read are pruned. Other graphs are returned unchanged."""
+    last = graph[graph.output]
+    if last.op != "activation" or last.attrs.get("kind") not in OUTPUT_ACTIVATIONS:
+        return graph
+    _warn(f"the output {last.attrs['kind']} '{last.name}' ({last.source}) is stripped: fastlrp explains the "
+          "logits (pass keep_output_activation=True to keep it)")
+    return prune_dead_nodes(Graph(_copy_nodes(graph), output=last.inputs[0], meta=graph.meta))
+
+
+def prune_dead_nodes(graph: Graph) -> Graph:
+    """Remove the nodes the output does not depend on (the input node always stays)."""
+    needed = {graph.output}
+    for n in reversed(graph.nodes):
+        if n.name in needed:
+            needed.update(n.inputs)
+    if all(n.name in needed or n.op == "input" for n in graph):
+        return graph
+    nodes = [n for n in _copy_nodes(graph) if n.name in needed or n.op == "input"]
+    return Graph(nodes, output=graph.output, meta=graph.meta)
+
+
+# --------------------------------------------------------------------------------------------
+# routing clean-ups
+
+
+def simplify(graph: Graph) -> Graph:
+    """Exact clean-ups of nodes that only move values:
+
+    - an ``identity`` activation, a one-input ``concat``, a ``reshape`` to its input's
+      shape and a ``permute`` by the identity are removed (their readers read the input);
+    - a ``reshape`` of a ``reshape`` reads the first one's input; a ``permute`` of a
+      ``permute`` becomes one permute of the first one's input (removed if it is then
+      the identity); the inner node is removed when nothing else reads it.
+
+    Such nodes carry no parameters and pass relevance through unchanged, so outputs and
+    relevance are bitwise the same. A no-op that is the output and reads the input node
+    stays (the graph of an identity model keeps its one node).
+    """
+    w = _Rewrite(graph)
+    changed = False
+    for n in list(w.nodes):
+        if n.op in ("reshape", "permute") and w.by_name[n.inputs[0]].op == n.op:
+            inner = w.by_name[n.inputs[0]]
+            if n.op == "permute":
+                n.attrs["perm"] = tuple(inner.attrs["perm"][p] for p in n.attrs["perm"])
+            n.inputs = list(inner.inputs)
+            changed = True
+        src = w.by_name[n.inputs[0]] if n.inputs else None
+        noop = (
+            (n.op == "activation" and n.attrs.get("kind") == "identity")
+            or (n.op == "concat" and len(n.inputs) == 1)
+            or (n.op == "reshape" and tuple(n.shape) == tuple(src.shape))
+            or (n.op == "permute" and tuple(n.attrs["perm"]) == tuple(range(len(n.attrs["perm"]))))
+        )
+        if noop and not (n.name == w.output and src.op == "input"):
+            w.bypass(n, src.name)
+            changed = True
+    return prune_dead_nodes(w.graph()) if changed else graph
+
+
+# --------------------------------------------------------------------------------------------
+# BatchNorm folding
+
+
+def fold_batchnorms(graph: Graph) -> Graph:
+    """Fold ``batchnorm`` nodes (``y = x * scale + shift`` per channel) where that is exact.
+
+    In this order (the float64 arithmetic is that of the importers before these passes,
+    so imported graphs are bitwise unchanged):
+
+    1. **After a layer**: a BatchNorm reading a dense/conv whose output nothing else reads
+       (and which is not the output) is folded into it: ``W' = W * s`` per output channel,
+       ``b' = b * s + t`` (``t`` without a bias). The layer keeps its name.
+    2. **BatchNorm after BatchNorm**: a BatchNorm reading another BatchNorm that nothing
+       else reads is merged into that one: ``s = s1 * s2``, ``t = t1 * s2 + t2`` (exact up
+       to one float64 rounding); the first keeps its name.
+    3. **Before a layer**: a BatchNorm whose output only a dense layer, or a conv without
+       padding, reads (and which is not the output) is folded into that layer's input
+       side: ``W' = W * s`` per input channel, ``b' = b + sum(W * t)``. With zero padding
+       this is not exact (the shift would have to vanish at the borders), so a BatchNorm
+       in front of a padded conv (as in DenseNet) is kept.
+
+    Any BatchNorm left is kept as a ``batchnorm`` node (LRP passes relevance through it)
+    and a warning names it. ``graph.meta["folded_batchnorm"]`` lists the sources of the
+    folded BatchNorms, ``graph.meta["unfolded_batchnorm"]`` those kept (when there are any).
+
+    Folding changes what the LRP rules see: the rule of the layer acts on its folded
+    weights, as with zennit's BatchNorm canonizer; the model's output is unchanged.
+    """
+    w = _Rewrite(graph)
+    origins = {n.name: [n.source or n.name] for n in w.nodes if n.op == "batchnorm"}
+    folded = list(w.meta.get("folded_batchnorm", []))
+    for step in (_fold_after, _merge_batchnorms, _fold_before):
+        for bn in [n for n in w.nodes if n.op == "batchnorm"]:
+            into = step(w, bn)
+            if into is None:
+                continue
+            if step is _merge_batchnorms:
+                origins[into] += origins.pop(bn.name)
+            else:
+                folded += origins.pop(bn.name)
+    kept = [n for n in w.nodes if n.op == "batchnorm"]
+    for bn in kept:
+        _warn(f"BatchNorm '{bn.name}'{f' [{bn.source}]' if bn.source and bn.source != bn.name else ''} could not "
+              f"be folded into a neighbouring dense/conv layer ({_why_not_folded(w, bn)}); it is kept as an "
+              "explicit batchnorm node (LRP passes relevance through it unchanged)")
+    w.meta["folded_batchnorm"] = folded
+    if kept:
+        w.meta["unfolded_batchnorm"] = list(w.meta.get("unfolded_batchnorm", [])) + [
+            s for bn in kept for s in origins[bn.name]]
+    return w.graph()
+
+
+def _fold_after(w: "_Rewrite", bn: Node):
+    """Step 1 of :func:`fold_batchnorms`; returns the name of the layer folded into, or None."""
+    prev = w.by_name[bn.inputs[0]]
+    if prev.op not in PARAMETRIC_OPS or len(w.consumers(prev.name)) != 1 or prev.name == w.output:
+        return None
+    s, t = bn.params["scale"], bn.params["shift"]
+    wt = prev.params["weight"]
+    prev.params["weight"] = wt * s.reshape((-1,) + (1,) * (wt.ndim - 1))
+    b = prev.params.get("bias")
+    prev.params["bias"] = (b * s if b is not None else 0.0) + t
+    prev.source = f"{prev.source} + {bn.source} folded"
+    w.bypass(bn, prev.name)
+    return prev.name
+
+
+def _merge_batchnorms(w: "_Rewrite", bn: Node):
+    """Step 2 of :func:`fold_batchnorms`: merge ``bn`` into the BatchNorm it reads."""
+    prev = w.by_name[bn.inputs[0]]
+    if prev.op != "batchnorm" or len(w.consumers(prev.name)) != 1 or prev.name == w.output:
+        return None
+    s, t = bn.params["scale"], bn.params["shift"]
+    prev.params["scale"] = prev.params["scale"] * s
+    prev.params["shift"] = prev.params["shift"] * s + t
+    prev.source = f"{prev.source} + {bn.source}"
+    w.bypass(bn, prev.name)
+    return prev.name
+
+
+def _fold_before(w: "_Rewrite", bn: Node):
+    """Step 3 of :func:`fold_batchnorms`: fold ``bn`` into the input side of its one reader."""
+    cons = w.consumers(bn.name)
+    if bn.name == w.output or len(cons) != 1:
+        return None
+    nxt = cons[0]
+    s, t = bn.params["scale"], bn.params["shift"]
+    if nxt.op == "dense":
+        wt = nxt.params["weight"]
+        b = nxt.params.get("bias")
+        b = np.zeros(wt.shape[0]) if b is None else b
+        nb = b + wt @ t
+        nw = wt * s[None, :]
+    elif nxt.op == "conv" and all(tuple(p) == (0, 0) for p in nxt.attrs["padding"]):
+        wt = nxt.params["weight"]
+        b = nxt.params.get("bias")
+        b = np.zeros(wt.shape[0]) if b is None else b
+        g = int(nxt.attrs.get("groups", 1))
+        cout, cin_g = wt.shape[0], wt.shape[1]
+        grp = np.arange(cout) // (cout // g)
+        s_o = s.reshape(g, cin_g)[grp]  # (out, in/groups): the scale of each weight's input channel
+        t_o = t.reshape(g, cin_g)[grp]
+        extra = (1,) * (wt.ndim - 2)
+        nw = wt * s_o.reshape(s_o.shape + extra)
+        nb = b + (wt * t_o.reshape(t_o.shape + extra)).reshape(cout, -1).sum(axis=1)
+    else:
+        return None
+    nxt.params["weight"] = nw
+    nxt.params["bias"] = nb
+    nxt.source = f"{bn.source} folded + {nxt.source}"
+    w.bypass(bn, bn.inputs[0])
+    return nxt.name
+
+
+def _why_not_folded(w: "_Rewrite", bn: Node) -> str:
+    prev = w.by_name[bn.inputs[0]]
+    if prev.op in PARAMETRIC_OPS:
+        after = f"{prev.describe()} is also read by other nodes"
+    else:
+        after = f"it reads {prev.describe()}, not a dense/conv layer"
+    cons = w.consumers(bn.name)
+    if bn.name == w.output:
+        before = "it is the output"
+    elif len(cons) != 1:
+        before = f"{len(cons)} nodes read it"
+    elif cons[0].op == "conv":
+        before = f"it feeds {cons[0].describe()}, which zero-pads its input"
+    else:
+        before = f"it feeds {cons[0].describe()}"
+    return f"{after}, and {before}"
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _copy_nodes(graph: Graph) -> list:
+    """Copies of the nodes (own inputs, attrs and params dicts; the arrays are shared)."""
+    return [Node(n.name, n.op, list(n.inputs), dict(n.attrs), dict(n.params), tuple(n.shape), n.source)
+            for n in graph.nodes]
+
+
+class _Rewrite:
+    """A mutable copy of a graph for one pass: nodes, output and meta."""
+
+    def __init__(self, graph: Graph):
+        self.nodes = _copy_nodes(graph)
+        self.by_name = {n.name: n for n in self.nodes}
+        self.output = graph.output
+        self.meta = dict(graph.meta)
+
+    def consumers(self, name: str) -> list:
+        return [n for n in self.nodes if name in n.inputs]
+
+    def bypass(self, node: Node, by: str) -> None:
+        """Remove ``node``; whatever read it (the output included) reads ``by`` instead."""
+        for n in self.nodes:
+            n.inputs = [by if i == node.name else i for i in n.inputs]
+        if self.output == node.name:
+            self.output = by
+        self.nodes.remove(node)
+        del self.by_name[node.name]
+
+    def graph(self) -> Graph:
+        return Graph(self.nodes, output=self.output, meta=self.meta)
+
+
+def _warn(message: str) -> None:
+    """Warn, pointing at the first caller outside the fastlrp package (the user's import call)."""
+    level, frame = 1, sys._getframe(0)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, UserWarning, stacklevel=level)
