@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# tests/_zennit_compat.py: imports zennit where torchvision/Pillow are missing
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
 
 COMPOSITES = {
     "epsilon_plus_flat": ("epsilon_plus_flat", "EpsilonPlusFlat", {}),
@@ -209,7 +211,7 @@ def main(argv=None):
     use_zennit = not args.no_zennit
     if use_zennit:
         try:
-            from fastlrp._zennit_compat import import_zennit
+            from _zennit_compat import import_zennit
 
             import_zennit()
         except Exception as e:  # noqa: BLE001

@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# tests/_zennit_compat.py: imports zennit where torchvision/Pillow are missing
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from bench_cpu import ZennitRunner as CpuZennitRunner  # noqa: E402
 from bench_cpu import COMPOSITES, forward_flops, limit_flops, machine_info, max_rel_err, measure_peak  # noqa: E402
@@ -354,7 +356,7 @@ def main(argv=None):
               "--device cpu --backend cuda-emu (harness smoke run only)", file=sys.stderr)
         return 2
     try:
-        from fastlrp._zennit_compat import import_zennit
+        from _zennit_compat import import_zennit
 
         import_zennit()
     except Exception as e:  # noqa: BLE001

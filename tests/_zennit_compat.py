@@ -8,7 +8,8 @@ zennit only needs them at import time for
 - ``zennit.image``: ``from PIL import Image`` (only used when making images).
 :func:`import_zennit` puts minimal stand-ins providing exactly these names in
 ``sys.modules`` when the real packages are missing. Used by the parity tests and
-the benchmarks; nothing in fastlrp itself needs zennit.
+the benchmarks (bench/ puts tests/ on its path for this module only); nothing in
+fastlrp itself needs zennit, so this lives with the tests, not in the package.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Shared test helpers.
 
 ``import_zennit()`` imports zennit 1.x where torchvision (and Pillow) are not
-installed, through :mod:`fastlrp._zennit_compat` (minimal stand-ins for the few
+installed, through ``tests/_zennit_compat.py`` (minimal stand-ins for the few
 names zennit touches at import). Only the zennit-dependent tests call it, so no
 other test sees the stand-ins.
 """
@@ -29,6 +29,6 @@ def import_zennit():
     pytest.importorskip("torch")
     if importlib.util.find_spec("zennit") is None:
         pytest.skip("zennit is not installed")
-    from fastlrp._zennit_compat import import_zennit as _import
+    from _zennit_compat import import_zennit as _import
 
     return _import()

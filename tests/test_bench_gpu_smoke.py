@@ -23,7 +23,7 @@ pytest.importorskip("torch")
 pytest.importorskip("fastlrp._cuda_emu")
 if importlib.util.find_spec("zennit") is None:
     pytest.skip("zennit is not installed", allow_module_level=True)
-from fastlrp._zennit_compat import import_zennit  # noqa: E402
+from _zennit_compat import import_zennit  # noqa: E402
 
 import_zennit()  # as the bench does: with torchvision/Pillow stand-ins where they are missing
 

@@ -10,15 +10,9 @@ Typical use::
 
 from __future__ import annotations
 
-try:
-    from importlib.metadata import PackageNotFoundError, version as _version
-
-    try:
-        __version__ = _version("fastlrp")
-    except PackageNotFoundError:  # running from a source tree
-        __version__ = "0.1.0"
-except ImportError:  # pragma: no cover
-    __version__ = "0.1.0"
+# The one place the version is written: pyproject.toml reads it from here
+# ([tool.scikit-build.metadata.version]), so the package metadata agrees.
+__version__ = "0.1.0"
 
 from . import composites, innvestigate, rules  # innvestigate registers the lrp.* composites
 from .composites import Composite, get_composite, register_composite

@@ -4,16 +4,30 @@
 says why it could not be loaded. ``cuda`` / ``cuda_error`` likewise for
 :mod:`fastlrp._cuda`, which is optional at build time and imports fine on a
 machine without a GPU (use :func:`cuda_available` to know whether it can run).
+
+:func:`cuda_emu` loads :mod:`fastlrp._cuda_emu`, the GPU kernels built for the
+host under a SIMT emulator: test scaffolding, built only with ``FASTLRP_CUDA_EMU=ON``
+and loaded only when asked for (the ``cuda-emu`` backend, the tests, ``fastlrp info``).
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+from functools import lru_cache
 from types import ModuleType
 from typing import Optional
 
-__all__ = ["core", "core_error", "cuda", "cuda_error", "cuda_available", "cuda_unavailable_reason"]
+__all__ = [
+    "CUDA_EMU_BUILD_HINT",
+    "core",
+    "core_error",
+    "cuda",
+    "cuda_available",
+    "cuda_emu",
+    "cuda_error",
+    "cuda_unavailable_reason",
+]
 
 _log = logging.getLogger("fastlrp")
 
@@ -57,3 +71,15 @@ def cuda_unavailable_reason() -> str:
         return "" if cuda.available() else (cuda.why_unavailable() or "no CUDA device")
     except Exception as e:
         return f"{type(e).__name__}: {e}"
+
+
+CUDA_EMU_BUILD_HINT = (
+    "fastlrp._cuda_emu is not built: it is test scaffolding (the CUDA kernels on a CPU SIMT emulator), "
+    "built only when asked: FASTLRP_CUDA_EMU=ON pip install ."
+)
+
+
+@lru_cache(maxsize=None)
+def cuda_emu() -> tuple[Optional[ModuleType], str]:
+    """``(fastlrp._cuda_emu, "")``, or ``(None, why)`` when it is not built or fails to load."""
+    return _load("_cuda_emu", CUDA_EMU_BUILD_HINT)

@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "code_tables.h"
 #include "conv_binding.h"
 #include "threads.h"
 #include "gemm.h"
@@ -61,6 +62,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("set_num_threads", &fastlrp::cpu::set_num_threads, py::arg("n"),
           "Threads used by the kernels; n <= 0 restores OpenMP's default.");
     m.def("get_num_threads", &fastlrp::cpu::get_num_threads);
+    fastlrp::binding::def_code_tables(m);
 
     // The GEMM core and the conv/pool kernels behind backends/cpu.py.
     const auto threads = []() { return fastlrp::cpu::get_num_threads(); };

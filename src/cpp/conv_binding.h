@@ -37,7 +37,7 @@ void def_conv_functions(py::module_& m, Threads threads) {
                   bool zero_bias, bool flat_group_sum) {
             const char* fn = "rule_g";
             cpu::RuleGArgs a;
-            if (kind < 0 || kind > 6) throw py::value_error("rule_g: unknown rule kind");
+            if (!is_rule_kind(kind)) throw py::value_error("rule_g: unknown rule kind " + std::to_string(kind));
             a.kind = RuleKind(kind);
             a.R = f32_ptr(R, "R", fn);
             if (R.ndim() < 2) throw py::value_error("rule_g: R must be (n, O, ...)");
@@ -88,12 +88,14 @@ void def_conv_functions(py::module_& m, Threads threads) {
             a.col_groups = col_groups;
             if (col.size() != a.n * (col_groups ? col_groups : c * a.kh * a.kw) * a.oh * a.ow)
                 throw py::value_error("col2im: col has the wrong size");
-            a.epi = cpu::Epi(epi);
+            if (!is_epilogue(epi)) throw py::value_error("col2im: unknown epilogue code " + std::to_string(epi));
+            a.epi = Epi(epi);
+            if (epi_reads_bias(a.epi)) throw py::value_error("col2im: the bias epilogue is not supported");
             const int64_t ysz = a.n * c * a.h * a.w;
             py::array km, ko, ky;
             a.mul = opt_f32(mul, km, "mul", fn, ysz);
             a.off = opt_f32(off, ko, "off", fn, c * a.h * a.w);
-            if ((a.epi >= cpu::Epi::MulX && !a.mul) || (a.epi == cpu::Epi::MulXOff && !a.off))
+            if ((epi_reads_mul(a.epi) && !a.mul) || (epi_reads_off(a.epi) && !a.off))
                 throw py::value_error("col2im: the epilogue's operand is missing");
             py::array_t<float> y;
             if (!y_acc.is_none()) {
@@ -111,7 +113,7 @@ void def_conv_functions(py::module_& m, Threads threads) {
             return y;
         },
         py::arg("col"), py::arg("hw"), py::arg("c"), py::arg("kernel"), py::arg("stride"), py::arg("pad"),
-        py::arg("dilation"), py::arg("out_hw"), py::arg("epi") = 0, py::arg("mul") = py::none(),
+        py::arg("dilation"), py::arg("out_hw"), py::arg("epi") = int(Epi::None), py::arg("mul") = py::none(),
         py::arg("off") = py::none(), py::arg("y") = py::none(), py::arg("col_groups") = 0,
         "Transposed-conv scatter of col (n, c*kh*kw, oh*ow) into (n, c, h, w), then the epilogue; "
         "accumulates into y when given.");

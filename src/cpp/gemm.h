@@ -26,6 +26,8 @@
 #include <malloc.h>
 #endif
 
+#include "rules.h"  // Epi, the epilogue codes
+
 namespace fastlrp {
 namespace cpu {
 
@@ -79,16 +81,6 @@ std::shared_ptr<PackedA> pack_a(const float* A, int64_t groups, int64_t m, int64
 
 enum class Sign : int { Id = 0, PosNeg = 1 };
 
-// Epilogue on the final value v of y[n, o, p]:
-enum class Epi : int {
-    None = 0,     // v
-    Bias = 1,     // v + bias[o]
-    MulX = 2,     // v * mul[n, o, p]
-    MulPos = 3,   // v * max(mul, 0)
-    MulNeg = 4,   // v * min(mul, 0)
-    MulXOff = 5,  // v * (mul[n, o, p] - off[o, p])   (off is per sample, e.g. ZBox bounds)
-};
-
 // One conv GEMM.  x: (n, c, h, w) image; y: (n, groups * A.m, oh, ow).
 // B_g[k, (n, oh, ow)] = T(x[n, g*cg + ci, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw])
 // with k = (ci, kh, kw) (and the sign half first for Sign::PosNeg); zero outside.
@@ -100,7 +92,7 @@ struct ConvGemmArgs {
     Sign sign = Sign::Id;
     const PackedA* A = nullptr;
     float* y = nullptr;
-    Epi epi = Epi::None;
+    Epi epi = Epi::None;  // rules.h's FASTLRP_EPILOGUES
     const float* bias = nullptr;
     const float* mul = nullptr;
     const float* off = nullptr;

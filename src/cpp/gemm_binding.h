@@ -48,7 +48,7 @@ inline py::object run_conv_gemm(const py::array& x, const PackedA& A, Pair kerne
     if (a.oh < 0 || a.ow < 0) throw py::value_error("conv_gemm: negative output size");
     a.sign = cpu::Sign(sign);
     a.A = &A;
-    a.epi = cpu::Epi(epi);
+    a.epi = Epi(epi);  // checked by cpu::conv_gemm
     const int64_t O = A.groups * A.m;
     if (split < 0 || split >= O || (split > 0 && A.groups != 1))
         throw py::value_error("conv_gemm: split must be 0 or in (0, rows) with groups == 1");
@@ -122,7 +122,7 @@ void def_gemm_functions(py::module_& m, Threads threads) {
             return run_conv_gemm(x, A, kernel, stride, pad, dil, out_hw, sign, epi, bias, mul, off, threads(), split);
         },
         py::arg("x"), py::arg("A"), py::arg("kernel"), py::arg("stride"), py::arg("pad"), py::arg("dilation"),
-        py::arg("out_hw"), py::arg("sign") = 0, py::arg("epi") = 0, py::arg("bias") = py::none(),
+        py::arg("out_hw"), py::arg("sign") = 0, py::arg("epi") = int(Epi::None), py::arg("bias") = py::none(),
         py::arg("mul") = py::none(), py::arg("off") = py::none(), py::arg("split") = 0,
         "y[n, g*m+i, p] = epi(sum_k A_g[i,k] im2col(T(x))_g[k, (n,p)]); sign 1 packs [x+; x-] along K. "
         "split > 0 returns (rows < split with the epilogue, rows >= split raw) from one GEMM.");

@@ -184,7 +184,8 @@ void conv_gemm(const ConvGemmArgs& a, int threads) {
                                     std::to_string(want_k) + " (channels/group x kernel taps x sign halves)");
     if (a.sh < 1 || a.sw < 1 || a.dh < 1 || a.dw < 1 || a.kh < 1 || a.kw < 1)
         throw std::invalid_argument("conv_gemm: strides, dilations and kernel sizes must be >= 1");
-    if ((a.epi == Epi::Bias && !a.bias) || (a.epi >= Epi::MulX && !a.mul) || (a.epi == Epi::MulXOff && !a.off))
+    if (!is_epilogue(int(a.epi))) throw std::invalid_argument("conv_gemm: unknown epilogue code " + std::to_string(int(a.epi)));
+    if ((epi_reads_bias(a.epi) && !a.bias) || (epi_reads_mul(a.epi) && !a.mul) || (epi_reads_off(a.epi) && !a.off))
         throw std::invalid_argument("conv_gemm: the epilogue's operand is missing");
     if (a.y2 && (A.groups != 1 || a.split <= 0 || a.split >= A.m))
         throw std::invalid_argument("conv_gemm: a split output needs groups == 1 and 0 < split < rows");

@@ -24,15 +24,60 @@
 
 namespace fastlrp {
 
-enum class RuleKind : int {
-    Epsilon = 0,
-    ZPlus = 1,
-    AlphaBeta = 2,
-    Gamma = 3,
-    ZBox = 4,
-    Flat = 5,
-    WSquare = 6,
-};
+// ---------------------------------------------------------------------------------
+// The codes that cross from Python into the kernels, written once: each list below
+// is X(name, Enumerator), the name being the one Python uses (rules.py's `kind`,
+// the backends' epilogue names) and the code the entry's position in the list.
+// Every extension module exports both lists as dicts name -> code (`rule_kinds`,
+// `epilogues`: code_tables.h); no other C++, CUDA or Python code spells a code.
+// ---------------------------------------------------------------------------------
+
+// The rule kinds of the dense/conv GEMM path (rule_g below).  AlphaBeta(1, 0) is
+// handed over as ZPlus.
+#define FASTLRP_RULE_KINDS(X) \
+    X(epsilon, Epsilon)       \
+    X(zplus, ZPlus)           \
+    X(alphabeta, AlphaBeta)   \
+    X(gamma, Gamma)           \
+    X(zbox, ZBox)             \
+    X(flat, Flat)             \
+    X(wsquare, WSquare)
+
+// The epilogues of the GEMM and col2im kernels, applied to the final value v of
+// y[n, o, p]: none: v; bias: v + bias[o]; mulx: v * mul[n, o, p]; mulpos:
+// v * max(mul, 0); mulneg: v * min(mul, 0); mulxoff: v * (mul[n, o, p] - off[o, p])
+// (off is per sample, e.g. ZBox's bounds).
+#define FASTLRP_EPILOGUES(X) \
+    X(none, None)            \
+    X(bias, Bias)            \
+    X(mulx, MulX)            \
+    X(mulpos, MulPos)        \
+    X(mulneg, MulNeg)        \
+    X(mulxoff, MulXOff)
+
+#define FASTLRP_CODE_ENUMERATOR(name, E) E,
+#define FASTLRP_CODE_NAME(name, E) #name,
+#define FASTLRP_CODE_COUNT(name, E) +1
+enum class RuleKind : int { FASTLRP_RULE_KINDS(FASTLRP_CODE_ENUMERATOR) };
+enum class Epi : int { FASTLRP_EPILOGUES(FASTLRP_CODE_ENUMERATOR) };
+constexpr int kRuleKindCount = 0 FASTLRP_RULE_KINDS(FASTLRP_CODE_COUNT);
+constexpr int kEpilogueCount = 0 FASTLRP_EPILOGUES(FASTLRP_CODE_COUNT);
+constexpr const char* kRuleKindNames[kRuleKindCount] = {FASTLRP_RULE_KINDS(FASTLRP_CODE_NAME)};
+constexpr const char* kEpilogueNames[kEpilogueCount] = {FASTLRP_EPILOGUES(FASTLRP_CODE_NAME)};
+#undef FASTLRP_CODE_ENUMERATOR
+#undef FASTLRP_CODE_NAME
+#undef FASTLRP_CODE_COUNT
+
+// Whether an int from a caller is a code of the list (check before casting).
+FASTLRP_HD constexpr bool is_rule_kind(int code) { return code >= 0 && code < kRuleKindCount; }
+FASTLRP_HD constexpr bool is_epilogue(int code) { return code >= 0 && code < kEpilogueCount; }
+
+// The operands an epilogue reads besides v.
+FASTLRP_HD constexpr bool epi_reads_bias(Epi e) { return e == Epi::Bias; }
+FASTLRP_HD constexpr bool epi_reads_mul(Epi e) {
+    return e == Epi::MulX || e == Epi::MulPos || e == Epi::MulNeg || e == Epi::MulXOff;
+}
+FASTLRP_HD constexpr bool epi_reads_off(Epi e) { return e == Epi::MulXOff; }
 
 // Scalar rule parameters.  eps is the rule's epsilon or stabilizer.
 struct RuleCoefs {

@@ -16,14 +16,15 @@
 //   k = (oi, ky, kx), B[k, (n, yy, xx)] = x[n, g*cg + oi, (yy + ph - ky*dh)/sh,
 //   (xx + pw - kx*dw)/sw] where both divisions are exact and in range, else 0.
 //   A[g*M + ci, (oi, ky, kx)] = W[g*cg + oi, ci, ky, kx] (not flipped).  sign = 0.
-// Epilogue on the final v of y[n, o, p] (o = g*M + m, p = oy*ow + ox):
-//   0 v; 1 v + bias[o]; 2 v*mul[n,o,p]; 3 v*max(mul,0); 4 v*min(mul,0);
-//   5 v*(mul[n,o,p] - off[o,p]).  accumulate: y += v (and y2 += v) instead of =.
+// Epilogue (rules.h's FASTLRP_EPILOGUES) on the final v of y[n, o, p] (o = g*M + m,
+//   p = oy*ow + ox).  accumulate: y += v (and y2 += v) instead of =.
 // split > 0 (groups == 1, 0 < split < M): rows o >= split go raw (no epilogue)
 // to y2[n, o - split, p]; y then has `split` channels (bias/mul/off index o < split).
 #pragma once
 
 #include <cstdint>
+
+#include "rules.h"  // Epi
 
 namespace fastlrp {
 namespace gpu {
@@ -46,7 +47,7 @@ struct ConvGemmGpuArgs {
     int64_t kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1, oh = 0, ow = 0;
     int sign = 0;
     bool transposed = false;
-    int epi = 0;
+    Epi epi = Epi::None;
     const float* bias = nullptr;
     const float* mul = nullptr;
     const float* off = nullptr;

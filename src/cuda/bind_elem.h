@@ -80,7 +80,7 @@ inline void bind_elem(pybind11::module_& m) {
            int64_t n, int64_t O, int64_t Pn, int64_t groups, double eps, double alpha, double beta, double gamma,
            bool zero_bias, bool flat_group_sum, uintptr_t stream) {
             const char* fn = "rule_g";
-            require(kind >= 0 && kind <= 6, fn, "unknown rule kind " + std::to_string(kind));
+            require(is_rule_kind(kind), fn, "unknown rule kind " + std::to_string(kind));
             nonneg(fn, "n", n), nonneg(fn, "O", O), nonneg(fn, "P", Pn), positive(fn, "groups", groups);
             require(O % groups == 0, fn, "O (" + std::to_string(O) + ") not divisible by groups (" +
                                              std::to_string(groups) + ")");
@@ -97,7 +97,7 @@ inline void bind_elem(pybind11::module_& m) {
             a.n = n, a.O = O, a.P = Pn, a.groups = groups;
             a.coefs.eps = eps, a.coefs.alpha = alpha, a.coefs.beta = beta, a.coefs.gamma = gamma;
             a.zero_bias = zero_bias;
-            a.flat_group_sum = flat_group_sum && kind == 5;
+            a.flat_group_sum = flat_group_sum && k == RuleKind::Flat;
             if (!any) return;
             py::gil_scoped_release release;
             rule_g(a, S(stream));

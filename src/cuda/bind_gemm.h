@@ -26,7 +26,7 @@ inline void bind_gemm(pybind11::module_& m) {
             a.n = n, a.c = c, a.h = h, a.w = w, a.groups = groups, a.m = mm;
             a.kh = kh, a.kw = kw, a.sh = sh, a.sw = sw, a.ph = ph, a.pw = pw, a.dh = dh, a.dw = dw;
             a.oh = oh, a.ow = ow;
-            a.sign = sign, a.transposed = transposed, a.epi = epi;
+            a.sign = sign, a.transposed = transposed, a.epi = Epi(epi);  // checked by conv_gemm
             a.bias = reinterpret_cast<const float*>(bias);
             a.mul = reinterpret_cast<const float*>(mul);
             a.off = reinterpret_cast<const float*>(off);
@@ -43,13 +43,14 @@ inline void bind_gemm(pybind11::module_& m) {
         py::arg("x"), py::arg("A"), py::arg("y"), py::kw_only(), py::arg("n"), py::arg("c"), py::arg("h"),
         py::arg("w"), py::arg("groups"), py::arg("m"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
         py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"), py::arg("oh"), py::arg("ow"),
-        py::arg("sign") = 0, py::arg("transposed") = false, py::arg("epi") = 0, py::arg("bias") = 0,
+        py::arg("sign") = 0, py::arg("transposed") = false, py::arg("epi") = int(Epi::None), py::arg("bias") = 0,
         py::arg("mul") = 0, py::arg("off") = 0, py::arg("accumulate") = false, py::arg("y2") = 0,
         py::arg("split") = 0, py::arg("tile") = -1, py::arg("dry_run") = false, py::arg("stream") = 0,
         "Implicit-GEMM conv on device pointers: y[n, g*m+i, p] = epi(sum_k A[g*m+i, k] B_g[k, (n, p)]).\n"
         "A: (groups*m) x Kt row-major; B_g gathered from x (n, c, h, w): the conv's im2col (sign=1: [x+; x-] "
         "along K) or, transposed=True, the transposed conv (backward pass, any stride) with y (n, groups*m, oh, "
-        "ow).  epi: 0 none, 1 +bias[o], 2 *mul, 3 *max(mul,0), 4 *min(mul,0), 5 *(mul-off[o,p]); accumulate: "
+        "ow).  epi: a code of `epilogues` (none, bias: +bias[o], mulx: *mul, mulpos: *max(mul,0), mulneg: "
+        "*min(mul,0), mulxoff: *(mul-off[o,p])); accumulate: "
         "y += v; split>0 (groups 1): rows >= split raw into y2.  tile: -1 auto, 0 direct (m <= 8), 1 128x128, "
         "2 128x64, 3 64x128, 4 64x64.  Returns the tile configuration used; dry_run: validate and return it "
         "without launching.  Asynchronous on `stream` (a real GPU).");

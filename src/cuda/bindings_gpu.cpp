@@ -9,6 +9,7 @@
 #include <string>
 
 #include "api_runtime.h"
+#include "code_tables.h"
 #include "bind_elem.h"
 #include "bind_gemm.h"
 
@@ -131,6 +132,7 @@ void bind_runtime(py::module_& m) {
 PYBIND11_MODULE(FASTLRP_GPU_MODULE, m) {
     m.doc() = "fastlrp GPU kernels and device runtime (pointer-level; use fastlrp.backends.cuda)";
     bind_runtime(m);
+    fastlrp::binding::def_code_tables(m);
     fastlrp::gpu::bind_gemm(m);
     fastlrp::gpu::bind_elem(m);
 }

@@ -68,10 +68,9 @@ inline bool g_force_int64 = false;  // set_force_int64_indices (tests)
 // ===================================================================================
 // rule_g
 // ===================================================================================
-// one thread per (n, o, p); K is the RuleKind (compile time: the switch folds away)
-template <class I, int K>
+// one thread per (n, o, p); the kind is a template argument (the switch folds away)
+template <class I, RuleKind kind>
 FLRP_GLOBAL void rule_g_kernel(RuleGArgs a) {
-    constexpr RuleKind kind = RuleKind(K);
     // the operands this rule reads (the others may be null)
     constexpr bool kOut = rule_g_reads_out(kind);
     constexpr bool kPsum = rule_g_reads_psum(kind);
@@ -120,15 +119,12 @@ void rule_g_launch(const RuleGArgs& a, Stream s) {
         return;
     }
     const dim3 grid = grid_for(a.n * a.O * a.P);
-    switch (int(a.kind)) {
-        case 0: launch(rule_g_kernel<I, 0>, grid, block, s, a); break;
-        case 1: launch(rule_g_kernel<I, 1>, grid, block, s, a); break;
-        case 2: launch(rule_g_kernel<I, 2>, grid, block, s, a); break;
-        case 3: launch(rule_g_kernel<I, 3>, grid, block, s, a); break;
-        case 4: launch(rule_g_kernel<I, 4>, grid, block, s, a); break;
-        case 5: launch(rule_g_kernel<I, 5>, grid, block, s, a); break;
-        case 6: launch(rule_g_kernel<I, 6>, grid, block, s, a); break;
-        default: throw CudaError("rule_g: unknown rule kind");
+    switch (a.kind) {
+#define FASTLRP_RULE_G_LAUNCH(name, E) \
+    case RuleKind::E: launch(rule_g_kernel<I, RuleKind::E>, grid, block, s, a); break;
+        FASTLRP_RULE_KINDS(FASTLRP_RULE_G_LAUNCH)
+#undef FASTLRP_RULE_G_LAUNCH
+        default: throw CudaError("rule_g: unknown rule kind " + std::to_string(int(a.kind)));
     }
 }
 

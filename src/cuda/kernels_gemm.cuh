@@ -99,7 +99,8 @@ struct Params {
     int mtiles;          // ceil(M / BM) (tiled kernels)
     int ctiles;          // column tiles per phase
     int nblk;            // groups * mtiles: blocks along grid y*z
-    int epi, sign, accumulate;
+    Epi epi;
+    int sign, accumulate;
 };
 
 // The K range of one block: for the forward mode all of Kt; for the transposed
@@ -257,26 +258,26 @@ FLRP_DEVICE void store_out(const Params& p, int o, int n, int pix, float v) {
         dst = p.y;
         idx = int64_t(n) * p.y_nstride + int64_t(o) * p.P + pix;
         switch (p.epi) {
-            case 1:
+            case Epi::Bias:
                 v += ldg(p.bias + o);
                 break;
-            case 2:
+            case Epi::MulX:
                 v *= ldg(p.mul + idx);
                 break;
-            case 3: {
+            case Epi::MulPos: {
                 const float q = ldg(p.mul + idx);
                 v *= q > 0.0f ? q : 0.0f;
                 break;
             }
-            case 4: {
+            case Epi::MulNeg: {
                 const float q = ldg(p.mul + idx);
                 v *= q < 0.0f ? q : 0.0f;
                 break;
             }
-            case 5:
+            case Epi::MulXOff:
                 v *= ldg(p.mul + idx) - ldg(p.off + int64_t(o) * p.P + pix);
                 break;
-            default:
+            case Epi::None:
                 break;
         }
     }
@@ -541,10 +542,11 @@ inline Plan make_plan(const ConvGemmGpuArgs& a) {
         bad(std::to_string(a.c) + " channels are not divisible by " + std::to_string(a.groups) + " groups");
     if (a.sign != 0 && a.sign != 1) bad("sign must be 0 (x) or 1 ([x+; x-] along K), got " + std::to_string(a.sign));
     if (a.transposed && a.sign) bad("the transposed mode takes sign = 0");
-    if (a.epi < 0 || a.epi > 5) bad("epi must be in 0..5, got " + std::to_string(a.epi));
-    if (a.epi == 1 && !a.bias) bad("epi 1 (bias) needs bias");
-    if (a.epi >= 2 && !a.mul) bad("epi " + std::to_string(a.epi) + " needs mul");
-    if (a.epi == 5 && !a.off) bad("epi 5 (mul - off) needs off");
+    if (!is_epilogue(int(a.epi))) bad("epi " + std::to_string(int(a.epi)) + " is not an epilogue code");
+    const std::string epi = "epi " + std::to_string(int(a.epi)) + " (" + kEpilogueNames[int(a.epi)] + ")";
+    if (epi_reads_bias(a.epi) && !a.bias) bad(epi + " needs bias");
+    if (epi_reads_mul(a.epi) && !a.mul) bad(epi + " needs mul");
+    if (epi_reads_off(a.epi) && !a.off) bad(epi + " needs off");
     if (a.split < 0) bad("split must be >= 0");
     if (a.split > 0) {
         if (a.groups != 1) bad("split needs groups == 1");
