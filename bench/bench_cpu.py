@@ -37,7 +37,7 @@ COMPOSITES = {
     "epsilon_gamma_box": ("epsilon_gamma_box(low=-3, high=3)", "EpsilonGammaBox", {"low": -3.0, "high": 3.0}),
 }
 
-# GEMM work per rule in units of the layer's forward work (docs/design.md section 3):
+# GEMM work per rule in units of the layer's forward work (docs/design.md section 3.1):
 # (forward-side units, backward units per target) for an input known non-negative,
 # then for a signed input. The forward pass itself is one forward-side unit; the
 # sign split doubles K for signed inputs ([x+ | x-] packing); model-constant sums

@@ -12,7 +12,7 @@ computes in plain FP32; the torch forward rate behind the FLOP limit is measured
 under the same setting. ``--zennit-tf32`` adds a separate, labelled zennit column
 with TF32 on.
 
-The FLOP limit is bench_cpu.py's (docs/design.md section 3): the GEMM work each rule
+The FLOP limit is bench_cpu.py's (docs/design.md section 3.1): the GEMM work each rule
 needs, at the forward FLOP rate torch reaches on this GPU in this run. ``x limit``
 divides by torch's best forward rate for the model (over the batches run, normally
 the largest); ``x lim@b`` by torch's forward rate at the row's own batch size.
