@@ -58,7 +58,7 @@ def optimize(graph: Graph, keep_output_activation: bool = False) -> Graph:
     graph = prune_dead_nodes(graph)
     for n in graph:
         if n.op == "activation" and n.attrs.get("kind") in ("softmax", "log_softmax") and n.name != graph.output:
-            raise GraphError(f"unsupported {n.attrs['kind']} at '{n.name}' ({n.source}): a softmax is only "
+            raise GraphError(f"unsupported {n.attrs['kind']} at {_where(n)}: a softmax is only "
                              "supported at the output")
     return fold_batchnorms(simplify(graph))
 
@@ -74,7 +74,7 @@ def strip_output_activation(graph: Graph) -> Graph:
     last = graph[graph.output]
     if last.op != "activation" or last.attrs.get("kind") not in OUTPUT_ACTIVATIONS:
         return graph
-    _warn(f"the output {last.attrs['kind']} '{last.name}' ({last.source}) is stripped: fastlrp explains the "
+    _warn(f"the output {last.attrs['kind']} {_where(last)} is stripped: fastlrp explains the "
           "logits (pass keep_output_activation=True to keep it)")
     return prune_dead_nodes(Graph(_copy_nodes(graph), output=last.inputs[0], meta=graph.meta))
 
@@ -160,7 +160,7 @@ def fold_batchnorms(graph: Graph) -> Graph:
     weights, as with zennit's BatchNorm canonizer; the model's output is unchanged.
     """
     w = _Rewrite(graph)
-    origins = {n.name: [n.source or n.name] for n in w.nodes if n.op == "batchnorm"}
+    origins = {n.name: [_label(n)] for n in w.nodes if n.op == "batchnorm"}
     folded = list(w.meta.get("folded_batchnorm", []))
     for step in (_fold_after, _merge_batchnorms, _fold_before):
         for bn in [n for n in w.nodes if n.op == "batchnorm"]:
@@ -173,9 +173,9 @@ def fold_batchnorms(graph: Graph) -> Graph:
                 folded += origins.pop(bn.name)
     kept = [n for n in w.nodes if n.op == "batchnorm"]
     for bn in kept:
-        _warn(f"BatchNorm '{bn.name}'{f' [{bn.source}]' if bn.source and bn.source != bn.name else ''} could not "
-              f"be folded into a neighbouring dense/conv layer ({_why_not_folded(w, bn)}); it is kept as an "
-              "explicit batchnorm node (LRP passes relevance through it unchanged)")
+        _warn(f"BatchNorm {_where(bn)} could not be folded into a neighbouring dense/conv layer "
+              f"({_why_not_folded(w, bn)}); it is kept as an explicit batchnorm node (LRP passes relevance "
+              "through it unchanged)")
     w.meta["folded_batchnorm"] = folded
     if kept:
         w.meta["unfolded_batchnorm"] = list(w.meta.get("unfolded_batchnorm", [])) + [
@@ -193,7 +193,7 @@ def _fold_after(w: "_Rewrite", bn: Node):
     prev.params["weight"] = wt * s.reshape((-1,) + (1,) * (wt.ndim - 1))
     b = prev.params.get("bias")
     prev.params["bias"] = (b * s if b is not None else 0.0) + t
-    prev.source = f"{prev.source} + {bn.source} folded"
+    prev.source = f"{_label(prev)} + {_label(bn)} folded"
     w.bypass(bn, prev.name)
     return prev.name
 
@@ -206,7 +206,7 @@ def _merge_batchnorms(w: "_Rewrite", bn: Node):
     s, t = bn.params["scale"], bn.params["shift"]
     prev.params["scale"] = prev.params["scale"] * s
     prev.params["shift"] = prev.params["shift"] * s + t
-    prev.source = f"{prev.source} + {bn.source}"
+    prev.source = f"{_label(prev)} + {_label(bn)}"
     w.bypass(bn, prev.name)
     return prev.name
 
@@ -240,7 +240,7 @@ def _fold_before(w: "_Rewrite", bn: Node):
         return None
     nxt.params["weight"] = nw
     nxt.params["bias"] = nb
-    nxt.source = f"{bn.source} folded + {nxt.source}"
+    nxt.source = f"{_label(bn)} folded + {_label(nxt)}"
     w.bypass(bn, bn.inputs[0])
     return nxt.name
 
@@ -265,6 +265,16 @@ def _why_not_folded(w: "_Rewrite", bn: Node) -> str:
 
 # --------------------------------------------------------------------------------------------
 # helpers
+
+
+def _label(n: Node) -> str:
+    """How a node is named in the sources of folded layers: its source, else its name."""
+    return n.source or n.name
+
+
+def _where(n: Node) -> str:
+    """A node in messages: its name, and its source where that says more."""
+    return f"'{n.name}'" + (f" ({n.source})" if n.source and n.source != n.name else "")
 
 
 def _copy_nodes(graph: Graph) -> list:

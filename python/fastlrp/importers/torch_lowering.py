@@ -313,8 +313,8 @@ class Converter:
             x = inp()
             if len(self.sample_shape(n.args[0])) != 1:
                 raise unsup(f"applied to per-sample shape {self.sample_shape(n.args[0])}; only 1-D features are supported")
-            self.add(n, "dense", [x], {}, {"weight": to_numpy(mod.weight),
-                                           "bias": None if mod.bias is None else to_numpy(mod.bias)}, name=path, source=src)
+            bias = None if mod.bias is None else to_numpy(mod.bias)
+            self.add(n, "dense", [x], {}, {"weight": to_numpy(mod.weight), "bias": bias}, name=path, source=src)
             return
         if isinstance(mod, (nn.Conv1d, nn.Conv2d)) and type(mod).forward in (nn.Conv1d.forward, nn.Conv2d.forward):
             x = inp()
