@@ -74,8 +74,8 @@ def cuda_unavailable_reason() -> str:
 
 
 CUDA_EMU_BUILD_HINT = (
-    "fastlrp._cuda_emu is not built: it is test scaffolding (the CUDA kernels on a CPU SIMT emulator), "
-    "built only when asked: FASTLRP_CUDA_EMU=ON pip install ."
+    "fastlrp._cuda_emu is not built (test scaffolding, the CUDA kernels on a CPU SIMT emulator: "
+    "build it with FASTLRP_CUDA_EMU=ON pip install .)"
 )
 
 
