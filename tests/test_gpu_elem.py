@@ -23,8 +23,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastlrp.backends import reference as ref
-from fastlrp.graph import pool_output_length
+from fastlrp.graph import Node, pool_output_length
+from fastlrp.ops.elementwise import activation_function
+from fastlrp.ops.pool import avgpool_matrices
+from fastlrp.ops.spec import stabilize
 
 core = pytest.importorskip("fastlrp._core")
 
@@ -236,17 +238,10 @@ def test_maxpool_nan_and_inf(dev):
 # average pooling
 # ===================================================================================
 def _avg_mats(in_hw, kernel, stride, pad, out_hw, cip, div):
-    """The reference backend's per-axis matrices (as _AvgPoolOp builds them)."""
-    mats, sizes = [], []
-    for i in range(2):
-        S, size = ref._avg_matrix(in_hw[i], kernel[i], stride[i], pad[i], out_hw[i], cip, div)
-        mats.append(S)
-        sizes.append(size)
-    if div:
-        mats[0] = mats[0] / div
-    else:
-        mats = [S / size[:, None] for S, size in zip(mats, sizes)]
-    return mats
+    """The registry's per-axis matrices of an average pool (as every backend takes them)."""
+    attrs = {"dims": 2, "kernel": kernel, "stride": stride, "padding": pad, "count_include_pad": cip,
+             "divisor_override": div}
+    return avgpool_matrices((1, *in_hw), Node("pool", "avgpool", [], attrs, {}, (1, *out_hw)))
 
 
 # (h, w, kernel, stride, pad pairs, ceil, count_include_pad, divisor_override)
@@ -267,7 +262,8 @@ def _avg_case(name, H, W, kernel, stride, pads, ceil, cip, div):
 
 
 def _adaptive_case(H, W, oh, ow):
-    return [ref._adaptive_matrix(H, oh), ref._adaptive_matrix(W, ow)], (oh, ow)
+    node = Node("pool", "adaptive_avgpool", [], {"dims": 2, "output_size": (oh, ow)}, {}, (1, oh, ow))
+    return avgpool_matrices((1, H, W), node), (oh, ow)
 
 
 def _all_avg_cases():
@@ -309,7 +305,7 @@ def test_avgpool_forward_and_relevance(dev, H, W, case):
 
     # Norm: den = s(z) per sample
     R = rnd(rng, N, C, oh, ow)
-    den = F32(ref.stabilize(z, eps))
+    den = F32(stabilize(z, eps))
     want = x64 * np.einsum("ncop,oh,pw->nchw", R / den.astype(np.float64), mats[0], mats[1])
     r_in = dev.poisoned((N, C, H, W))
     dev.m.avgpool_relevance(dev.put(R), dev.put(den), dev.put(x), r_in, **ptrs, planes=N * C, h=H, w=W, oh=oh,
@@ -318,7 +314,7 @@ def test_avgpool_forward_and_relevance(dev, H, W, case):
 
     # Flat: den = s(pool(ones)) per channel, shared by the samples; no x factor
     ones = np.ones((1, C, H, W))
-    den_c = F32(ref.stabilize(np.einsum("nchw,oh,pw->ncop", ones, mats[0], mats[1]), eps))[0]  # (C, oh, ow)
+    den_c = F32(stabilize(np.einsum("nchw,oh,pw->ncop", ones, mats[0], mats[1]), eps))[0]  # (C, oh, ow)
     want = np.einsum("ncop,oh,pw->nchw", R / den_c[None].astype(np.float64), mats[0], mats[1])
     r_in = dev.poisoned((N, C, H, W))
     dev.m.avgpool_relevance(dev.put(R), dev.put(den_c), 0, r_in, **ptrs, planes=N * C, h=H, w=W, oh=oh, ow=ow,
@@ -359,7 +355,7 @@ def test_stabilize_add_scale_fill(dev, count):
     dev.m.stabilize(dev.put(z), s, count, eps)
     want_s = z + np.where(z >= 0, F32(eps), F32(-eps))  # the CPU backend's _stab
     np.testing.assert_array_equal(dev.get(s, count), want_s)  # one IEEE add: exact everywhere
-    np.testing.assert_array_equal(dev.get(s, count), F32(ref.stabilize(z.astype(np.float64), eps)))
+    np.testing.assert_array_equal(dev.get(s, count), F32(stabilize(z.astype(np.float64), eps)))
 
     x, y = rnd(rng, count), rnd(rng, count)
     py = dev.put(y)
@@ -453,7 +449,7 @@ ACT_PARAM = {"leaky_relu": ("negative_slope", 0.01), "elu": ("alpha", 1.0)}
 
 
 def test_activation_numbering(dev):
-    """Kinds are numbered as fastlrp.backends.cuda's _ACT_KINDS."""
+    """The device kinds, numbered in the registry's order (fastlrp.ops.elementwise.ACTIVATIONS)."""
     names = ("identity", "relu", "leaky_relu", "elu", "tanh", "sigmoid", "gelu", "silu", "softplus")
     assert dict(dev.m.ACTIVATIONS) == {n: i for i, n in enumerate(names)}
 
@@ -463,7 +459,7 @@ def test_activation_matches_reference(dev, name, attrs):
     rng = np.random.default_rng(len(name))
     x = (rng.standard_normal(1031) * 4).astype(F32)
     x[:10] = [0.0, -0.0, 30.0, -30.0, 90.0, -90.0, 1e-6, -1e-6, 8.0, -8.0]
-    want = ref._ACT[name](x.astype(np.float64), attrs)
+    want = activation_function(name)(x.astype(np.float64), attrs)
     param = attrs.get(*ACT_PARAM[name]) if name in ACT_PARAM else 0.0
     y = dev.poisoned(x.size)
     dev.m.activation_forward(name, dev.put(x), y, x.size, param)
@@ -483,7 +479,7 @@ def test_softmax_and_log_softmax(dev, rows, cols):
     rng = np.random.default_rng(cols)
     x = (rng.standard_normal((rows, cols)) * 5).astype(F32)
     x64 = x.astype(np.float64)
-    sm = ref._softmax(x64)
+    sm = activation_function("softmax")(x64, {})
     for fn, want in (("softmax", sm), ("log_softmax", np.log(sm))):
         y = dev.poisoned((rows, cols))
         getattr(dev.m, fn)(dev.put(x), y, rows, cols)

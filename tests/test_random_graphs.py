@@ -48,7 +48,7 @@ import fastlrp
 from fastlrp import _ext
 from fastlrp.composites import Composite
 from fastlrp.graph import Graph, GraphBuilder, conv_output_length, pool_output_length
-from fastlrp.backends.reference import _window_table
+from fastlrp.ops.pool import window_table
 from fastlrp.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, WSquare, ZBox, ZPlus
 
 # Hypothesis imports this module lazily to report a failure; under pytest's
@@ -247,7 +247,7 @@ class _Gen:
             for i in range(d):
                 # a dilated window may fall entirely into the padding (its max is -inf, as in
                 # PyTorch): keep every window on the input
-                if not (_window_table(sp[i], k[i], stride[i], pads[i], dil[i],
+                if not (window_table(sp[i], k[i], stride[i], pads[i], dil[i],
                                       pool_output_length(sp[i], k[i], stride[i], pads[i], dil[i], ceil)) >= 0).any(1).all():
                     dil[i] = 1
             return self.b.maxpool(h, tuple(k), tuple(stride), tuple(pads), tuple(dil), ceil, dims=d)

@@ -13,7 +13,9 @@ Layer-type keys used in maps
 ``"dense"``, ``"conv"`` (``"conv1d"``, ``"conv2d"`` for one dimensionality),
 ``"linear"`` (dense or conv, like zennit's ``Linear`` type), ``"avgpool"``
 (average and adaptive average pooling), ``"maxpool"``, ``"add"``,
-``"concat"``, ``"activation"``, ``"batchnorm"``, ``"reshape"``, ``"permute"``.
+``"concat"``, ``"activation"``, ``"batchnorm"``, ``"reshape"``, ``"permute"``,
+``"pad"``: every op's name, plus the wider keys its registry entry declares
+(``fastlrp.ops.spec(op).type_keys``).
 
 Lookup order for a node: by name, then first/last position, then the layer map,
 then the base composite (if any), then the structural defaults (Pass for
@@ -26,20 +28,9 @@ from __future__ import annotations
 import re
 from typing import Callable, Mapping, Sequence
 
+from . import ops
 from .graph import PARAMETRIC_OPS, Graph, Node
-from .rules import (
-    AlphaBeta,
-    Epsilon,
-    Flat,
-    Gamma,
-    Norm,
-    Pass,
-    Rule,
-    RuleError,
-    WinnerTakesAll,
-    ZBox,
-    ZPlus,
-)
+from .rules import AlphaBeta, Epsilon, Flat, Gamma, Rule, RuleError, ZBox, ZPlus
 
 __all__ = [
     "Composite",
@@ -55,44 +46,9 @@ __all__ = [
     "node_type_keys",
 ]
 
-#: Rules allowed per op (the rest are errors naming the node).
-_ALLOWED = {
-    "dense": ("epsilon", "zplus", "alphabeta", "gamma", "zbox", "flat", "wsquare", "pass"),
-    "conv": ("epsilon", "zplus", "alphabeta", "gamma", "zbox", "flat", "wsquare", "pass"),
-    "avgpool": ("norm", "flat", "pass"),
-    "adaptive_avgpool": ("norm", "flat", "pass"),
-    "maxpool": ("winner", "norm"),
-    "add": ("norm", "pass"),
-    "concat": ("pass",),
-    "reshape": ("pass",),
-    "permute": ("pass",),
-    "activation": ("pass",),
-    "batchnorm": ("pass",),
-    "input": ("pass",),
-}
-
-
 def node_type_keys(node: Node) -> tuple:
-    """The layer-type keys a node answers to, most specific first."""
-    op = node.op
-    if op == "conv":
-        return (f"conv{node.attrs['dims']}d", "conv", "linear")
-    if op == "dense":
-        return ("dense", "linear")
-    if op in ("avgpool", "adaptive_avgpool"):
-        return (op, "avgpool")
-    return (op,)
-
-
-_DEFAULTS = {
-    "activation": Pass(),
-    "batchnorm": Pass(),
-    "reshape": Pass(),
-    "permute": Pass(),
-    "concat": Pass(),
-    "input": Pass(),
-    "maxpool": WinnerTakesAll(),
-}
+    """The layer-type keys a node answers to, most specific first (its op's registry entry)."""
+    return ops.spec(node.op).type_keys(node)
 
 
 class Composite:
@@ -191,7 +147,7 @@ class Composite:
                     f"composite '{self.name}' has no rule for {node.describe()}; "
                     f"map its type ({', '.join(node_type_keys(node))}) or its name"
                 )
-            allowed = _ALLOWED[node.op]
+            allowed = ops.spec(node.op).rules
             if rule.kind not in allowed:
                 raise RuleError(
                     f"composite '{self.name}': rule {rule} cannot be applied to {node.describe()} "
@@ -204,9 +160,7 @@ class Composite:
         return rules
 
     def _default(self, node: Node) -> Rule | None:
-        if node.op in ("avgpool", "adaptive_avgpool", "add"):
-            return Norm(self.stabilizer)
-        return _DEFAULTS.get(node.op)
+        return ops.spec(node.op).default_rule(node, self.stabilizer)
 
 
 class EpsilonPlus(Composite):

@@ -5,33 +5,10 @@ order. Every node knows the per-sample shape of its output (no batch axis) and
 names the nodes it reads from. Tensors are channels first (``C, L`` or
 ``C, H, W``) inside the engine; importers convert channels-last models.
 
-Operations (``Node.op``) and their attributes
---------------------------------------------
-``input``             the model input; ``shape`` is the per-sample input shape.
-``dense``             params ``weight`` (out, in), optional ``bias`` (out,).
-                      Input shape ``(in,)``.
-``conv``              attrs ``dims`` (1 or 2), ``stride``, ``dilation`` (tuples of
-                      length dims), ``padding`` (tuple of ``(before, after)`` pairs,
-                      one per spatial dim), ``groups``; params ``weight``
-                      (out, in/groups, *kernel), optional ``bias`` (out,).
-``maxpool``           attrs ``dims``, ``kernel``, ``stride``, ``padding`` (pairs as
-                      for conv; padded positions never win), ``dilation``,
-                      ``ceil_mode``.
-``avgpool``           attrs ``dims``, ``kernel``, ``stride``, ``padding`` (pairs),
-                      ``ceil_mode``, ``count_include_pad``, ``divisor_override``
-                      (int or None).
-``adaptive_avgpool``  attrs ``dims``, ``output_size`` (tuple); a global average
-                      pool is ``output_size = (1,) * dims``.
-``reshape``           attrs ``shape``: the per-sample output shape (flatten, view).
-``permute``           attrs ``perm``: per-sample axis permutation.
-``add``               two or more inputs of one shape, summed (residual add).
-``concat``            attrs ``axis``: per-sample axis (0 = channels).
-``activation``        attrs ``kind`` in :data:`ACTIVATIONS`, and ``negative_slope``
-                      (leaky_relu) or ``alpha`` (elu). Dropout at inference is
-                      ``kind="identity"``.
-``batchnorm``         a BatchNorm that could not be folded: params ``scale``,
-                      ``shift`` (per channel, along per-sample axis 0),
-                      ``y = x * scale + shift``.
+Operations (``Node.op``), their attributes, shape rules, LRP rules and float64
+reference implementations are declared once per op in the registry,
+:mod:`fastlrp.ops` (``fastlrp.ops.names()`` lists them; each family module's
+docstring lists its ops' attributes).
 
 A graph saves to one ``.npz`` file (JSON structure plus the arrays) and loads
 with NumPy alone, no framework installed.
@@ -45,6 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+
+from . import ops
+from .errors import GraphError
+from .ops.elementwise import ACTIVATIONS
+from .ops.linear import conv_output_length, same_padding
+from .ops.pool import pool_output_length
 
 __all__ = [
     "ACTIVATIONS",
@@ -61,43 +44,11 @@ __all__ = [
 
 FORMAT_VERSION = 1
 
-ACTIVATIONS = (
-    "relu",
-    "leaky_relu",
-    "elu",
-    "tanh",
-    "sigmoid",
-    "gelu",
-    "silu",
-    "softplus",
-    "identity",
-    "softmax",
-    "log_softmax",
-)
-
-OPS = (
-    "input",
-    "dense",
-    "conv",
-    "maxpool",
-    "avgpool",
-    "adaptive_avgpool",
-    "reshape",
-    "permute",
-    "add",
-    "concat",
-    "activation",
-    "batchnorm",
-)
-
-_NONNEG_ACTIVATIONS = ("relu", "sigmoid", "softplus", "softmax")
+#: The ops of the built-in registry (``fastlrp.ops.names()`` also lists ops added later).
+OPS = ops.names()
 
 #: Ops with weights: the layers that LRP rules such as Epsilon or ZPlus act on.
-PARAMETRIC_OPS = ("dense", "conv")
-
-
-class GraphError(ValueError):
-    """A graph is malformed: names the node and what is wrong."""
+PARAMETRIC_OPS = tuple(n for n in OPS if ops.spec(n).parametric)
 
 
 @dataclass
@@ -135,35 +86,6 @@ class Node:
         return f"node '{self.name}' ({self.op}{'/' + self.attrs['kind'] if self.op == 'activation' else ''}){src}"
 
 
-def _pairs(padding: Sequence) -> tuple:
-    return tuple((int(a), int(b)) for a, b in padding)
-
-
-def conv_output_length(length: int, kernel: int, stride: int, pad: tuple, dilation: int) -> int:
-    """Output length of a convolution along one axis (floor mode)."""
-    eff = dilation * (kernel - 1) + 1
-    return (length + pad[0] + pad[1] - eff) // stride + 1
-
-
-def pool_output_length(
-    length: int, kernel: int, stride: int, pad: tuple, dilation: int, ceil_mode: bool
-) -> int:
-    """Output length of a pooling window along one axis, with PyTorch's ceil rule.
-
-    In ceil mode, the last window must start inside the input or the left
-    padding (it may not start in the right padding), as in PyTorch.
-    """
-    eff = dilation * (kernel - 1) + 1
-    span = length + pad[0] + pad[1] - eff
-    if ceil_mode:
-        out = -(-span // stride) + 1
-        if (out - 1) * stride >= length + pad[0]:
-            out -= 1
-    else:
-        out = span // stride + 1
-    return out
-
-
 class Graph:
     """A dataflow graph of :class:`Node` objects in execution order.
 
@@ -185,8 +107,8 @@ class Graph:
         self.meta = dict(meta or {})
         self._index = {}
         for n in self.nodes:
-            if n.op not in OPS:
-                raise GraphError(f"{n.describe()}: unknown op '{n.op}' (known: {', '.join(OPS)})")
+            if n.op not in ops.names():
+                raise GraphError(f"{n.describe()}: unknown op '{n.op}' (known: {', '.join(ops.names())})")
             if n.name in self._index:
                 raise GraphError(f"duplicate node name '{n.name}'")
             for i in n.inputs:
@@ -238,12 +160,7 @@ class Graph:
         memo = self.__dict__.setdefault("_nonneg_memo", {})
         if name not in memo:
             n = self._index[name]
-            if n.op == "activation":
-                memo[name] = n.attrs.get("kind") in _NONNEG_ACTIVATIONS
-            elif n.op in ("maxpool", "avgpool", "adaptive_avgpool", "reshape", "permute", "add", "concat"):
-                memo[name] = all(self.known_nonnegative(i) for i in n.inputs)
-            else:
-                memo[name] = False
+            memo[name] = ops.spec(n.op).nonnegative(n, [self.known_nonnegative(i) for i in n.inputs])
         return memo[name]
 
     def parametric(self) -> list:
@@ -274,132 +191,7 @@ class Graph:
                 raise GraphError(f"{n.describe()}: output shape {n.shape} has an empty axis")
 
     def _infer(self, n: Node) -> tuple:
-        ins = [self._index[i].shape for i in n.inputs]
-        a = n.attrs
-
-        def need(k):
-            if len(ins) != k:
-                raise GraphError(f"{n.describe()}: expects {k} input(s), got {len(ins)}")
-
-        if n.op == "input":
-            need(0)
-            return tuple(a.get("shape", n.shape))
-        if n.op == "dense":
-            need(1)
-            w = n.params["weight"]
-            if w.ndim != 2:
-                raise GraphError(f"{n.describe()}: weight must be 2-D (out, in), got shape {w.shape}")
-            if len(ins[0]) != 1 or ins[0][0] != w.shape[1]:
-                raise GraphError(
-                    f"{n.describe()}: input of shape {ins[0]} does not match weight (out={w.shape[0]}, in={w.shape[1]})"
-                )
-            self._check_bias(n, w.shape[0])
-            return (w.shape[0],)
-        if n.op == "conv":
-            need(1)
-            d = int(a["dims"])
-            w = n.params["weight"]
-            g = int(a.get("groups", 1))
-            if w.ndim != d + 2:
-                raise GraphError(f"{n.describe()}: weight must be {d + 2}-D, got shape {w.shape}")
-            if len(ins[0]) != d + 1:
-                raise GraphError(f"{n.describe()}: input must have {d + 1} axes (C, spatial...), got {ins[0]}")
-            if ins[0][0] != w.shape[1] * g or w.shape[0] % g:
-                raise GraphError(
-                    f"{n.describe()}: {ins[0][0]} input channels do not match weight {w.shape} with groups={g}"
-                )
-            self._check_bias(n, w.shape[0])
-            pads = _pairs(a["padding"])
-            sp = [
-                conv_output_length(ins[0][1 + i], w.shape[2 + i], a["stride"][i], pads[i], a["dilation"][i])
-                for i in range(d)
-            ]
-            return (w.shape[0], *sp)
-        if n.op in ("maxpool", "avgpool"):
-            need(1)
-            d = int(a["dims"])
-            if len(ins[0]) != d + 1:
-                raise GraphError(f"{n.describe()}: input must have {d + 1} axes, got {ins[0]}")
-            pads = _pairs(a["padding"])
-            dil = a.get("dilation", (1,) * d)
-            for i in range(d):
-                if pads[i][0] > a["kernel"][i] // 2 or pads[i][1] > a["kernel"][i] // 2:
-                    raise GraphError(f"{n.describe()}: padding {pads[i]} exceeds half the kernel {a['kernel'][i]}")
-            sp = [
-                pool_output_length(
-                    ins[0][1 + i], a["kernel"][i], a["stride"][i], pads[i], dil[i], bool(a.get("ceil_mode", False))
-                )
-                for i in range(d)
-            ]
-            for i in range(d):
-                # a dilated window can fall entirely into the padding: its max would be -inf
-                for o in range(sp[i]):
-                    taps = o * a["stride"][i] - pads[i][0] + dil[i] * np.arange(a["kernel"][i])
-                    if not np.any((taps >= 0) & (taps < ins[0][1 + i])):
-                        raise GraphError(
-                            f"{n.describe()}: output position {o} along spatial axis {i} has a window "
-                            f"entirely in the padding (input {ins[0][1 + i]}, kernel {a['kernel'][i]}, "
-                            f"dilation {dil[i]}, padding {pads[i]})"
-                        )
-            return (ins[0][0], *sp)
-        if n.op == "adaptive_avgpool":
-            need(1)
-            d = int(a["dims"])
-            if len(ins[0]) != d + 1:
-                raise GraphError(f"{n.describe()}: input must have {d + 1} axes, got {ins[0]}")
-            return (ins[0][0], *a["output_size"])
-        if n.op == "reshape":
-            need(1)
-            shape = tuple(a["shape"])
-            if -1 in shape:
-                known = math.prod(s for s in shape if s != -1)
-                shape = tuple(math.prod(ins[0]) // known if s == -1 else s for s in shape)
-                a["shape"] = shape
-            if math.prod(shape) != math.prod(ins[0]):
-                raise GraphError(f"{n.describe()}: cannot reshape {ins[0]} to {shape}")
-            return shape
-        if n.op == "permute":
-            need(1)
-            perm = tuple(a["perm"])
-            if sorted(perm) != list(range(len(ins[0]))):
-                raise GraphError(f"{n.describe()}: permutation {perm} does not fit shape {ins[0]}")
-            return tuple(ins[0][p] for p in perm)
-        if n.op == "add":
-            if len(ins) < 2:
-                raise GraphError(f"{n.describe()}: needs at least two inputs")
-            if any(s != ins[0] for s in ins):
-                raise GraphError(f"{n.describe()}: summands have different shapes {ins} (broadcasting is not supported)")
-            return ins[0]
-        if n.op == "concat":
-            if len(ins) < 1:
-                raise GraphError(f"{n.describe()}: needs inputs")
-            ax = int(a["axis"])
-            rank = len(ins[0])
-            if ax < 0:
-                ax += rank
-                a["axis"] = ax
-            for s in ins:
-                if len(s) != rank or any(s[i] != ins[0][i] for i in range(rank) if i != ax):
-                    raise GraphError(f"{n.describe()}: cannot concatenate shapes {ins} along axis {ax}")
-            return tuple(sum(s[ax] for s in ins) if i == ax else ins[0][i] for i in range(rank))
-        if n.op == "activation":
-            need(1)
-            if a.get("kind") not in ACTIVATIONS:
-                raise GraphError(f"{n.describe()}: unknown activation '{a.get('kind')}'")
-            return ins[0]
-        if n.op == "batchnorm":
-            need(1)
-            for k in ("scale", "shift"):
-                if n.params[k].shape != (ins[0][0],):
-                    raise GraphError(f"{n.describe()}: {k} must have shape ({ins[0][0]},), got {n.params[k].shape}")
-            return ins[0]
-        raise GraphError(f"{n.describe()}: unknown op")
-
-    @staticmethod
-    def _check_bias(n: Node, out: int) -> None:
-        b = n.params.get("bias")
-        if b is not None and b.shape != (out,):
-            raise GraphError(f"{n.describe()}: bias must have shape ({out},), got {b.shape}")
+        return ops.spec(n.op).infer(n, [self._index[i].shape for i in n.inputs])
 
     # -- persistence ----------------------------------------------------------------
     def save(self, path) -> None:
@@ -506,17 +298,6 @@ def unique_name(name: str, used: set) -> str:
     return name
 
 
-def same_padding(length: int, kernel: int, stride: int = 1, dilation: int = 1) -> tuple:
-    """TensorFlow/Keras "same" padding along one axis: ``(before, after)``.
-
-    The output has ``ceil(length / stride)`` positions; an odd total goes to the end.
-    """
-    eff = dilation * (kernel - 1) + 1
-    out = -(-length // stride)
-    total = max((out - 1) * stride + eff - length, 0)
-    return (total // 2, total - total // 2)
-
-
 class GraphBuilder:
     """Build a :class:`Graph` node by node (used by importers and tests).
 
@@ -593,6 +374,12 @@ class GraphBuilder:
 
     def permute(self, x, perm, name=None, source=""):
         return self.add_node("permute", x, {"perm": tuple(int(p) for p in perm)}, None, name, source)
+
+    def pad(self, x, padding, value=0.0, name=None, source=""):
+        """Constant padding: one ``(before, after)`` pair per per-sample axis (channels
+        first); negative amounts crop."""
+        return self.add_node("pad", x, {"padding": tuple((int(b), int(a)) for b, a in padding),
+                                        "value": float(value)}, None, name, source)
 
     def add(self, *xs, name=None, source=""):
         return self.add_node("add", list(xs), {}, None, name, source)

@@ -28,6 +28,7 @@ __all__ = [
     "WinnerTakesAll",
     "RuleError",
     "PARAMETRIC_RULES",
+    "stabilizer_of",
 ]
 
 
@@ -231,3 +232,12 @@ class WinnerTakesAll(Rule):
 
 #: Rules that need a dense/conv layer's weights.
 PARAMETRIC_RULES = ("epsilon", "zplus", "alphabeta", "gamma", "zbox", "flat", "wsquare")
+
+
+def stabilizer_of(rule: Rule) -> float:
+    """The epsilon of a rule's stabilized denominator ``s(z) = z + eps * sign(z)``:
+    ``Epsilon.epsilon`` or the ``stabilizer`` of the other rules; 0.0 for rules
+    without a division (Pass, WinnerTakesAll)."""
+    if isinstance(rule, Epsilon):
+        return float(rule.epsilon)
+    return float(getattr(rule, "stabilizer", 0.0))

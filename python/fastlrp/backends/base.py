@@ -49,9 +49,9 @@ class DeviceOutOfMemory(MemoryError):
 
 
 class Float32Op:
-    """Runs a reference NodeOp (NumPy code that works in any float dtype) and keeps
-    inputs and outputs float32: the float32 backends use it for routing ops and
-    for rare variants without a kernel of their own (proportional max pooling)."""
+    """Runs a reference NodeOp (NumPy code that keeps its inputs' dtype) on float32
+    inputs and keeps the outputs float32: the float32 backends' one fallback for
+    ops and rule variants without a kernel of their own (fastlrp.backends.dispatch)."""
 
     def __init__(self, op):
         self.op = op
@@ -63,3 +63,17 @@ class Float32Op:
     def relevance(self, ctx, R):
         rs = self.op.relevance(ctx, R)
         return [None if r is None else np.asarray(r, dtype=np.float32) for r in rs]
+
+
+def zbox_bounds(node, rule, in_shape: tuple) -> tuple:
+    """ZBox's ``low`` and ``high`` broadcast to one sample's input shape (float64,
+    contiguous); BackendError naming the node when they do not broadcast."""
+    try:
+        lo = np.broadcast_to(np.asarray(rule.low, dtype=np.float64), in_shape)
+        hi = np.broadcast_to(np.asarray(rule.high, dtype=np.float64), in_shape)
+    except ValueError:
+        raise BackendError(
+            f"{node.describe()}: ZBox bounds of shapes {np.shape(rule.low)} / {np.shape(rule.high)} "
+            f"do not broadcast to the input shape {in_shape}"
+        ) from None
+    return np.ascontiguousarray(lo), np.ascontiguousarray(hi)

@@ -26,19 +26,20 @@ the same kind of array, zero-copy.
 from __future__ import annotations
 
 import threading
-import warnings
 from typing import Any, Optional
 
 import numpy as np
 
 from .. import _ext
-from .base import BackendError, DeviceOutOfMemory, Float32Op
-from .cpu import _KIND, EPI_BIAS, EPI_MULX, EPI_NONE
-from .cpu import _LinearOp as _CpuLinearOp
+from ..ops.linear import PARAMETRIC_RULES
+from ..ops.pool import avgpool_matrices, pool2d_geometry
+from ..rules import stabilizer_of
+from .base import BackendError, DeviceOutOfMemory
+from .dispatch import prepare as dispatch_prepare
+from .dispatch import register_kernel
+from .linear_plan import MUL_EPILOGUES, LinearPlan
 
 __all__ = ["CudaBackend", "DeviceArray"]
-
-_ACT_KINDS = ("identity", "relu", "leaky_relu", "elu", "tanh", "sigmoid", "gelu", "silu", "softplus")
 
 
 def _load_emu():
@@ -168,6 +169,7 @@ class CudaBackend:
 
     dtype = np.dtype(np.float32)
     is_device = True
+    kernels = "cuda"  # the kernel family, on a GPU and on the emulator alike
 
     def __init__(self, device: int = 0, emulate: bool = False, module=None):
         if module is not None:
@@ -191,7 +193,6 @@ class CudaBackend:
         self.device_name = mod.device_name(self.device)
         self._copy_stream = None
         self._lock = threading.Lock()
-        self._ref = None
 
     # -- memory ------------------------------------------------------------------------
     def empty(self, shape, dtype=np.float32) -> DeviceArray:
@@ -349,42 +350,8 @@ class CudaBackend:
         return result
 
     # -- ops -----------------------------------------------------------------------------
-    def _reference(self):
-        if self._ref is None:
-            from .reference import ReferenceBackend
-
-            self._ref = ReferenceBackend()
-        return self._ref
-
     def prepare(self, graph, node, rule):
-        op = node.op
-        m = self.mod
-        if op in ("dense", "conv") and rule.kind != "pass":
-            return _LinearOp(self, graph, node, rule, graph.known_nonnegative(node.inputs[0]))
-        if op == "maxpool" and rule.kind != "norm":
-            return _MaxPoolOp(self, graph, node)
-        if op in ("avgpool", "adaptive_avgpool") and rule.kind in ("norm", "flat", "epsilon"):
-            return _AvgPoolOp(self, graph, node, rule)
-        if op == "add":
-            return _AddOp(self, node, rule)
-        if op == "input":
-            return _PassOp(lambda x: x, lambda R: [])
-        if op == "reshape":
-            in_shape = tuple(graph[node.inputs[0]].shape)
-            out_shape = tuple(node.shape)
-            return _PassOp(lambda x: x.reshape((x.shape[0],) + out_shape),
-                           lambda R: [R.reshape((R.shape[0],) + in_shape)])
-        if op == "permute":
-            return _PermuteOp(self, graph, node)
-        if op == "concat":
-            return _ConcatOp(self, graph, node)
-        if op == "activation" and node.attrs["kind"] in _ACT_KINDS:
-            return _ActivationOp(self, node)
-        if op == "batchnorm":
-            return _BatchNormOp(self, node)
-        # rare variants without a kernel (proportional max pooling, softmax kept,
-        # Pass on a linear layer): the reference op in float32 on the host
-        return _HostOp(self, Float32Op(self._reference().prepare(graph, node, rule)), node)
+        return dispatch_prepare(self, graph, node, rule)
 
 
 # ------------------------------------------------------------------------------------------
@@ -403,23 +370,6 @@ class _PassOp:
         return self.rel(R)
 
 
-class _HostOp:
-    """A node without a GPU kernel: runs the float32 host op (copies in and out)."""
-
-    def __init__(self, be, op, node):
-        self.be, self.op, self.node = be, op, node
-        warnings.warn(f"fastlrp cuda: {node.describe()} runs on the host (no GPU kernel for it); "
-                      "its input and output are copied", stacklevel=4)
-
-    def forward(self, inputs):
-        out, ctx = self.op.forward([self.be.to_host(i) for i in inputs])
-        return self.be.upload(out), ctx
-
-    def relevance(self, ctx, R):
-        rs = self.op.relevance(ctx, self.be.to_host(R))
-        return [None if r is None else self.be.upload(r) for r in rs]
-
-
 def _stab(be, z: DeviceArray, eps: float) -> DeviceArray:
     s = be.empty(z.shape)
     be.mod.stabilize(z.ptr, s.ptr, z.size, float(eps))
@@ -427,19 +377,44 @@ def _stab(be, z: DeviceArray, eps: float) -> DeviceArray:
 
 
 class _LinearOp:
-    """Dense / conv with a parametric rule: implicit-GEMM kernels, as the CPU
-    backend's _LinearOp (whose host-side preparation it reuses) but with
-    unpacked row-major device matrices and a transposed-gather backward for every
-    stride (no col2im)."""
+    """Dense / conv with a parametric rule: implicit-GEMM kernels on the operands of
+    :class:`LinearPlan` as unpacked row-major device matrices, and a
+    transposed-gather backward for every stride (no col2im)."""
 
     def __init__(self, be, graph, node, rule, nonneg):
         self.be = be
-        self.h = host = _HostPrep(be, graph, node, rule, nonneg)
-        self.node, self.rule, self.kind = node, rule, host.kind
-        self.bias = None if host.b is None else be.upload(host.b)
-        self.zc = None if host.zc is None else be.upload(host.zc)
+        self.h = p = LinearPlan(graph, node, rule, nonneg)
+        self.node, self.rule, self.kind = node, rule, p.kind
+        self.epi = dict(be.mod.epilogues)
+        self.rule_code = dict(be.mod.rule_kinds)[p.kind]
+        self.bias = None if p.b is None else be.upload(p.b)
+        self.zc = None if p.zc is None else be.upload(p.zc)
+        up = self._upload
+        self.A_fwd_pos = None if p.fwd_pos is None else up(p.fwd_pos)
+        self.A_fwd = None if p.fwd is None else up(p.fwd)
+        self.A_pos = None if p.pos is None else up(p.pos)
+        self.A_posneg = None if p.posneg is None else up(p.posneg)
+        self.bwd_pos = [self._bwd_term(*t) for t in p.pos_terms]
+        if p.signed_terms is p.pos_terms:
+            self.bwd_signed = self.bwd_pos
+        else:
+            self.bwd_signed = None if p.signed_terms is None else [self._bwd_term(*t) for t in p.signed_terms]
 
-    def _conv(self, x, A, y, *, sign=0, epi=EPI_NONE, bias=None, y2=None, split=0, transposed=False,
+    def _upload(self, A2d):
+        A2d = np.ascontiguousarray(A2d, dtype=np.float32)
+        return (self.be.upload(A2d), A2d.shape[0] // self.h.G)
+
+    def _bwd_term(self, Wst, epi, off):
+        """A[g*Cg + ci, (oi, ky, kx)] = Wst[g*O'g + oi, ci, ky, kx]: transposed, not flipped."""
+        p = self.h
+        G, Cg = p.G, p.Cg
+        KH, KW = p.kernel
+        Ogs = Wst.shape[0] // G
+        Wb = Wst.reshape(G, Ogs, Cg, KH, KW).transpose(0, 2, 1, 3, 4).reshape(G * Cg, Ogs * KH * KW)
+        return (self._upload(Wb), self.epi[epi], epi in MUL_EPILOGUES,
+                None if off is None else self.be.upload(np.asarray(off, np.float32)))
+
+    def _conv(self, x, A, y, *, sign=0, epi=None, bias=None, y2=None, split=0, transposed=False,
               mul=None, off=None, accumulate=False, geo=None):
         h = self.h
         (pt, _), (pl, _) = h.pad
@@ -448,7 +423,8 @@ class _LinearOp:
         self.be.mod.conv_gemm(
             x.ptr, Adev.ptr, y.ptr, n=n, c=c, h=hh, w=ww, groups=h.G, m=m, kh=h.kernel[0], kw=h.kernel[1],
             sh=h.stride[0], sw=h.stride[1], ph=pt, pw=pl, dh=h.dil[0], dw=h.dil[1], oh=oh, ow=ow, sign=sign,
-            transposed=transposed, epi=epi, bias=0 if bias is None else bias.ptr,
+            transposed=transposed, epi=self.epi["none"] if epi is None else epi,
+            bias=0 if bias is None else bias.ptr,
             mul=0 if mul is None else mul.ptr, off=0 if off is None else off.ptr, accumulate=accumulate,
             y2=0 if y2 is None else y2.ptr, split=split)
 
@@ -460,117 +436,77 @@ class _LinearOp:
             raise BackendError(f"{self.node.describe()}: input of shape {x.shape} (batch first) does not fit the "
                                f"layer's input shape {h.in_shape}")
         geo = (N, h.C, h.H, h.W, h.OH, h.OW)
-        epi = EPI_BIAS if self.bias is not None else EPI_NONE
-        needs_psum = h.A_fwd_pos is not None or h.A_pos is not None
+        epi = self.epi["bias"] if self.bias is not None else self.epi["none"]
         nonneg = True
-        if needs_psum or h.bwd_signed is not h.bwd_pos:
+        if h.needs_psum or self.bwd_signed is not self.bwd_pos:
             nonneg = h.static_nonneg or not (be.mod.min_value(x.ptr, x.size) < 0)
         out = be.empty((N, h.O, h.OH, h.OW))
         psum = None
-        if needs_psum and nonneg and h.A_fwd_pos is not None:
+        if h.needs_psum and nonneg and self.A_fwd_pos is not None:
             psum = be.empty(out.shape)
-            self._conv(x, h.A_fwd_pos, out, epi=epi, bias=self.bias, y2=psum, split=h.O, geo=geo)
+            self._conv(x, self.A_fwd_pos, out, epi=epi, bias=self.bias, y2=psum, split=h.O, geo=geo)
         else:
-            self._conv(x, h.A_fwd, out, epi=epi, bias=self.bias, geo=geo)
-            if needs_psum:
+            self._conv(x, self.A_fwd, out, epi=epi, bias=self.bias, geo=geo)
+            if h.needs_psum:
                 psum = be.empty(out.shape)
                 if nonneg:
-                    self._conv(x, h.A_pos, psum, geo=geo)
+                    self._conv(x, self.A_pos, psum, geo=geo)
                 else:
-                    self._conv(x, h.A_posneg, psum, sign=1, geo=geo)
+                    self._conv(x, self.A_posneg, psum, sign=1, geo=geo)
         return out.reshape((N,) + h.out_shape), (x, out, psum, nonneg)
 
     def relevance(self, ctx, R):
         h, be = self.h, self.be
         x, out, psum, nonneg = ctx
         N = x.shape[0]
-        r = self.rule
-        halves = 2 if h.kind in ("alphabeta", "gamma") else 1
         flat_sum = h.kind == "flat"
-        gch = h.G if flat_sum else h.O * halves
+        gch = h.G if flat_sum else h.O * h.halves
         g = be.empty((N, gch, h.OH, h.OW))
-        be.mod.rule_g(_KIND[h.kind], R.ptr, out.ptr, 0 if psum is None else psum.ptr,
+        be.mod.rule_g(self.rule_code, R.ptr, out.ptr, 0 if psum is None else psum.ptr,
                       0 if self.bias is None else self.bias.ptr, 0 if self.zc is None else self.zc.ptr, g.ptr,
-                      n=N, O=h.O, P=h.OH * h.OW, groups=h.G, eps=h.eps, alpha=float(getattr(r, "alpha", 1.0)),
-                      beta=float(getattr(r, "beta", 0.0)), gamma=float(getattr(r, "gamma", 0.0)),
+                      n=N, O=h.O, P=h.OH * h.OW, groups=h.G, eps=h.eps, alpha=h.alpha, beta=h.beta, gamma=h.gamma,
                       zero_bias=h.zero_bias, flat_group_sum=flat_sum)
-        terms = h.bwd_pos if nonneg else h.bwd_signed
+        terms = self.bwd_pos if nonneg else self.bwd_signed
         res = be.empty((N, h.C, h.H, h.W))
         geo = (N, gch, h.OH, h.OW, h.H, h.W)
-        for k, (A, epi, off) in enumerate(terms):
-            self._conv(g, A, res, transposed=True, epi=epi, mul=x if epi >= EPI_MULX else None, off=off,
+        for k, (A, epi, needs_x, off) in enumerate(terms):
+            self._conv(g, A, res, transposed=True, epi=epi, mul=x if needs_x else None, off=off,
                        accumulate=k > 0, geo=geo)
         return [res.reshape((N,) + h.in_shape)]
 
 
-class _HostPrep(_CpuLinearOp):
-    """The CPU backend's _LinearOp preparation with device matrices instead of
-    packed CPU panels (``_pack`` / ``_bwd_term`` overridden); only its prepared
-    attributes are used, never its CPU forward/relevance."""
-
-    def __init__(self, be, graph, node, rule, nonneg):
-        self.be = be
-        super().__init__(None, graph, node, rule, nonneg)
-
-    def _pack(self, A2d, groups=None):
-        A2d = np.ascontiguousarray(A2d, dtype=np.float32)
-        G = self.G if groups is None else groups
-        return (self.be.upload(A2d), A2d.shape[0] // G)
-
-    def _bwd_term(self, Wst, epi, off):
-        """A[g*Cg + ci, (oi, ky, kx)] = Wst[g*O'g + oi, ci, ky, kx]: transposed, not flipped."""
-        G, Cg = self.G, self.Cg
-        KH, KW = self.kernel
-        Ogs = Wst.shape[0] // G
-        Wb = Wst.reshape(G, Ogs, Cg, KH, KW).transpose(0, 2, 1, 3, 4).reshape(G * Cg, Ogs * KH * KW)
-        return (self._pack(Wb), epi, None if off is None else self.be.upload(np.asarray(off, np.float32)))
-
-    @property
-    def implicit_bwd(self):
-        return True
-
-    @implicit_bwd.setter
-    def implicit_bwd(self, _v):
-        pass
-
-
 class _MaxPoolOp:
     def __init__(self, be, graph, node):
-        from .cpu import _MaxPoolOp as CpuMax
-
         self.be = be
-        self.h = CpuMax.__new__(CpuMax)
-        CpuMax.__init__(self.h, None, graph, node)
+        self.g = pool2d_geometry(graph, node)
+        self.in_shape, self.out_shape = tuple(graph[node.inputs[0]].shape), tuple(node.shape)
 
     def forward(self, inputs):
-        h, be = self.h, self.be
+        g, be = self.g, self.be
         x = inputs[0]
         N = x.shape[0]
-        y = be.empty((N, h.C, h.OH, h.OW))
-        idx = be.empty((N, h.C, h.OH, h.OW), np.int32)
-        be.mod.maxpool_forward(x.ptr, y.ptr, idx.ptr, planes=N * h.C, h=h.H, w=h.W, kh=h.kernel[0],
-                               kw=h.kernel[1], sh=h.stride[0], sw=h.stride[1], ph=h.pad[0], pw=h.pad[1],
-                               dh=h.dil[0], dw=h.dil[1], oh=h.OH, ow=h.OW)
-        return y.reshape((N,) + h.out_shape), idx
+        y = be.empty((N, g.C, g.OH, g.OW))
+        idx = be.empty((N, g.C, g.OH, g.OW), np.int32)
+        be.mod.maxpool_forward(x.ptr, y.ptr, idx.ptr, planes=N * g.C, h=g.H, w=g.W, kh=g.kernel[0],
+                               kw=g.kernel[1], sh=g.stride[0], sw=g.stride[1], ph=g.pad[0], pw=g.pad[1],
+                               dh=g.dilation[0], dw=g.dilation[1], oh=g.OH, ow=g.OW)
+        return y.reshape((N,) + self.out_shape), idx
 
     def relevance(self, idx, R):
-        h, be = self.h, self.be
+        g, be = self.g, self.be
         N = idx.shape[0]
-        r = be.empty((N, h.C, h.H, h.W))
-        be.mod.maxpool_backward(R.ptr, idx.ptr, r.ptr, planes=N * h.C, in_size=h.H * h.W, out_size=h.OH * h.OW)
-        return [r.reshape((N,) + h.in_shape)]
+        r = be.empty((N, g.C, g.H, g.W))
+        be.mod.maxpool_backward(R.ptr, idx.ptr, r.ptr, planes=N * g.C, in_size=g.H * g.W, out_size=g.OH * g.OW)
+        return [r.reshape((N,) + self.in_shape)]
 
 
 class _AvgPoolOp:
-    """Average / adaptive pooling as separable per-axis matrices (the reference's),
+    """Average / adaptive pooling as separable per-axis matrices (the registry's),
     each output looping over its window only (band tables); Norm or Flat per channel."""
 
     def __init__(self, be, graph, node, rule):
-        from .reference import _AvgPoolOp as RefAvg
-
         self.be, self.node, self.rule = be, node, rule
-        ref = RefAvg(graph, node, rule)
-        mats = [np.asarray(m, np.float32) for m in ref.mats]
+        mats = [np.asarray(m, np.float32) for m in avgpool_matrices(graph[node.inputs[0]].shape, node)]
         if len(mats) == 1:
             mats = [np.ones((1, 1), np.float32)] + mats
         self.mh, self.mw = mats
@@ -581,7 +517,7 @@ class _AvgPoolOp:
         self.OH, self.OW = self.mh.shape[0], self.mw.shape[0]
         self.d_mh, self.d_mw = be.upload(self.mh), be.upload(self.mw)
         self.bands = [be.upload(t) for m in (self.mh, self.mw) for t in be.mod.avgpool_bands(m)]
-        self.eps = float(getattr(rule, "stabilizer", getattr(rule, "epsilon", 1e-6)))
+        self.eps = stabilizer_of(rule)
         self.flat_den = None
         if rule.kind == "flat":
             ones = be.upload(np.ones((1, self.C, self.H, self.W), np.float32))
@@ -620,7 +556,7 @@ class _AddOp:
 
     def __init__(self, be, node, rule):
         self.be, self.node, self.rule = be, node, rule
-        self.eps = float(getattr(rule, "stabilizer", 1e-6))
+        self.eps = stabilizer_of(rule)
 
     def forward(self, inputs):
         be = self.be
@@ -648,7 +584,7 @@ class _ActivationOp:
     def __init__(self, be, node):
         self.be, self.node = be, node
         a = node.attrs
-        self.kind = _ACT_KINDS.index(a["kind"])
+        self.kind = dict(be.mod.ACTIVATIONS)[a["kind"]]
         self.param = float(a.get("negative_slope", 0.01)) if a["kind"] == "leaky_relu" else float(a.get("alpha", 1.0))
 
     def forward(self, inputs):
@@ -734,3 +670,58 @@ class _ConcatOp:
             res.append(out)
             off += r
         return res
+
+
+# ------------------------------------------------------------------------------------------
+# kernel registrations (every other op and rule: the host fallback, with a warning)
+# ------------------------------------------------------------------------------------------
+@register_kernel("cuda", "dense", "conv", rules=tuple(k for k in PARAMETRIC_RULES if k != "pass"))
+def _linear_kernel(be, graph, node, rule):
+    return _LinearOp(be, graph, node, rule, graph.known_nonnegative(node.inputs[0]))
+
+
+@register_kernel("cuda", "maxpool", rules=("winner",))
+def _maxpool_kernel(be, graph, node, rule):
+    return _MaxPoolOp(be, graph, node)
+
+
+@register_kernel("cuda", "avgpool", "adaptive_avgpool", rules=("norm", "flat"))
+def _avgpool_kernel(be, graph, node, rule):
+    return _AvgPoolOp(be, graph, node, rule)
+
+
+@register_kernel("cuda", "add")
+def _add_kernel(be, graph, node, rule):
+    return _AddOp(be, node, rule)
+
+
+@register_kernel("cuda", "input")
+def _input_kernel(be, graph, node, rule):
+    return _PassOp(lambda x: x, lambda R: [])
+
+
+@register_kernel("cuda", "reshape")
+def _reshape_kernel(be, graph, node, rule):
+    in_shape, out_shape = tuple(graph[node.inputs[0]].shape), tuple(node.shape)
+    return _PassOp(lambda x: x.reshape((x.shape[0],) + out_shape), lambda R: [R.reshape((R.shape[0],) + in_shape)])
+
+
+@register_kernel("cuda", "permute")
+def _permute_kernel(be, graph, node, rule):
+    return _PermuteOp(be, graph, node)
+
+
+@register_kernel("cuda", "concat")
+def _concat_kernel(be, graph, node, rule):
+    return _ConcatOp(be, graph, node)
+
+
+@register_kernel("cuda", "activation")
+def _activation_kernel(be, graph, node, rule):
+    # softmax / log_softmax (kept output activations) have no device kernel: the fallback
+    return _ActivationOp(be, node) if node.attrs["kind"] in dict(be.mod.ACTIVATIONS) else None
+
+
+@register_kernel("cuda", "batchnorm")
+def _batchnorm_kernel(be, graph, node, rule):
+    return _BatchNormOp(be, node)

@@ -1,5 +1,6 @@
-"""The Numba backend (``backend="numba"``): float32, every op and rule of the
-reference backend, used when the compiled extension is missing or when asked for.
+"""The Numba backend (``backend="numba"``): float32 kernels for dense, conv and
+pooling layers (every rule), used when the compiled extension is missing or when
+asked for; the other ops run the one fallback of :mod:`fastlrp.backends.dispatch`.
 
 Dense and conv layers (a dense layer is a 1x1 conv over a 1x1 image) follow
 docs/design.md section 3, in two passes per layer:
@@ -52,7 +53,12 @@ import numpy as np
 from numba import njit, prange
 
 from ..graph import Graph, Node
-from .base import BackendError, Float32Op
+from ..ops.linear import conv2d_geometry
+from ..ops.pool import avgpool_matrices, pool2d_geometry
+from ..rules import stabilizer_of
+from .base import BackendError, zbox_bounds
+from .dispatch import prepare as dispatch_prepare
+from .dispatch import register_kernel
 
 __all__ = ["NumbaBackend"]
 
@@ -378,34 +384,15 @@ class _LinearOp:
     def __init__(self, graph: Graph, node: Node, rule):
         self.node, self.rule = node, rule
         kind = rule.kind
-        if kind not in ("epsilon", "zplus", "alphabeta", "gamma", "zbox", "flat", "wsquare", "pass"):
-            raise BackendError(f"{node.describe()}: rule '{kind}' is not a rule for dense/conv layers")
         self.kind = kind
         self.in_shape = tuple(graph[node.inputs[0]].shape)
         self.out_shape = tuple(node.shape)
-        W = np.asarray(node.params["weight"], dtype=np.float64)
-        a = node.attrs
-        if node.op == "dense":
-            self.sdims = 0
-            G, KH, KW, sh, sw, pt, pl, dh, dw = 1, 1, 1, 1, 1, 0, 0, 1, 1
-            C, H, Wd = W.shape[1], 1, 1
-            W4 = W.reshape(W.shape[0], W.shape[1], 1, 1)
-        else:
-            d = int(a["dims"])
-            self.sdims = d
-            G = int(a.get("groups", 1))
-            if d == 1:
-                (sw,), (dw,), ((pl, _),) = a["stride"], a["dilation"], a["padding"]
-                sh, dh, pt = 1, 1, 0
-                C, H, Wd = self.in_shape[0], 1, self.in_shape[1]
-                W4 = W[:, :, None, :]
-            else:
-                (sh, sw), (dh, dw), ((pt, _), (pl, _)) = a["stride"], a["dilation"], a["padding"]
-                C, H, Wd = self.in_shape
-                W4 = W
-            KH, KW = W4.shape[2], W4.shape[3]
-        O = W4.shape[0]
-        OH, OW = (1, 1) if self.sdims == 0 else ((1, self.out_shape[1]) if self.sdims == 1 else self.out_shape[1:])
+        geo = conv2d_geometry(graph, node)
+        self.sdims = geo.spatial_dims
+        W4 = geo.weight
+        G, (KH, KW), (sh, sw), (dh, dw) = geo.G, geo.kernel, geo.stride, geo.dilation
+        (pt, _), (pl, _) = geo.pad
+        C, H, Wd, O, OH, OW = geo.C, geo.H, geo.W, geo.O, geo.OH, geo.OW
         self.O, self.C, self.H, self.W = O, C, H, Wd
         self.G, self.Og, self.Cg = G, O // G, C // G
         self.P = OH * OW
@@ -421,7 +408,7 @@ class _LinearOp:
         self.brule = _f32(brule)
         self.bshift = _f32(brule - b)  # rule bias - layer bias (0 unless zero_bias)
         self.const = np.zeros((1, 1), _F32)
-        self.eps = float(getattr(rule, "epsilon", getattr(rule, "stabilizer", 0.0)))
+        self.eps = stabilizer_of(rule)
         self.c1 = self.c2 = 0.0
 
         self.nonneg = graph.known_nonnegative(node.inputs[0])
@@ -449,8 +436,8 @@ class _LinearOp:
                 self.pkind, self.mode = _K_EPS, _M_X
             elif kind == "zbox":
                 self.WbT = _f32(np.concatenate([Wg, Wp, Wn], 2).transpose(0, 2, 1))
-                self.low = self._bound(rule.low, "low")
-                self.high = self._bound(rule.high, "high")
+                lo, hi = zbox_bounds(node, rule, self.in_shape)
+                self.low, self.high = (_f32(v).reshape(self.C, self.H, self.W) for v in (lo, hi))
                 cl, ch = self._cols_of(self.low), self._cols_of(self.high)
                 self.const = _f32((Wp @ cl + Wn @ ch).reshape(O, self.P))
                 self.bshift = _f32(-b)
@@ -471,16 +458,6 @@ class _LinearOp:
             self.low = self.high = np.zeros((1, 1, 1), _F32)
         rows = max(self.Wf.shape[1], self.Wf.shape[2], self.WbT.shape[1], self.WbT.shape[2])
         self.chunk = max(1, _CHUNK_FLOATS // (G * rows * self.P))
-
-    def _bound(self, v, what):
-        try:
-            arr = np.broadcast_to(np.asarray(v, dtype=np.float64), self.in_shape)
-        except ValueError:
-            raise BackendError(
-                f"{self.node.describe()}: ZBox {what} bound of shape {np.shape(v)} does not broadcast "
-                f"to the input shape {self.in_shape}"
-            ) from None
-        return np.array(arr, dtype=_F32, order="C").reshape(self.C, self.H, self.W)
 
     def _cols_of(self, sample):
         """im2col of one model-constant sample (C, H, W), as float64 (G, Kc, P)."""
@@ -531,19 +508,11 @@ class _MaxPoolOp:
     """Max pooling; relevance to each window's first arg-max (PyTorch's gradient)."""
 
     def __init__(self, graph, node, rule):
-        if rule.kind != "winner":
-            raise BackendError(f"{node.describe()}: max pooling takes the winner-takes-all rule, got '{rule.kind}'")
-        a = node.attrs
-        self.d = int(a["dims"])
+        self.d = int(node.attrs["dims"])
         self.in_shape = tuple(graph[node.inputs[0]].shape)
         self.out_shape = tuple(node.shape)
-        dil = a.get("dilation", (1,) * self.d)
-        if self.d == 1:
-            self.win = (1, a["kernel"][0], 1, a["stride"][0], 0, a["padding"][0][0], 1, dil[0])
-        else:
-            self.win = (a["kernel"][0], a["kernel"][1], a["stride"][0], a["stride"][1],
-                        a["padding"][0][0], a["padding"][1][0], dil[0], dil[1])
-        self.win = tuple(int(v) for v in self.win)
+        g = pool2d_geometry(graph, node)
+        self.win = tuple(int(v) for v in (*g.kernel, *g.stride, *g.pad, *g.dilation))
 
     def forward(self, inputs):
         x4 = _as4d(_f32(inputs[0]), self.d)
@@ -562,24 +531,13 @@ class _MaxPoolOp:
         return [out.reshape((N,) + self.in_shape)]
 
 
-def _avg_axis(length, kernel, stride, pad, out_len, count_include_pad):
-    """Per output position: clipped window [start, end) and 1 / its divisor."""
-    s = np.empty(out_len, np.int64)
-    e = np.empty(out_len, np.int64)
-    w = np.empty(out_len)
-    for o in range(out_len):
-        start = o * stride - pad[0]
-        end = min(start + kernel, length + pad[1])
-        s[o], e[o] = max(start, 0), min(end, length)
-        w[o] = 1.0 / ((end - start) if count_include_pad else (e[o] - s[o]))
-    return s, e, w
-
-
-def _adaptive_axis(length, out_len):
-    o = np.arange(out_len)
-    s = (o * length) // out_len
-    e = -(-((o + 1) * length) // out_len)
-    return s.astype(np.int64), e.astype(np.int64), 1.0 / (e - s)
+def _bands(matrix: np.ndarray) -> tuple:
+    """One axis of an average pool (:func:`~fastlrp.ops.pool.avgpool_matrices`) as
+    per-output windows ``[start, end)`` and their weight."""
+    nz = matrix != 0
+    s = nz.argmax(axis=1).astype(np.int64)
+    e = (matrix.shape[1] - nz[:, ::-1].argmax(axis=1)).astype(np.int64)
+    return s, e, matrix[np.arange(matrix.shape[0]), s].astype(np.float64)
 
 
 class _AvgPoolOp:
@@ -587,23 +545,11 @@ class _AvgPoolOp:
     average; Norm or Flat rule per channel."""
 
     def __init__(self, graph, node, rule):
-        if rule.kind not in ("norm", "flat", "pass"):
-            raise BackendError(f"{node.describe()}: average pooling takes Norm or Flat, got '{rule.kind}'")
         self.node, self.rule = node, rule
-        a = node.attrs
-        self.d = int(a["dims"])
+        self.d = int(node.attrs["dims"])
         self.in_shape = tuple(graph[node.inputs[0]].shape)
         self.out_shape = tuple(node.shape)
-        axes = []
-        for i in range(self.d):
-            L, OL = self.in_shape[1 + i], self.out_shape[1 + i]
-            if node.op == "adaptive_avgpool":
-                axes.append(_adaptive_axis(L, OL))
-            else:
-                axes.append(_avg_axis(L, a["kernel"][i], a["stride"][i], a["padding"][i], OL, a["count_include_pad"]))
-        if node.op == "avgpool" and a.get("divisor_override"):
-            # the divisor replaces both axes' window sizes
-            axes = [(s, e, np.full(len(s), 1.0 / a["divisor_override"] if i == 0 else 1.0)) for i, (s, e, _) in enumerate(axes)]
+        axes = [_bands(m) for m in avgpool_matrices(self.in_shape, node)]
         if self.d == 1:
             axes.insert(0, (np.zeros(1, np.int64), np.ones(1, np.int64), np.ones(1)))
         (self.hs, self.he, self.wh), (self.ws, self.we, self.ww) = axes
@@ -631,143 +577,6 @@ class _AvgPoolOp:
         return [out.reshape((x4.shape[0],) + self.in_shape)]
 
 
-def _softmax(x):
-    flat = x.reshape(x.shape[0], -1)
-    e = np.exp(flat - flat.max(axis=1, keepdims=True))
-    return (e / e.sum(axis=1, keepdims=True)).reshape(x.shape)
-
-
-def _log_softmax(x):
-    # shifted form: finite where float32 softmax would underflow to 0
-    flat = x.reshape(x.shape[0], -1)
-    s = flat - flat.max(axis=1, keepdims=True)
-    return (s - np.log(np.exp(s).sum(axis=1, keepdims=True))).reshape(x.shape)
-
-
-def _gelu_np(x):
-    out = np.empty(x.size, _F32)
-    _gelu(np.ascontiguousarray(x).reshape(-1), out)
-    return out.reshape(x.shape)
-
-
-_ACT = {
-    "relu": lambda x, a: np.maximum(x, _F32(0)),
-    "leaky_relu": lambda x, a: np.where(x >= 0, x, x * _F32(a.get("negative_slope", 0.01))),
-    "elu": lambda x, a: np.where(x > 0, x, _F32(a.get("alpha", 1.0)) * np.expm1(np.minimum(x, _F32(0)))),
-    "tanh": lambda x, a: np.tanh(x),
-    "sigmoid": lambda x, a: _F32(0.5) * (_F32(1) + np.tanh(_F32(0.5) * x)),
-    "gelu": lambda x, a: _gelu_np(x),
-    "silu": lambda x, a: x * (_F32(0.5) * (_F32(1) + np.tanh(_F32(0.5) * x))),
-    "softplus": lambda x, a: np.logaddexp(_F32(0), x),
-    "identity": lambda x, a: x,
-    "softmax": lambda x, a: _softmax(x),
-    "log_softmax": lambda x, a: _log_softmax(x),
-}
-
-
-class _ElementwiseOp:
-    """Activations and unfolded BatchNorm in float32 NumPy; relevance passes through."""
-
-    def __init__(self, graph, node, rule):
-        self.node = node
-        if node.op == "batchnorm":
-            extra = (1,) * (len(node.shape) - 1)
-            s = _f32(node.params["scale"]).reshape((-1,) + extra)
-            t = _f32(node.params["shift"]).reshape((-1,) + extra)
-            self.f = lambda x: x * s + t
-        else:
-            fn, a = _ACT[node.attrs["kind"]], node.attrs
-            self.f = lambda x: fn(x, a)
-
-    def forward(self, inputs):
-        return _f32(self.f(_f32(inputs[0]))), None
-
-    def relevance(self, ctx, R):
-        return [R]
-
-
-class _ReshapeOp:
-    def __init__(self, graph, node, rule):
-        self.node = node
-        self.in_shape = tuple(graph[node.inputs[0]].shape)
-        if node.op == "permute":
-            perm = tuple(int(p) for p in node.attrs["perm"])
-            self.fwd_axes = (0,) + tuple(p + 1 for p in perm)
-            self.bwd_axes = (0,) + tuple(int(p) + 1 for p in np.argsort(perm))
-
-    def forward(self, inputs):
-        x = inputs[0]
-        if self.node.op == "permute":
-            return _f32(x.transpose(self.fwd_axes)), None
-        return x.reshape((x.shape[0],) + tuple(self.node.shape)), None
-
-    def relevance(self, ctx, R):
-        if self.node.op == "permute":
-            return [_f32(R.transpose(self.bwd_axes))]
-        return [R.reshape((R.shape[0],) + self.in_shape)]
-
-
-class _AddOp:
-    """Residual add; Norm: each summand gets its share of the sum."""
-
-    def __init__(self, graph, node, rule):
-        self.node, self.rule = node, rule
-
-    def forward(self, inputs):
-        xs = [_f32(x) for x in inputs]
-        out = xs[0].copy()
-        for x in xs[1:]:
-            out += x
-        return out, (xs, out)
-
-    def relevance(self, ctx, R):
-        xs, z = ctx
-        if self.rule.kind == "pass":
-            return [R / _F32(len(xs)) for _ in xs]
-        eps = _F32(self.rule.stabilizer)
-        g = R / (z + np.where(z >= 0, eps, -eps))
-        return [x * g for x in xs]
-
-
-class _ConcatOp:
-    def __init__(self, graph, node, rule):
-        self.axis = int(node.attrs["axis"]) + 1
-        self.splits = np.cumsum([graph[i].shape[node.attrs["axis"]] for i in node.inputs])[:-1]
-
-    def forward(self, inputs):
-        return np.concatenate([_f32(x) for x in inputs], axis=self.axis), None
-
-    def relevance(self, ctx, R):
-        return np.split(R, self.splits, axis=self.axis)
-
-
-class _InputOp:
-    def __init__(self, graph, node, rule):
-        pass
-
-    def forward(self, inputs):
-        return _f32(inputs[0]), None
-
-    def relevance(self, ctx, R):
-        return []
-
-
-_OPS = {
-    "input": _InputOp,
-    "dense": _LinearOp,
-    "conv": _LinearOp,
-    "maxpool": _MaxPoolOp,
-    "avgpool": _AvgPoolOp,
-    "adaptive_avgpool": _AvgPoolOp,
-    "reshape": _ReshapeOp,
-    "permute": _ReshapeOp,
-    "add": _AddOp,
-    "concat": _ConcatOp,
-    "activation": _ElementwiseOp,
-    "batchnorm": _ElementwiseOp,
-}
-
-
 class NumbaBackend:
     """Float32 Numba kernels for every node and rule of the reference backend.
 
@@ -790,12 +599,38 @@ class NumbaBackend:
             numba.set_num_threads(int(num_threads))
 
     def prepare(self, graph: Graph, node: Node, rule):
-        if node.op == "maxpool" and rule.kind == "norm":  # the opt-in proportional variant
-            from .reference import ReferenceBackend
+        return dispatch_prepare(self, graph, node, rule)
 
-            return Float32Op(ReferenceBackend().prepare(graph, node, rule))
-        try:
-            cls = _OPS[node.op]
-        except KeyError:
-            raise BackendError(f"{node.describe()}: op '{node.op}' is not supported by the numba backend") from None
-        return cls(graph, node, rule)
+
+@register_kernel("numba", "dense", "conv")
+def _linear_kernel(be, graph, node, rule):
+    return _LinearOp(graph, node, rule)
+
+
+@register_kernel("numba", "maxpool", rules=("winner",))
+def _maxpool_kernel(be, graph, node, rule):
+    return _MaxPoolOp(graph, node, rule)
+
+
+@register_kernel("numba", "avgpool", "adaptive_avgpool")
+def _avgpool_kernel(be, graph, node, rule):
+    return _AvgPoolOp(graph, node, rule)
+
+
+class _GeluOp:
+    """GELU (erf form) as a Numba kernel: NumPy has no erf, and the fallback's
+    per-element ``math.erf`` is slow where SciPy is not installed."""
+
+    def forward(self, inputs):
+        x = _f32(inputs[0])
+        out = np.empty(x.size, _F32)
+        _gelu(x.reshape(-1), out)
+        return out.reshape(x.shape), None
+
+    def relevance(self, ctx, R):
+        return [R]
+
+
+@register_kernel("numba", "activation")
+def _activation_kernel(be, graph, node, rule):
+    return _GeluOp() if node.attrs["kind"] == "gelu" else None  # the rest: the fallback

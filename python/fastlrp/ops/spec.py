@@ -1,0 +1,120 @@
+"""The op registry: what a layer type is, declared once.
+
+An :class:`OpSpec` describes one ``Node.op`` of the IR: how many inputs it
+takes, how its attributes are checked and its output shape inferred, which LRP
+rules it accepts and which one it gets when a composite does not say, which
+layer-type keys a composite can map it by, whether its output is non-negative
+when its inputs are, and its float64 reference implementation (forward and
+relevance). Backends find their kernels for an op by its name
+(:mod:`fastlrp.backends.dispatch`); everything else about the op lives in the
+op family's module under :mod:`fastlrp.ops`.
+
+The reference implementations are written with NumPy so that they keep the
+dtype of their inputs: the float64 reference backend runs them on float64
+arrays, and the one fallback of the float32 backends runs the same code on
+float32 arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import GraphError
+
+__all__ = ["OpSpec", "RefOp", "register_op", "spec", "names", "stabilize", "need_inputs"]
+
+
+class RefOp(Protocol):
+    """A prepared node: the contract between the engine and every backend."""
+
+    def forward(self, inputs: list) -> tuple[np.ndarray, Any]: ...
+
+    def relevance(self, ctx: Any, R: np.ndarray) -> list: ...
+
+
+class OpSpec:
+    """One op of the IR. Subclasses set the class attributes and override the
+    methods that differ from these defaults.
+
+    Attributes
+    ----------
+    name : str
+        The ``Node.op`` string.
+    rules : tuple of str
+        The rule kinds (``Rule.kind``) a composite may give this op.
+    parametric : bool
+        The op has weights that parametric rules (Epsilon, ZPlus, ...) act on;
+        such a node must be mapped explicitly by a composite.
+    doc : str
+        One line for listings (``fastlrp info``, docs).
+    """
+
+    name: str = ""
+    rules: tuple = ("pass",)
+    parametric: bool = False
+    doc: str = ""
+
+    # -- structure -------------------------------------------------------------------
+    def infer(self, node, in_shapes: list) -> tuple:
+        """Check ``node``'s inputs and attributes; return its per-sample output shape.
+        Raise :class:`~fastlrp.errors.GraphError` naming the node on bad input."""
+        raise NotImplementedError
+
+    def type_keys(self, node) -> tuple:
+        """The layer-type keys a composite can map this node by, most specific first."""
+        return (self.name,)
+
+    def default_rule(self, node, stabilizer: float):
+        """The rule a node gets when no composite entry maps it (None: it must be mapped)."""
+        from ..rules import Pass
+
+        return Pass()
+
+    def nonnegative(self, node, inputs_nonneg: list) -> bool:
+        """Whether the output is >= 0 by construction, given whether each input is."""
+        return False
+
+    # -- the float64 reference -------------------------------------------------------------
+    def reference(self, graph, node, rule) -> RefOp:
+        """A prepared node computing the forward pass and the relevance of ``rule``
+        with NumPy in the dtype of its inputs (the oracle of every backend)."""
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, OpSpec] = {}
+
+
+def register_op(op_spec: OpSpec) -> OpSpec:
+    """Add an op to the registry (its ``name`` must be new)."""
+    if not op_spec.name:
+        raise ValueError("an OpSpec needs a name")
+    if op_spec.name in _REGISTRY:
+        raise ValueError(f"op '{op_spec.name}' is already registered")
+    _REGISTRY[op_spec.name] = op_spec
+    return op_spec
+
+
+def spec(name: str) -> OpSpec:
+    """The :class:`OpSpec` of op ``name``; GraphError for an unknown op."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise GraphError(f"unknown op '{name}' (known: {', '.join(_REGISTRY)})") from None
+
+
+def names() -> tuple:
+    """Every registered op name, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def need_inputs(node, in_shapes: list, k: int) -> None:
+    if len(in_shapes) != k:
+        raise GraphError(f"{node.describe()}: expects {k} input(s), got {len(in_shapes)}")
+
+
+def stabilize(z: np.ndarray, eps: float) -> np.ndarray:
+    """``z + eps * sign(z)`` with ``sign(0) = +1`` (zennit's stabilizer), in z's dtype."""
+    z = np.asarray(z)
+    return z + np.where(z >= 0, eps, -eps).astype(z.dtype, copy=False)
