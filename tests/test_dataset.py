@@ -39,13 +39,13 @@ def small_graph(seed=0, classes=5):
 
 
 class CountingExplainer(fastlrp.Explainer):
-    """Counts the samples that go through the forward pass."""
+    """Counts the samples given to the engine to explain."""
 
     rows = 0
 
-    def _forward(self, x):
+    def explain_batch(self, x, *args, **kwargs):
         self.rows += x.shape[0]
-        return super()._forward(x)
+        return super().explain_batch(x, *args, **kwargs)
 
 
 def make(composite="epsilon_plus_flat", seed=0):
@@ -272,6 +272,21 @@ def test_nonfinite(tmp_path):
     np.testing.assert_allclose(R[good], ex.explain(x[good]), atol=1e-12)
     with pytest.raises(InputError, match=r"\[4\]"):
         explain_dataset(ex, x, tmp_path / "r.zarr", batch_size=8, nonfinite="raise", quiet=True)
+
+
+def test_seed_target_with_skipped_samples(tmp_path):
+    ex, x = make(), data(20)
+    x[3, 0, 0, 0] = np.nan
+    x[13, 0, 1, 0] = np.inf
+    seed = np.random.default_rng(7).normal(size=(20, 5))
+    # 4 chunks explained together: every chunk's skipped samples are reported
+    with pytest.warns(NonFiniteSamplesWarning, match=r"\[3, 13\]"):
+        res = explain_dataset(ex, x, tmp_path / "s.zarr", target=seed, batch_size=16, chunk_size=4, quiet=True)
+    np.testing.assert_array_equal(res.nonfinite, [3, 13])
+    st = load_store(tmp_path / "s.zarr")
+    good = np.delete(np.arange(20), [3, 13])
+    np.testing.assert_allclose(st["relevance"][:][good], ex.explain(x[good], target=seed[good]), atol=1e-12)
+    assert np.isnan(st["relevance"][:][[3, 13]]).all() and (st["target"][:] == -1).all()
 
 
 def test_bad_inputs(tmp_path):

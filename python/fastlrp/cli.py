@@ -1,15 +1,18 @@
-"""Command-line subcommands ``explain``, ``heatmap``, ``demo`` and ``bench``.
+"""The command line: ``fastlrp COMMAND`` (also ``python -m fastlrp`` and ``python -m fastlrp.cli``).
 
-``add_commands(subparsers)`` adds them to an argparse sub-parser object; each
-sets ``handler`` (a function of the parsed arguments returning an exit code),
-the convention of :mod:`fastlrp.__main__`. ``python -m fastlrp.cli COMMAND``
-also works on its own.
+Commands are argparse subcommands registered in :data:`COMMANDS` (``info``,
+``explain``, ``heatmap``, ``demo``, ``bench``): each adds its arguments and sets
+``handler``, a function of the parsed arguments returning the exit code.
+:func:`add_commands` adds them to any argparse sub-parser object;
+:func:`build_parser` and :func:`main` are the ``fastlrp`` program.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+import platform
 import subprocess
 import sys
 import warnings
@@ -17,7 +20,77 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["add_commands", "load_model", "main", "run_demo"]
+from .targets import InputError
+
+__all__ = ["COMMANDS", "add_commands", "build_parser", "load_model", "main", "run_demo"]
+
+
+# ------------------------------------------------------------------------------------------
+# info
+
+
+def _version() -> str:
+    try:
+        import fastlrp
+
+        return fastlrp.__version__
+    except Exception:
+        pass
+    try:
+        from importlib.metadata import version
+
+        return version("fastlrp")
+    except Exception:
+        return "unknown"
+
+
+def _backend_lines() -> list[str]:
+    from . import _ext
+
+    lines = ["  reference : usable (float64 NumPy)"]
+    if _ext.core is not None:
+        info = _ext.core.build_info()
+        feats = ", ".join(k for k, v in info.get("cpu_features", {}).items() if v) or "none"
+        lines.append(
+            f"  cpu       : usable (fastlrp._core; {info['compiler']}; "
+            f"OpenMP {'yes' if info['openmp'] else 'no'}; threads {info['num_threads']}; "
+            f"SIMD paths {', '.join(info['simd_paths'])}; CPU features {feats})"
+        )
+    else:
+        lines.append(f"  cpu       : not available ({_ext.core_error})")
+    try:
+        numba = importlib.import_module("numba")
+        lines.append(f"  numba     : numba {numba.__version__} importable")
+    except Exception as e:
+        lines.append(f"  numba     : not importable ({type(e).__name__}: {e})")
+    if _ext.cuda is None:
+        lines.append(f"  cuda      : not built ({_ext.cuda_error})")
+    elif _ext.cuda_available():
+        lines.append(
+            f"  cuda      : usable (fastlrp._cuda, CUDA runtime {_ext.cuda.runtime_version()}, "
+            f"{_ext.cuda.device_count()} device(s))"
+        )
+    else:
+        lines.append(
+            f"  cuda      : built (CUDA runtime {_ext.cuda.runtime_version()}), no usable GPU "
+            f"({_ext.cuda_unavailable_reason()})"
+        )
+    try:
+        importlib.import_module("fastlrp._cuda_emu")
+        lines.append("  cuda-emu  : usable (the CUDA kernels on a CPU SIMT emulator; for tests, slow)")
+    except ImportError as e:
+        lines.append(f"  cuda-emu  : not built ({e})")
+    return lines
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    print(f"fastlrp {_version()}")
+    print(f"python  {platform.python_version()} ({sys.executable})")
+    print(f"numpy   {np.__version__}")
+    print("backends:")
+    for line in _backend_lines():
+        print(line)
+    return 0
 
 
 # ------------------------------------------------------------------------------------------
@@ -107,27 +180,23 @@ def _load_torch(path, example, keep_output_activation):
 
 
 def _parse_target(text: Optional[str], n: Optional[int]):
-    """CLI target: none/argmax, an int, 'all', 'label', a comma list (the same K outputs
-    for every sample) or a .npy file of per-sample targets."""
+    """``--target``: an int, a comma list (the same K outputs for every sample), a
+    .npy file of per-sample targets, or a word that :func:`fastlrp.targets.parse_target`
+    reads (none/argmax/pred, all, label)."""
     if text is None:
         return None
     t = text.strip()
-    low = t.lower()
-    if low in ("none", "argmax", "pred", "prediction"):
-        return None
-    if low in ("all", "label", "labels"):
-        return low
-    if low.endswith(".npy") and os.path.exists(t):
+    if t.lower().endswith(".npy") and os.path.exists(t):
         return np.load(t, allow_pickle=False)
     try:
-        if "," in t:
-            ks = [int(v) for v in t.split(",") if v.strip()]
-            if n is None:
-                raise SystemExit("a list of targets needs the number of samples (an array data file)")
-            return np.tile(np.asarray(ks, dtype=np.int64), (n, 1))
-        return int(t)
+        ks = [int(v) for v in t.split(",") if v.strip()]
     except ValueError:
-        raise SystemExit(f"cannot read --target {text!r}: use an int, a comma list, 'all', 'none' or a .npy file")
+        return t  # a word, or what parse_target reports as not understood
+    if "," not in t:
+        return ks[0] if ks else t
+    if n is None:
+        raise InputError("a list of targets needs the number of samples (an array data file)")
+    return np.tile(np.asarray(ks, dtype=np.int64), (n, 1))
 
 
 # ------------------------------------------------------------------------------------------
@@ -156,7 +225,7 @@ def _add_explain(p: argparse.ArgumentParser):
 
 
 def cmd_explain(args) -> int:
-    from .dataset import InputError, StoreMismatchError, explain_dataset, open_source
+    from .dataset import StoreMismatchError, explain_dataset, open_source
     from .explain import Explainer
 
     try:
@@ -357,8 +426,9 @@ def cmd_bench(args) -> int:
     return subprocess.call(cmd, cwd=root, env=env)
 
 
-#: name -> (help, add-arguments function, handler)
+#: name -> (help, add-arguments function or None, handler)
 COMMANDS = {
+    "info": ("version, build and backend availability", None, cmd_info),
     "explain": ("explain a whole data file with a saved model into a resumable relevance store", _add_explain,
                 cmd_explain),
     "heatmap": ("render relevance (a store or .npy) as a PNG grid of heatmaps", _add_heatmap, cmd_heatmap),
@@ -369,18 +439,29 @@ COMMANDS = {
 
 
 def add_commands(subparsers) -> None:
-    """Add ``explain``, ``heatmap``, ``demo`` and ``bench`` to an argparse sub-parser object."""
+    """Add the commands of :data:`COMMANDS` to an argparse sub-parser object."""
     for name, (help_, add_args, handler) in COMMANDS.items():
         p = subparsers.add_parser(name, help=help_, description=help_)
-        add_args(p)
+        if add_args is not None:
+            add_args(p)
         p.set_defaults(handler=handler)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The ``fastlrp`` command line (kept here so ``python -m fastlrp.cli`` works too)."""
-    from .__main__ import main as _main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastlrp", description="Fast Layer-wise Relevance Propagation")
+    parser.add_argument("--version", action="version", version=f"fastlrp {_version()}")
+    add_commands(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    return parser
 
-    return _main(argv)
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The ``fastlrp`` command line: run one command, return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help()
+        return 2
+    return int(args.handler(args) or 0)
 
 
 if __name__ == "__main__":

@@ -27,20 +27,17 @@ import numpy as np
 from .dataset import (
     DatasetResult,
     NonFiniteSamplesWarning,
-    _chunk_hash,
-    _default_chunk,
-    _explain_rows,
-    _open_existing,
-    _Progress,
-    _result,
-    _Targets,
-    _user_input_shape,
+    Progress,
     auto_batch_size,
+    chunk_hash,
+    default_chunk_size,
+    explain_chunk,
     open_store,
     run_meta,
 )
-from .explain import Explainer, InputError
+from .explain import Explainer
 from .graph import Graph
+from .targets import InputError, parse_target
 
 __all__ = ["explain_dask", "worker_explainer"]
 
@@ -69,19 +66,18 @@ def worker_explainer(model, model_key: str, composite, backend: str) -> Explaine
     return ex
 
 
-def _chunk_task(x, c, model, model_key, composite, backend, store_path, meta, target, batch_size, nonfinite):
-    """Explain chunk ``c`` and write it (data, then the done marker). Returns (c, n, bad indices)."""
+def _chunk_task(x, c, model, model_key, composite, backend, store_path, meta, targets, batch_size, nonfinite):
+    """Explain chunk ``c`` (``targets``: the specification for its rows) and write it
+    (data, then the done marker). Returns (c, n, bad indices)."""
     ex = worker_explainer(model, model_key, composite, backend)
     x = np.asarray(x)
-    C = int(meta["chunk_size"])
-    targets = _Targets.__new__(_Targets)
-    targets.__dict__.update(target)
-    R, O, T, V, bad = _explain_rows(ex, x, targets, c * C, None, nonfinite, batch_size)
+    res = explain_chunk(ex, x, targets, start=c * int(meta["chunk_size"]), nonfinite=nonfinite,
+                        batch_size=batch_size)
     dt = np.dtype(meta["dtype"])
-    store = _open_existing("zarr", store_path, meta)
-    store.write(c, R.astype(dt, copy=False), O.astype(dt, copy=False), T, V)
-    store.mark_done(c, _chunk_hash(x))
-    return c, int(x.shape[0]), bad.tolist()
+    store = open_store(store_path, meta)
+    store.write(c, res.relevance.astype(dt, copy=False), res.output.astype(dt, copy=False), res.target, res.valid)
+    store.mark_done(c, chunk_hash(x))
+    return c, int(x.shape[0]), res.nonfinite.tolist()
 
 
 def _as_dask_array(source, key, chunk):
@@ -170,17 +166,16 @@ def explain_dask(
 
     # shape checks before anything is written
     x = _as_dask_array(source, key, "auto")
-    want = _user_input_shape(local)
+    want = local.sample_shape
     if tuple(x.shape[1:]) != want:
         raise InputError(f"the data's samples have shape {tuple(x.shape[1:])} but the model expects {want}")
     n = int(x.shape[0])
-    out_shape = tuple(graph.output_shape)
-    if isinstance(target, str) and target.lower() in ("label", "labels", "y"):
+    targets = parse_target(target, graph.output_shape, n)
+    if targets.kind == "label":
         raise InputError("target='label' is not available with explain_dask: pass the labels as an int array")
-    targets = _Targets(target, int(np.prod(out_shape)), out_shape, n)
     if batch_size is None:
         batch_size = auto_batch_size(local, targets.k, memory_budget)
-    C = int(chunk_size) if chunk_size else _default_chunk(local, targets, int(batch_size))
+    C = int(chunk_size) if chunk_size else default_chunk_size(local, targets.k, int(batch_size))
     dt = np.dtype(dtype) if dtype is not None else np.dtype(local.dtype)
     meta = run_meta(local, targets, n, C, dt)
     store = open_store(out, meta, overwrite=overwrite)
@@ -205,18 +200,11 @@ def explain_dask(
         [model_arg] = client.scatter([graph], broadcast=True, hash=False)
 
     blocks = x.to_delayed().ravel()
-    tdict = {k: v for k, v in targets.__dict__.items() if k != "array"}
-    tasks = []
-    for c in todo:
-        tc = dict(tdict)
-        if targets.array is not None:  # only this chunk's rows travel with the task
-            tc["array"], tc["offset"] = np.asarray(targets.array[c * C:(c + 1) * C]), c * C
-        else:
-            tc["array"] = None
-        tasks.append(dask.delayed(_chunk_task, pure=False)(
-            blocks[c], c, model_arg, model_key, comp_spec, backend, out, meta, tc, int(batch_size), nonfinite))
+    tasks = [dask.delayed(_chunk_task, pure=False)(  # only its chunk's target rows travel with a task
+        blocks[c], c, model_arg, model_key, comp_spec, backend, out, meta, targets.select(slice(c * C, (c + 1) * C)),
+        int(batch_size), nonfinite) for c in todo]
 
-    prog = _Progress(n, n - sum(min(C, n - c * C) for c in todo), quiet, "explain (dask)")
+    prog = Progress(n, n - sum(min(C, n - c * C) for c in todo), quiet, "explain (dask)")
     bad_all, computed = [], 0
     try:
         if client is not None and tasks:
@@ -239,10 +227,10 @@ def explain_dask(
                 prog.update(k)
     finally:
         prog.close()
-    store = _open_existing("zarr", out, meta)
+    store = open_store(out, meta)
     all_done = bool(np.count_nonzero(store.done_flags()[:n_chunks]) == n_chunks)
     store.set_meta(complete=all_done, n_samples=n)
-    res = _result(store, n, computed, len(todo), reused, time.perf_counter() - t0)
+    res = DatasetResult.from_store(store, n, computed, len(todo), reused, time.perf_counter() - t0)
     if bad_all:
         bad_all.sort()
         warnings.warn(f"{len(bad_all)} sample(s) with NaN or Inf values were skipped (relevance NaN, valid=0): "

@@ -49,16 +49,24 @@ from typing import Optional
 
 import numpy as np
 
-from .explain import Explainer, InputError
+from .targets import InputError, TargetSpec, as_numpy, parse_target
 
 __all__ = [
+    "ChunkResult",
     "DatasetResult",
+    "InputError",
     "NonFiniteSamplesWarning",
+    "Progress",
     "StoreMismatchError",
     "auto_batch_size",
+    "chunk_hash",
+    "default_chunk_size",
+    "explain_chunk",
     "explain_dataset",
+    "load_store",
     "open_source",
     "open_store",
+    "run_meta",
 ]
 
 STORE_FORMAT = "fastlrp.relevance"
@@ -77,14 +85,6 @@ class NonFiniteSamplesWarning(RuntimeWarning):
 
 # ------------------------------------------------------------------------------------------
 # small helpers
-
-
-def _to_numpy(x) -> np.ndarray:
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch tensor
-        return x.detach().cpu().numpy()
-    if hasattr(x, "compute") and not isinstance(x, np.ndarray):  # dask array
-        x = x.compute()
-    return np.asarray(x)
 
 
 def parse_bytes(value) -> int:
@@ -114,14 +114,7 @@ def _physical_memory() -> Optional[int]:
         return None
 
 
-def _user_input_shape(explainer: Explainer) -> tuple:
-    shape = tuple(explainer.graph.input_shape)
-    if getattr(explainer, "_channels_last", False):
-        shape = shape[1:] + shape[:1]
-    return shape
-
-
-def auto_batch_size(explainer: Explainer, n_targets: int = 1, memory_budget=None, maximum: int = 1024) -> int:
+def auto_batch_size(explainer, n_targets: int = 1, memory_budget=None, maximum: int = 1024) -> int:
     """A batch size whose working memory fits ``memory_budget`` (bytes or ``"2GB"``).
 
     The default budget is a quarter of the physical memory, at most 2 GiB. The
@@ -134,8 +127,7 @@ def auto_batch_size(explainer: Explainer, n_targets: int = 1, memory_budget=None
         phys = _physical_memory()
         budget = min(2 * 2**30, phys // 4) if phys else 2**30
     item = np.dtype(explainer.dtype).itemsize
-    nodes = getattr(explainer, "_nodes", explainer.graph.nodes)
-    acts = sum(int(np.prod(n.shape)) for n in nodes)
+    acts = sum(int(np.prod(n.shape)) for n in explainer.nodes)
     n_in = int(np.prod(explainer.graph.input_shape))
     per_sample = item * (3 * acts + n_in * (2 + n_targets)) + 8 * int(np.prod(explainer.graph.output_shape))
     bs = int(budget // max(per_sample, 1))
@@ -145,7 +137,7 @@ def auto_batch_size(explainer: Explainer, n_targets: int = 1, memory_budget=None
     return bs
 
 
-def _chunk_hash(x: np.ndarray) -> np.uint64:
+def chunk_hash(x: np.ndarray) -> np.uint64:
     """A nonzero 64-bit hash of a chunk's input values (independent of the source dtype)."""
     a = np.ascontiguousarray(x, dtype=np.float64)
     h = hashlib.blake2b(a.tobytes(), digest_size=8)
@@ -153,13 +145,7 @@ def _chunk_hash(x: np.ndarray) -> np.uint64:
     return np.uint64(int.from_bytes(h.digest(), "little") | 1)
 
 
-def _array_digest(a: np.ndarray) -> str:
-    a = np.ascontiguousarray(a)
-    h = hashlib.sha256(a.tobytes())
-    return f"{h.hexdigest()[:16]}:{'x'.join(map(str, a.shape))}:{a.dtype.str}"
-
-
-def composite_id(explainer: Explainer) -> str:
+def composite_id(explainer) -> str:
     """A hash of the rule every node gets (parameters and array parameters included)."""
     h = hashlib.sha256()
     for name in sorted(explainer.rules):
@@ -176,166 +162,61 @@ def composite_id(explainer: Explainer) -> str:
 
 
 # ------------------------------------------------------------------------------------------
-# targets
+# explaining rows
 
 
-class _Targets:
-    """The dataset-level target specification, sliced per chunk.
+@dataclass
+class ChunkResult:
+    """What :func:`explain_chunk` computed for n samples, laid out as a store holds it.
 
-    ``None`` (each sample's arg-max), an ``int``, ``"all"``, ``"label"`` (the ``y``
-    of an iterable yielding ``(x, y)``), an int array ``(N,)`` or ``(N, K)``, or a
-    float array ``(N, *output_shape)`` of seed relevance.
+    ``relevance`` (n, K, *sample_shape), ``output`` (n, *output_shape), ``target``
+    (n, K) int64 (-1: given seed relevance, or skipped), ``valid`` (n,) uint8,
+    ``nonfinite``: the dataset indices of the samples skipped for NaN/Inf.
     """
 
-    def __init__(self, target, n_outputs: int, output_shape: tuple, n_samples: Optional[int]):
-        self.kind = None
-        self.array = None
-        self.offset = 0  # the row of the whole dataset that array[0] holds
-        self.k = 1
-        self.multi = False
-        if target is None:
-            self.kind, self.spec = "argmax", "argmax"
-        elif isinstance(target, str):
-            t = target.lower()
-            if t == "all":
-                self.kind, self.spec, self.k, self.multi = "all", "all", n_outputs, True
-            elif t in ("label", "labels", "y"):
-                self.kind, self.spec = "label", "label"
-            elif t in ("argmax", "pred", "prediction", "none"):
-                self.kind, self.spec = "argmax", "argmax"
-            else:
-                raise InputError(f"target '{target}' is not understood (None, an int, 'all', 'label' or an array)")
-        elif isinstance(target, (int, np.integer)):
-            if not 0 <= int(target) < n_outputs:
-                raise InputError(f"target {int(target)} is out of range: the model has {n_outputs} output(s)")
-            self.kind, self.spec, self.index = "int", f"class:{int(target)}", int(target)
-        else:
-            a = _to_numpy(target)
-            if np.issubdtype(a.dtype, np.floating):
-                if a.shape[1:] != tuple(output_shape):
-                    raise InputError(f"a float target is seed relevance of shape (N, {', '.join(map(str, output_shape))}), "
-                                     f"got {a.shape}")
-                if not np.isfinite(a).all():
-                    raise InputError("the seed relevance (float target) has NaN or Inf values")
-                self.kind = "seed"
-            elif np.issubdtype(a.dtype, np.integer) and a.ndim in (1, 2):
-                if a.size and (a.min() < 0 or a.max() >= n_outputs):
-                    raise InputError(f"target index out of range: the model has {n_outputs} output(s), "
-                                     f"got {a.min()}..{a.max()}")
-                self.kind = "array"
-                if a.ndim == 2:
-                    self.k, self.multi = a.shape[1], True
-            else:
-                raise InputError(f"target array must hold ints (N,) / (N, K) or float seeds; got {a.dtype} {a.shape}")
-            if n_samples is not None and a.shape[0] != n_samples:
-                raise InputError(f"target array has {a.shape[0]} rows but the data has {n_samples} samples")
-            self.array = a
-            self.spec = f"{self.kind}:{_array_digest(a)}"
-
-    def resolve(self, out: np.ndarray, start: int, y=None) -> np.ndarray:
-        """Target indices (N, K) int64 for a batch starting at sample ``start``
-        (or, for seeds, the seed array (N, *out))."""
-        n = out.shape[0]
-        flat = out.reshape(n, -1)
-        if self.kind == "argmax":
-            return np.argmax(flat, axis=1)[:, None]
-        if self.kind == "int":
-            return np.full((n, 1), self.index, dtype=np.int64)
-        if self.kind == "all":
-            return np.broadcast_to(np.arange(flat.shape[1]), (n, flat.shape[1]))
-        if self.kind == "label":
-            if y is None:
-                raise InputError("target='label' needs a source yielding (x, y) batches")
-            t = _to_numpy(y).astype(np.int64, copy=False)
-            t = t.reshape(n, -1) if t.size else t.reshape(n, 0)
-            if t.shape[1] != self.k:
-                raise InputError(f"labels must have {self.k} column(s) per sample throughout, got shape {t.shape}")
-            if t.size and (t.min() < 0 or t.max() >= flat.shape[1]):
-                raise InputError(f"label out of range: the model has {flat.shape[1]} output(s), got {t.min()}..{t.max()}")
-            return t
-        a = self.array[start - self.offset:start - self.offset + n]
-        if self.kind == "seed":
-            return np.asarray(a)
-        return np.asarray(a, dtype=np.int64).reshape(n, -1)
+    relevance: np.ndarray
+    output: np.ndarray
+    target: np.ndarray
+    valid: np.ndarray
+    nonfinite: np.ndarray
 
 
-# ------------------------------------------------------------------------------------------
-# one batch
-
-
-def _explain_batch(explainer: Explainer, x: np.ndarray, targets: _Targets, start: int, y, nonfinite: str):
-    """Explain one batch. Returns (relevance (n, K, *in), output, target (n, K), valid, bad indices)."""
+def explain_chunk(explainer, x, targets: TargetSpec, *, y=None, start: int = 0, nonfinite: str = "skip",
+                  batch_size: Optional[int] = None) -> ChunkResult:
+    """Explain the samples ``x`` (those from ``start`` on of a dataset) in batches
+    of at most ``batch_size`` with :meth:`Explainer.explain_batch
+    <fastlrp.Explainer.explain_batch>`. ``targets`` is the specification for
+    these rows (:meth:`TargetSpec.select <fastlrp.targets.TargetSpec.select>` of
+    the dataset's); ``y`` their labels for ``target='label'``. ``nonfinite``: skip
+    samples with NaN/Inf input or output, or raise :class:`InputError` naming them."""
     n = x.shape[0]
-    in_shape = _user_input_shape(explainer)
-    out_shape = tuple(explainer.graph.output_shape)
-    dt = explainer.dtype
-    K = targets.k
-    R = np.full((n, K) + in_shape, np.nan, dtype=dt)
-    O = np.full((n,) + out_shape, np.nan, dtype=dt)
-    T = np.full((n, K), -1, dtype=np.int64)
-    valid = np.zeros(n, dtype=np.uint8)
-    if np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.complexfloating):
-        good = np.isfinite(x.reshape(n, -1)).all(axis=1)
-    else:
-        good = np.ones(n, dtype=bool)
-    if not good.all() and nonfinite == "raise":
-        bad = np.flatnonzero(~good) + start
-        raise InputError(f"samples with NaN or Inf values: {bad[:20].tolist()}{' ...' if len(bad) > 20 else ''} "
-                         "(pass nonfinite='skip' to skip them)")
-    gi = np.flatnonzero(good)
-    if gi.size:
-        xg = x[gi] if gi.size < n else x
-        yg = None if y is None else (_to_numpy(y)[gi] if gi.size < n else y)
-        xb, _ = explainer._prepare_input(xg)
-        out, ctxs = explainer._forward(xb)
-        out = explainer._host(out)
-        ok = np.isfinite(out.reshape(out.shape[0], -1)).all(axis=1)
-        if not ok.all() and nonfinite == "raise":
-            bad = gi[~ok] + start
-            raise InputError(f"the model's output is NaN or Inf for samples {bad[:20].tolist()} "
+    bs = n if batch_size is None else max(1, int(batch_size))
+    parts = [_explain_rows(explainer, x[a:a + bs], targets.select(slice(a, a + bs)),
+                           None if y is None else y[a:a + bs], start + a, nonfinite)
+             for a in range(0, n, bs)]
+    if len(parts) == 1:
+        return parts[0]
+    return ChunkResult(*(np.concatenate([getattr(p, f) for p in parts])
+                         for f in ("relevance", "output", "target", "valid", "nonfinite")))
+
+
+def _explain_rows(explainer, x, targets, y, start, nonfinite):
+    n = x.shape[0]
+    if nonfinite == "raise" and (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.complexfloating)):
+        bad = np.flatnonzero(~np.isfinite(x.reshape(n, -1)).all(axis=1)) + start
+        if bad.size:
+            raise InputError(f"samples with NaN or Inf values: {bad[:20].tolist()}{' ...' if len(bad) > 20 else ''} "
                              "(pass nonfinite='skip' to skip them)")
-        if targets.kind == "seed":
-            seed = np.ascontiguousarray(targets.resolve(out, start)[gi], dtype=dt).reshape(out.shape)
-            seeds, tg = [seed], np.full((gi.size, 1), -1, dtype=np.int64)
-        else:
-            if targets.kind in ("argmax", "int", "all"):
-                tg = targets.resolve(np.where(np.isfinite(out), out, -np.inf), start)
-            elif targets.kind == "label":
-                tg = targets.resolve(out, start, yg)
-            else:
-                tg = targets.resolve(np.empty((n,) + out.shape[1:]), start)[gi]
-            flat = out.reshape(out.shape[0], -1)
-            rows = np.arange(out.shape[0])
-            seeds = []
-            for k in range(tg.shape[1]):
-                s = np.zeros_like(flat)
-                s[rows, tg[:, k]] = flat[rows, tg[:, k]]
-                s[~ok] = 0
-                seeds.append(s.reshape(out.shape))
-        for k, seed in enumerate(seeds):
-            r = explainer._host(explainer._to_user_layout(explainer._backward(ctxs, seed)))
-            R[gi, k] = r
-        O[gi] = out
-        T[gi] = tg
-        valid[gi] = ok
-        if not ok.all():
-            R[gi[~ok]] = np.nan
-            O[gi[~ok]] = np.nan
-            T[gi[~ok]] = -1
-    bad = np.flatnonzero(valid == 0) + start
-    return R, O, T, valid, bad
-
-
-def _explain_rows(explainer, x, targets, start, y, nonfinite, batch_size):
-    """Explain ``x`` in batches of at most ``batch_size``; concatenated results."""
-    n = x.shape[0]
-    if n <= batch_size:
-        return _explain_batch(explainer, x, targets, start, y, nonfinite)
-    parts = []
-    for a in range(0, n, batch_size):
-        yb = None if y is None else y[a:a + batch_size]
-        parts.append(_explain_batch(explainer, x[a:a + batch_size], targets, start + a, yb, nonfinite))
-    return tuple(np.concatenate([p[i] for p in parts]) for i in range(5))
+    if targets.kind == "label":
+        targets = targets.with_labels(y)
+    res = explainer.explain_batch(x, targets, nonfinite="skip")
+    bad = np.flatnonzero(~res.valid) + start
+    if bad.size and nonfinite == "raise":
+        raise InputError(f"the model's output is NaN or Inf for samples {bad[:20].tolist()} "
+                         "(pass nonfinite='skip' to skip them)")
+    R = res.relevance if targets.multi else res.relevance[:, None]
+    T = np.full((n, targets.k), -1, dtype=np.int64) if res.targets is None else res.targets.reshape(n, -1)
+    return ChunkResult(R, res.output, T, res.valid.astype(np.uint8), bad)
 
 
 # ------------------------------------------------------------------------------------------
@@ -355,7 +236,7 @@ class _ArraySource:
         self.name = name
 
     def read(self, a: int, b: int) -> np.ndarray:
-        return _to_numpy(self.array[a:b])
+        return as_numpy(self.array[a:b])
 
     def close(self):
         if self.closer is not None:
@@ -384,14 +265,14 @@ class _IterSource:
         if isinstance(b, (tuple, list)):
             if len(b) == 0:
                 raise InputError("the data source yielded an empty batch tuple")
-            return _to_numpy(b[0]), (b[1] if len(b) > 1 else None)
+            return as_numpy(b[0]), (b[1] if len(b) > 1 else None)
         if isinstance(b, dict):
             keys = [k for k in ("x", "input", "inputs", "image", "images", "data") if k in b]
             if not keys:
                 raise InputError(f"cannot find the input in a batch dict with keys {list(b)} (use 'x')")
             y = next((b[k] for k in ("y", "label", "labels", "target", "targets") if k in b), None)
-            return _to_numpy(b[keys[0]]), y
-        return _to_numpy(b), None
+            return as_numpy(b[keys[0]]), y
+        return as_numpy(b), None
 
     def peek(self):
         """Read the first batch (kept for the iteration) to learn the sample shape."""
@@ -428,7 +309,7 @@ class _IterSource:
                 labelled = False
                 ys = []
             elif labelled:
-                y = _to_numpy(y)
+                y = as_numpy(y)
                 if y.shape[:1] != x.shape[:1]:
                     raise InputError(f"a batch has {x.shape[0]} samples but {y.shape[0] if y.ndim else 0} labels")
                 ys.append(y)
@@ -457,7 +338,7 @@ def open_source(source, key: Optional[str] = None, n_samples: Optional[int] = No
         if key is not None and hasattr(source, "keys"):
             source = source[key]
         if hasattr(source, "detach"):  # a torch tensor: slicing works but convert once
-            source = _to_numpy(source)
+            source = as_numpy(source)
         return _ArraySource(source)
     if hasattr(source, "keys") and hasattr(source, "__getitem__"):  # zarr group / h5py group / npz
         return _ArraySource(_pick_array(source, key, "the data"))
@@ -792,7 +673,9 @@ def load_store(path: str) -> dict:
 # progress
 
 
-class _Progress:
+class Progress:
+    """A progress bar on stderr (tqdm when installed, else a line every 2 s); nothing when ``quiet``."""
+
     def __init__(self, total, initial, quiet, desc):
         self.bar = None
         self.quiet = quiet
@@ -865,6 +748,20 @@ class DatasetResult:
     def samples_per_s(self) -> float:
         return self.computed / self.seconds if self.seconds > 0 else float("nan")
 
+    @classmethod
+    def from_store(cls, store, n, computed, computed_chunks, reused, seconds) -> "DatasetResult":
+        """The result of a run that computed ``computed`` samples (``computed_chunks``
+        chunks) of the ``n`` in ``store`` and found ``reused`` chunks done."""
+        valid = np.asarray(store.valid[:n]) if n else np.zeros(0, np.uint8)
+        C = store.chunk
+        done_rows = np.zeros(n or 0, dtype=bool)
+        for c in np.flatnonzero(store.done_flags()):
+            done_rows[c * C:(c + 1) * C] = True
+        bad = np.flatnonzero(done_rows & (valid == 0))
+        return cls(path=store.path, n_samples=int(n or 0), chunk_size=C, computed=computed,
+                   computed_chunks=computed_chunks, reused_chunks=reused, seconds=seconds, nonfinite=bad,
+                   meta=dict(store.meta))
+
     def load(self) -> dict:
         """The store's arrays (see :func:`load_store`)."""
         return load_store(self.path)
@@ -875,7 +772,9 @@ class DatasetResult:
                 f"{len(self.nonfinite)} skipped)")
 
 
-def run_meta(explainer: Explainer, targets: _Targets, n_samples, chunk_size, dtype) -> dict:
+def run_meta(explainer, targets: TargetSpec, n_samples, chunk_size, dtype) -> dict:
+    """The metadata of a store for this explainer, target specification, number of
+    samples, chunk size and stored dtype (what a resumed run must match)."""
     return {
         "format": STORE_FORMAT,
         "version": STORE_VERSION,
@@ -885,12 +784,12 @@ def run_meta(explainer: Explainer, targets: _Targets, n_samples, chunk_size, dty
         "composite_id": composite_id(explainer),
         "composite_rules": {k: str(v) for k, v in explainer.rules.items()},
         "backend": getattr(explainer.backend, "name", type(explainer.backend).__name__),
-        "target_spec": targets.spec,
+        "target_spec": targets.key,
         "n_targets": int(targets.k),
         "multi_target": bool(targets.multi),
-        "input_shape": list(_user_input_shape(explainer)),
+        "input_shape": list(explainer.sample_shape),
         "output_shape": list(explainer.graph.output_shape),
-        "layout": "channels_last" if getattr(explainer, "_channels_last", False) else "channels_first",
+        "layout": "channels_last" if explainer.channels_last else "channels_first",
         "dtype": np.dtype(dtype).str,
         "n_samples": None if n_samples is None else int(n_samples),
         "chunk_size": int(chunk_size),
@@ -898,8 +797,10 @@ def run_meta(explainer: Explainer, targets: _Targets, n_samples, chunk_size, dty
     }
 
 
-def _default_chunk(explainer, targets, batch_size):
-    per = np.dtype(explainer.dtype).itemsize * int(np.prod(explainer.graph.input_shape)) * targets.k
+def default_chunk_size(explainer, n_targets: int, batch_size: int) -> int:
+    """Samples per stored chunk: the batch size, capped so that a relevance chunk
+    stays near 32 MB."""
+    per = np.dtype(explainer.dtype).itemsize * int(np.prod(explainer.graph.input_shape)) * n_targets
     return int(max(1, min(batch_size, _CHUNK_BYTES // max(per, 1))))
 
 
@@ -941,7 +842,7 @@ class _Writer:
 
 
 def explain_dataset(
-    explainer: Explainer,
+    explainer,
     source,
     out,
     target=None,
@@ -974,7 +875,7 @@ def explain_dataset(
         ``"all"``: every output (K = number of outputs); ``"label"``: the ``y``
         yielded with each batch; an int array: per-sample output(s); a float array
         ``(N, *output_shape)``: the seed relevance itself. Several targets add a K
-        axis after the sample axis of ``relevance``.
+        axis after the sample axis of ``relevance``. See :mod:`fastlrp.targets`.
     batch_size : int, optional
         Samples per explain call; default from ``memory_budget``.
     chunk_size : int, optional
@@ -1000,7 +901,7 @@ def explain_dataset(
     -------
     DatasetResult
     """
-    if not isinstance(explainer, Explainer):
+    if not callable(getattr(explainer, "explain_batch", None)):
         raise TypeError(f"explain_dataset needs a fastlrp Explainer, got {type(explainer).__name__}")
     if nonfinite not in ("skip", "raise"):
         raise ValueError(f"nonfinite must be 'skip' or 'raise', got {nonfinite!r}")
@@ -1015,7 +916,7 @@ def explain_dataset(
 
 
 def _check_samples(explainer, sample_shape):
-    want = _user_input_shape(explainer)
+    want = explainer.sample_shape
     if tuple(sample_shape) != want:
         raise InputError(f"the data's samples have shape {tuple(sample_shape)} but the model "
                          f"'{explainer.graph.meta.get('name', '')}' expects {want}")
@@ -1031,22 +932,19 @@ def _run(explainer, src, out, target, batch_size, chunk_size, memory_budget, non
         _, first_y = src.peek()
         n = src.n
     _check_samples(explainer, src.sample_shape)
-    out_shape = tuple(explainer.graph.output_shape)
-    targets = _Targets(target, int(np.prod(out_shape)), out_shape, n)
+    targets = parse_target(target, explainer.graph.output_shape, n)
     if targets.kind == "label":
         if src.random_access:
             raise InputError("target='label' needs an iterable yielding (x, y); for arrays pass the labels as target=")
         if first_y is None:
             raise InputError("target='label' needs a source yielding (x, y) batches; this one yields x only")
-        fy = _to_numpy(first_y)
-        targets.k = 1 if fy.ndim <= 1 else int(np.prod(fy.shape[1:]))
-        targets.multi = fy.ndim > 1
+        targets = targets.labelled_like(first_y)
     if batch_size is None:
         batch_size = auto_batch_size(explainer, targets.k, memory_budget)
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    C = int(chunk_size) if chunk_size else _default_chunk(explainer, targets, batch_size)
+    C = int(chunk_size) if chunk_size else default_chunk_size(explainer, targets.k, batch_size)
     dt = np.dtype(dtype) if dtype is not None else np.dtype(explainer.dtype)
     meta = run_meta(explainer, targets, n, C, dt)
     store = open_store(out, meta, overwrite=overwrite)
@@ -1067,14 +965,14 @@ def _run(explainer, src, out, target, batch_size, chunk_size, memory_budget, non
         # nothing to do; do not even read the source
         store.set_meta(complete=True, n_samples=n)
         store.close()
-        return _result(store, n, 0, 0, reused, time.perf_counter() - t_start)
+        return DatasetResult.from_store(store, n, 0, 0, reused, time.perf_counter() - t_start)
 
     initial = 0
     if n is not None:
         initial = sum(min(C, n - c * C) for c in np.flatnonzero(flags[:n_chunks]))
     else:
         initial = int(np.count_nonzero(flags)) * C
-    prog = _Progress(n, initial, quiet, "explain")
+    prog = Progress(n, initial, quiet, "explain")
     group = max(1, batch_size // C)
     computed = computed_chunks = 0
     new_bad = []
@@ -1087,29 +985,31 @@ def _run(explainer, src, out, target, batch_size, chunk_size, memory_budget, non
             nonlocal computed, computed_chunks
             if not pending:
                 return
-            xs = [p[1] for p in pending]
-            X = np.concatenate(xs) if len(xs) > 1 else xs[0]
-            ys = [p[2] for p in pending]
-            Y = None if any(y is None for y in ys) else (np.concatenate(ys) if len(ys) > 1 else ys[0])
-            # start index of the concatenation: targets are sliced per chunk when not contiguous
-            contiguous = all(pending[i + 1][0] == pending[i][0] + 1 for i in range(len(pending) - 1))
-            if contiguous:
-                res = _explain_rows(explainer, X, targets, pending[0][0] * C, Y, nonfinite, batch_size)
-                parts, a = [], 0
-                for c, x, _, h in pending:
-                    parts.append((c, h, tuple(r[a:a + x.shape[0]] for r in res)))
-                    a += x.shape[0]
+            # consecutive chunks are explained together, others one by one
+            if all(pending[i + 1][0] == pending[i][0] + 1 for i in range(len(pending) - 1)):
+                xs, ys = [p[1] for p in pending], [p[2] for p in pending]
+                X = np.concatenate(xs) if len(xs) > 1 else xs[0]
+                Y = None if any(y is None for y in ys) else (np.concatenate(ys) if len(ys) > 1 else ys[0])
+                runs = [(pending[0][0], X, Y, pending)]
             else:
-                parts = [(c, h, _explain_rows(explainer, x, targets, c * C, y, nonfinite, batch_size))
-                         for c, x, y, h in pending]
-            for c, h, (R, O, T, V, bad) in parts:
+                runs = [(p[0], p[1], p[2], [p]) for p in pending]
+            parts = []  # (c, hash, the rows of chunk c: R, O, T, V)
+            for c0, x, y, chunks in runs:
+                a = c0 * C
+                res = explain_chunk(explainer, x, targets.select(slice(a, a + x.shape[0])), y=y, start=a,
+                                    nonfinite=nonfinite, batch_size=batch_size)
+                r = 0
+                for c, xc, _, h in chunks:
+                    m = xc.shape[0]
+                    parts.append((c, h, res.relevance[r:r + m], res.output[r:r + m], res.target[r:r + m],
+                                  res.valid[r:r + m]))
+                    r += m
+            for c, h, R, O, T, V in parts:
+                bad = np.flatnonzero(V == 0) + c * C
                 if bad.size:
-                    lo, hi = c * C, c * C + R.shape[0]
-                    bad = bad[(bad >= lo) & (bad < hi)]
-                    if bad.size:
-                        new_bad.extend(bad.tolist())
-                        prog.write(f"fastlrp: skipped {bad.size} sample(s) with NaN/Inf: {bad[:10].tolist()}"
-                                   f"{' ...' if bad.size > 10 else ''}")
+                    new_bad.extend(bad.tolist())
+                    prog.write(f"fastlrp: skipped {bad.size} sample(s) with NaN/Inf: {bad[:10].tolist()}"
+                               f"{' ...' if bad.size > 10 else ''}")
                 writer.put((c, R.astype(dt, copy=False), O.astype(dt, copy=False), T, V, h))
                 computed += R.shape[0]
                 computed_chunks += 1
@@ -1126,7 +1026,7 @@ def _run(explainer, src, out, target, batch_size, chunk_size, memory_budget, non
                         verified = True
                     continue
                 x = src.read(a, b)
-                pending.append((c, x, None, _chunk_hash(x)))
+                pending.append((c, x, None, chunk_hash(x)))
                 if len(pending) >= group:
                     flush()
             flush()
@@ -1142,7 +1042,7 @@ def _run(explainer, src, out, target, batch_size, chunk_size, memory_budget, non
                     continue
                 if n is None:
                     store.ensure_length(total)
-                pending.append((c, x, y, _chunk_hash(x)))
+                pending.append((c, x, y, chunk_hash(x)))
                 if len(pending) >= group:
                     flush()
             flush()
@@ -1159,7 +1059,7 @@ def _run(explainer, src, out, target, batch_size, chunk_size, memory_budget, non
                 store.set_meta(complete=bool(np.count_nonzero(store.done_flags()[: -(-n // C)]) == -(-n // C)),
                                n_samples=int(n))
             store.close()
-    res = _result(store, n, computed, computed_chunks, reused, time.perf_counter() - t_start)
+    res = DatasetResult.from_store(store, n, computed, computed_chunks, reused, time.perf_counter() - t_start)
     if len(new_bad):
         warnings.warn(f"{len(new_bad)} sample(s) with NaN or Inf values were skipped (relevance NaN, valid=0): "
                       f"{new_bad[:20]}{' ...' if len(new_bad) > 20 else ''}", NonFiniteSamplesWarning, stacklevel=3)
@@ -1167,21 +1067,7 @@ def _run(explainer, src, out, target, batch_size, chunk_size, memory_budget, non
 
 
 def _verify(x, flag, c, out):
-    if _chunk_hash(x) != np.uint64(flag):
+    if chunk_hash(x) != np.uint64(flag):
         raise StoreMismatchError(
             f"chunk {c} of the store at {out} was computed from different data than the source gives now "
             "(a different dataset, or an iterable that shuffles); use another output path or overwrite=True")
-
-
-def _result(store, n, computed, computed_chunks, reused, seconds):
-    valid = np.asarray(store.valid[:n]) if n else np.zeros(0, np.uint8)
-    flags = store.done_flags()
-    C = store.chunk
-    done_rows = np.zeros(n or 0, dtype=bool)
-    for c in np.flatnonzero(flags):
-        done_rows[c * C:(c + 1) * C] = True
-    bad = np.flatnonzero(done_rows & (valid == 0))
-    return DatasetResult(path=store.path, n_samples=int(n or 0), chunk_size=C, computed=computed,
-                         computed_chunks=computed_chunks, reused_chunks=reused, seconds=seconds,
-                         nonfinite=bad, meta=dict(store.meta))
-

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
+from .backends.base import DeviceOutOfMemory
 from .composites import Composite, get_composite
 from .graph import Graph
+from .targets import InputError, one_sample_target, parse_target
 
-__all__ = ["Explainer", "InputError", "RelevanceReport", "get_backend"]
-
-
-class InputError(ValueError):
-    """The data given to an Explainer cannot be explained as it is."""
+__all__ = ["BatchResult", "Explainer", "InputError", "RelevanceReport", "get_backend"]
 
 
 def get_backend(backend="auto"):
@@ -143,8 +142,25 @@ class Explainer:
     def __repr__(self):
         return f"Explainer({self.composite.name}, backend={self.backend.name}, {len(self._nodes)} nodes)"
 
+    @property
+    def nodes(self) -> tuple:
+        """The nodes the output depends on, in the order they run."""
+        return tuple(self._nodes)
+
+    @property
+    def channels_last(self) -> bool:
+        """True for a channels-last model (Keras): input and relevance are channels-last."""
+        return self._channels_last
+
+    @property
+    def sample_shape(self) -> tuple:
+        """The shape of one input sample as given to :meth:`explain` (channels last
+        for channels-last models) and of its relevance."""
+        shape = tuple(self.graph.input_shape)
+        return shape[1:] + shape[:1] if self._channels_last else shape
+
     # -- input handling --------------------------------------------------------------
-    def _prepare_input(self, x):
+    def _prepare_input(self, x, check_finite=True):
         """Return (batched array in engine layout and dtype, had_batch_axis)."""
         if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor
             x = x.detach().cpu().numpy()
@@ -155,21 +171,36 @@ class Explainer:
                 raise InputError(f"cannot convert input of type {type(x).__name__} to an array: {e}") from e
         if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
             raise InputError(f"input must be a real floating-point (or integer) array, got dtype {x.dtype}")
-        shape = self.graph.input_shape
-        if self._channels_last:
-            shape = shape[1:] + shape[:1]
-        batched = self._is_batched(x.shape, shape)
+        batched = self._is_batched(x.shape, self.sample_shape)
         if not batched:
             x = x[None]
-        bad = ~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1) if np.issubdtype(x.dtype, np.floating) else None
-        if bad is not None and bad.any():
-            idx = np.flatnonzero(bad)
-            raise InputError(
-                f"input has NaN or Inf values in sample(s) {idx[:10].tolist()}{' ...' if len(idx) > 10 else ''}"
-            )
+        if check_finite:
+            idx = np.flatnonzero(self._nonfinite_rows(x))
+            if idx.size:
+                raise InputError(
+                    f"input has NaN or Inf values in sample(s) {idx[:10].tolist()}{' ...' if len(idx) > 10 else ''}"
+                )
         if self._channels_last:
             x = np.moveaxis(x, -1, 1)
         return np.ascontiguousarray(x, dtype=self.dtype), batched
+
+    @staticmethod
+    def _nonfinite_rows(x) -> np.ndarray:
+        """(N,) bool: the samples of a host batch with NaN or Inf values."""
+        if not np.issubdtype(x.dtype, np.floating):
+            return np.zeros(x.shape[0], dtype=bool)
+        return ~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
+
+    def _is_one_sample(self, x) -> bool:
+        """True when ``x`` has the shape of one sample (no batch axis)."""
+        shape = getattr(x, "shape", None)
+        if shape is None:
+            cai = getattr(x, "__cuda_array_interface__", None)
+            try:
+                shape = cai["shape"] if cai is not None else np.shape(x)
+            except Exception:  # noqa: BLE001 - explain_batch names what is wrong with x
+                return False
+        return tuple(int(s) for s in shape) == self.sample_shape
 
     def _to_user_layout(self, R):
         if not self._channels_last:
@@ -187,6 +218,14 @@ class Explainer:
     def _host(self, a):
         to = getattr(self.backend, "to_host", None)
         return a if to is None else to(a)
+
+    def _rows(self, a, s, e):
+        """Samples s..e of a host or device batch."""
+        return a[s:e] if isinstance(a, np.ndarray) else self.backend.batch_slice(a, s, e)
+
+    def _concat(self, parts):
+        """Host or device batches joined along the sample axis."""
+        return np.concatenate(parts) if isinstance(parts[0], np.ndarray) else self.backend.concat_batch(parts)
 
     def _prepare_device_input(self, x):
         """A GPU array (torch CUDA, CuPy, ...): validated and used in place."""
@@ -257,58 +296,6 @@ class Explainer:
         # the output does not depend on the input
         return self._dev(np.zeros((seed.shape[0],) + self.graph.input_shape, dtype=self.dtype))
 
-    def _seeds(self, out, target, batched):
-        """Seed relevance arrays, one per target column: list of (N, *out) arrays."""
-        N = out.shape[0]
-        flat = out.reshape(N, -1)
-        M = flat.shape[1]
-        if target is None:
-            return [self._onehot(flat, np.argmax(flat, axis=1), out.shape)], False
-        if isinstance(target, str):
-            if target != "all":
-                raise InputError(f"target '{target}' is not understood (use None, an int, an array, or 'all')")
-            return [self._onehot(flat, np.full(N, k), out.shape) for k in range(M)], True
-        if hasattr(target, "detach") and hasattr(target, "cpu"):
-            target = target.detach().cpu().numpy()
-        t = np.asarray(target)
-        if np.issubdtype(t.dtype, np.floating):
-            want = out.shape if batched else out.shape[1:]
-            if t.shape != tuple(want):
-                raise InputError(f"a float target is the seed relevance and must have the output's shape {tuple(want)}, got {t.shape}")
-            if not np.isfinite(t).all():
-                raise InputError("the seed relevance has NaN or Inf values")
-            return [np.ascontiguousarray(t.reshape(out.shape), dtype=self.dtype)], False
-        if not np.issubdtype(t.dtype, np.integer):
-            raise InputError(f"target must be None, int, an int array or a float seed array; got dtype {t.dtype}")
-        if t.ndim == 0:
-            idx = np.full(N, int(t))
-            multi = False
-        elif t.ndim == 1 and t.shape[0] == N and batched:
-            idx = t
-            multi = False
-        elif t.ndim == 2 and t.shape[0] == N and batched:
-            idx = t
-            multi = True
-        elif t.ndim == 1 and not batched:
-            idx = t[None, :]
-            multi = True
-        else:
-            raise InputError(
-                f"target of shape {t.shape} does not fit {N} sample(s): give an int, one int per sample ({N},), "
-                f"or ({N}, K) ints for K targets per sample"
-            )
-        if idx.size and (idx.min() < 0 or idx.max() >= M):
-            raise InputError(f"target index out of range: the model has {M} output(s), got {idx.min()}..{idx.max()}")
-        if multi:
-            return [self._onehot(flat, idx[:, k], out.shape) for k in range(idx.shape[1])], True
-        return [self._onehot(flat, idx, out.shape)], False
-
-    def _onehot(self, flat, idx, shape):
-        seed = np.zeros_like(flat)
-        rows = np.arange(flat.shape[0])
-        seed[rows, idx] = flat[rows, idx]
-        return seed.reshape(shape)
-
     def explain(self, x, target=None, return_layers=False):
         """Relevance of each input feature for the selected output(s).
 
@@ -324,7 +311,8 @@ class Explainer:
             after the batch axis). ``"all"``: every output. A float array of the
             output's shape is the seed relevance, used as given. Otherwise the
             seed is the selected output's value, so the relevance sums to the
-            explained logit (up to what biases and stabilizers absorb).
+            explained logit (up to what biases and stabilizers absorb). For one
+            sample, ``(K,)`` ints are K targets of it. See :mod:`fastlrp.targets`.
         return_layers : bool
             Also return a :class:`RelevanceReport` of per-node relevance sums.
 
@@ -332,34 +320,98 @@ class Explainer:
         -------
         numpy.ndarray
             Relevance with ``x``'s shape (plus a target axis for several targets),
-            or ``(relevance, report)`` with ``return_layers``.
+            or ``(relevance, report)`` with ``return_layers``. GPU input gives
+            relevance of the same kind (a torch CUDA tensor, a CuPy array).
+
+        :meth:`explain_batch` is the same computation with the batch's outputs
+        and explained indices as well.
         """
+        one = self._is_one_sample(x)
+        if one:
+            target = one_sample_target(target, self.graph.output_shape)
+        res = self.explain_batch(x, target, return_layers=return_layers)
+        R = res.relevance.reshape(tuple(res.relevance.shape[1:])) if one else res.relevance
+        return (R, res.report) if return_layers else R
+
+    __call__ = explain
+
+    def explain_batch(self, x, target=None, *, return_layers=False, nonfinite="raise") -> "BatchResult":
+        """Explain one batch: its outputs, the targets explained and their relevance.
+
+        Parameters
+        ----------
+        x : array_like
+            ``(N, *input_shape)`` (one sample without the batch axis counts as a
+            batch of one), NumPy or anything convertible, or a GPU array for the
+            CUDA backend.
+        target :
+            Any form of :func:`fastlrp.targets.parse_target` for these N samples,
+            or a :class:`~fastlrp.targets.TargetSpec`.
+        return_layers : bool
+            Also compute :class:`RelevanceReport` per-node relevance sums.
+        nonfinite : "raise" or "skip"
+            Samples with NaN/Inf in their input or in the model's output raise
+            :class:`InputError`, or (host input only) are skipped: not explained,
+            with NaN relevance and output, target -1 and ``valid`` False.
+
+        On a device backend a host batch is staged to the device; when the device
+        runs out of memory the batch is explained in halves (recursively).
+        """
+        if nonfinite not in ("raise", "skip"):
+            raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
+        skip = nonfinite == "skip"
         be = self.backend
         on_device = bool(getattr(be, "is_device", False)) and be.accepts(x)
-        xb, batched = self._prepare_device_input(x) if on_device else self._prepare_input(x)
-        if not on_device and getattr(be, "is_device", False):
-            xb = be.stage(xb)
-        results, multi, reports = self._explain_split(xb, target, batched, return_layers)
         if on_device:
-            R = be.stack_targets(results) if multi else results[0]
-            if not batched:
-                R = R.reshape(R.shape[1:])
+            if skip:
+                raise InputError("nonfinite='skip' needs host input (a NumPy array); GPU input is explained whole")
+            xb, _ = self._prepare_device_input(x)
+        else:
+            xb, _ = self._prepare_input(x, check_finite=not skip)
+        N = xb.shape[0]
+        spec = parse_target(target, self.graph.output_shape, n_samples=N)
+        spec.check_batch(N)
+        rows = None  # the samples explained, when some are skipped for their input
+        if skip:
+            bad = self._nonfinite_rows(xb)
+            if bad.any():
+                rows = np.flatnonzero(~bad)
+                xb, spec = xb[rows], spec.select(rows)
+        if rows is not None and rows.size == 0:
+            part = self._nothing(spec, return_layers)
+        else:
+            if not on_device and getattr(be, "is_device", False):
+                xb = be.stage(xb)
+            part = self._split(xb, spec, return_layers, skip)
+        out, idx, ok, results, reports = part
+        if on_device:
+            R = be.stack_targets(results) if spec.multi else results[0]
             R = be.like(R, x)
         else:
             results = [np.asarray(self._host(r)) for r in results]
-            R = np.stack(results, axis=1) if multi else results[0]
-            if not batched:
-                R = R[0]
+            R = np.stack(results, axis=1) if spec.multi else results[0]
+        if idx is not None:
+            idx = np.ascontiguousarray(idx if spec.multi else idx[:, 0], dtype=np.int64)
+        valid = ok
+        if rows is not None or not ok.all():
+            # only the valid samples' results are kept, in rows of N
+            keep = (np.arange(N) if rows is None else rows)[ok]
+            R, out = _scatter(R[ok], keep, N, np.nan), _scatter(out[ok], keep, N, np.nan)
+            idx = None if idx is None else _scatter(idx[ok], keep, N, -1)
+            reports = [_scatter_report(r, ok, keep, N) for r in reports]
+            valid = np.zeros(N, dtype=bool)
+            valid[keep] = True
+        report = None
         if return_layers:
-            return R, (reports if multi else reports[0])
-        return R
+            report = reports if spec.multi else reports[0]
+        return BatchResult(relevance=R, output=out, targets=idx, valid=valid, report=report)
 
-    def _explain_split(self, xb, target, batched, return_layers):
-        """One batch; on device out-of-memory, the two halves in turn (recursively)."""
-        from .backends.base import DeviceOutOfMemory
-
+    def _split(self, xb, spec, return_layers, skip):
+        """One batch; on device out-of-memory, the two halves in turn (recursively).
+        Returns (output, target indices or None, output finite (N,), [relevance per
+        target], [report per target])."""
         try:
-            return self._explain_batch(xb, target, batched, return_layers)
+            return self._explain_prepared(xb, spec, return_layers, skip)
         except DeviceOutOfMemory as e:
             # leave the except block first: its traceback holds the failed
             # attempt's device arrays
@@ -369,58 +421,102 @@ class Explainer:
             raise DeviceOutOfMemory(f"explaining one sample needs more device memory than is free: {err[0]}",
                                     err[1], err[2])
         h = N // 2
-        parts = []
-        for s, t in ((0, h), (h, N)):
-            parts.append(self._explain_split(self.backend.batch_slice(xb, s, t), _slice_target(target, s, t, N),
-                                             batched, return_layers))
-        multi = parts[0][1]
-        results = [self.backend.concat_batch([p[0][k] for p in parts]) for k in range(len(parts[0][0]))]
-        reports = [_merge_reports(parts[0][2][k], parts[1][2][k]) for k in range(len(parts[0][2]))]
-        return results, multi, reports
+        a, b = (self._split(self._rows(xb, s, e), spec.select(slice(s, e)), return_layers, skip)
+                for s, e in ((0, h), (h, N)))
+        return (np.concatenate([a[0], b[0]]),
+                None if a[1] is None else np.concatenate([a[1], b[1]]),
+                np.concatenate([a[2], b[2]]),
+                [self._concat([ra, rb]) for ra, rb in zip(a[3], b[3])],
+                [_merge_reports(ra, rb) for ra, rb in zip(a[4], b[4])])
 
-    def _explain_batch(self, xb, target, batched, return_layers):
+    def _explain_prepared(self, xb, spec, return_layers, skip):
         out, ctxs = self._forward(xb)
         out = self._host(out)
-        if not np.isfinite(out).all():
-            bad = np.flatnonzero(~np.isfinite(out.reshape(out.shape[0], -1)).all(axis=1))
+        ok = np.isfinite(out.reshape(out.shape[0], -1)).all(axis=1)
+        if not ok.all() and not skip:
+            bad = np.flatnonzero(~ok)
             raise InputError(f"the model's output is NaN or Inf for sample(s) {bad[:10].tolist()}")
-        seeds, multi = self._seeds(out, target, batched)
+        idx = spec.indices(out)
+        seeds = spec.seeds(out, dtype=self.dtype)
         results, reports = [], []
         for seed in seeds:
-            rep = None
-            if return_layers:
-                rep = RelevanceReport(
-                    names=[n.name for n in self._nodes if n.op != "input"],
-                    ops=[n.op for n in self._nodes if n.op != "input"],
-                    rules=[str(self.rules[n.name]) for n in self._nodes if n.op != "input"],
-                    relevance_out={}, relevance_in={},
-                    explained=seed.reshape(seed.shape[0], -1).sum(axis=1),
-                )
+            if not ok.all():  # the skipped samples get no relevance
+                seed = seed.copy()
+                seed[~ok] = 0
+            rep = self._new_report(seed.reshape(seed.shape[0], -1).sum(axis=1)) if return_layers else None
+            if rep is not None:
                 reports.append(rep)
             results.append(self._to_user_layout(self._backward(ctxs, seed, rep)))
-        return results, multi, reports
+        return out, idx, ok, results, reports
 
-    __call__ = explain
+    def _nothing(self, spec, return_layers):
+        """The (empty) part result when every sample of a batch is skipped."""
+        out = np.zeros((0,) + tuple(self.graph.output_shape), dtype=self.dtype)
+        idx = None if spec.kind == "seed" else np.zeros((0, spec.k), dtype=np.int64)
+        results = [np.zeros((0,) + self.sample_shape, dtype=self.dtype) for _ in range(spec.k)]
+        reports = []
+        if return_layers:
+            for _ in range(spec.k):
+                rep = self._new_report(np.zeros(0, dtype=self.dtype))
+                for n in rep.names:
+                    rep.relevance_out[n] = rep.relevance_in[n] = np.zeros(0, dtype=self.dtype)
+                reports.append(rep)
+        return out, idx, np.zeros(0, dtype=bool), results, reports
+
+    def _new_report(self, explained):
+        nodes = [n for n in self._nodes if n.op != "input"]
+        return RelevanceReport(names=[n.name for n in nodes], ops=[n.op for n in nodes],
+                               rules=[str(self.rules[n.name]) for n in nodes],
+                               relevance_out={}, relevance_in={}, explained=explained)
 
     def explain_dataset(self, source, out, target=None, batch_size=None, **kwargs):
-        """Explain a whole dataset into a resumable store (see :func:`fastlrp.dataset.explain_dataset`)."""
-        from .dataset import explain_dataset
+        """Explain a whole dataset into a resumable store: ``fastlrp.dataset.explain_dataset(self, ...)``
+        (see :func:`fastlrp.dataset.explain_dataset`)."""
+        from .dataset import explain_dataset  # fastlrp.dataset does not import this module: no cycle
 
         return explain_dataset(self, source, out, target=target, batch_size=batch_size, **kwargs)
 
 
+@dataclass
+class BatchResult:
+    """What :meth:`Explainer.explain_batch` computed for a batch of N samples.
 
-def _slice_target(target, s, e, N):
-    """The part of a per-sample target for samples s..e of N (scalars pass through)."""
-    if target is None or isinstance(target, (str, int, np.integer)):
-        return target
-    if hasattr(target, "detach") and hasattr(target, "cpu"):
-        target = target.detach().cpu().numpy()
-    t = np.asarray(target)
-    return t[s:e] if t.ndim >= 1 and t.shape[0] == N else target
+    ``relevance``: ``(N, *sample_shape)``, or ``(N, K, *sample_shape)`` when the
+    target asks for K outputs per sample (NumPy; for GPU input an array of the
+    input's kind). ``output``: the model's output ``(N, *output_shape)`` (NumPy).
+    ``targets``: the output index explained, ``(N,)`` or ``(N, K)`` int64, or
+    None when the target was seed relevance. ``valid``: ``(N,)`` bool, False for
+    samples skipped with ``nonfinite='skip'`` (their relevance and output are NaN,
+    their target -1). ``report``: the :class:`RelevanceReport` (a list of K for
+    several targets) with ``return_layers``, else None.
+    """
+
+    relevance: object
+    output: np.ndarray
+    targets: Optional[np.ndarray]
+    valid: np.ndarray
+    report: object = None
 
 
-def _merge_reports(a: "RelevanceReport", b: "RelevanceReport") -> "RelevanceReport":
+def _scatter(a, rows, n, fill):
+    """``a`` placed at ``rows`` of ``n`` rows, the others ``fill``."""
+    full = np.full((n,) + a.shape[1:], fill, dtype=a.dtype)
+    full[rows] = a
+    return full
+
+
+def _scatter_report(rep: RelevanceReport, ok, rows, n) -> RelevanceReport:
+    """A report of the explained samples spread over the batch's n rows (NaN for skipped ones)."""
+    def f(v):
+        return _scatter(np.asarray(v, dtype=np.float64)[ok], rows, n, np.nan)
+
+    return RelevanceReport(names=rep.names, ops=rep.ops, rules=rep.rules,
+                           relevance_out={k: f(v) for k, v in rep.relevance_out.items()},
+                           relevance_in={k: f(v) for k, v in rep.relevance_in.items()},
+                           explained=f(rep.explained))
+
+
+def _merge_reports(a: RelevanceReport, b: RelevanceReport) -> RelevanceReport:
     cat = np.concatenate
     return RelevanceReport(
         names=a.names, ops=a.ops, rules=a.rules,
