@@ -598,7 +598,7 @@ def _raises_naming(model, name, cls, match=None):
 @pytest.mark.parametrize(
     "make,cls",
     [
-        (lambda: layers.ZeroPadding2D(1, name="bad"), "ZeroPadding2D"),
+        (lambda: layers.Conv2DTranspose(2, 3, name="bad"), "Conv2DTranspose"),
         (lambda: layers.UpSampling2D(name="bad"), "UpSampling2D"),
         (lambda: layers.LayerNormalization(name="bad"), "LayerNormalization"),
         (lambda: layers.ReLU(max_value=6.0, name="bad"), "ReLU"),

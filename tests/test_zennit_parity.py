@@ -128,6 +128,15 @@ def conv1d():
     )
 
 
+def padded_cnn():
+    """Explicit padding and cropping modules: routing only, relevance at padded positions is absorbed."""
+    return nn.Sequential(
+        nn.ZeroPad2d((1, 2, 0, 1)), nn.Conv2d(3, 6, 3), nn.ReLU(),
+        nn.ConstantPad2d((-1, 1, 1, -1), 0.25), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 5),
+    )
+
+
 def tanh_regression():
     return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 1))
 
@@ -139,6 +148,7 @@ MODELS = {
     "vgg_bn": (vgg_bn, vgg_bn, (3, 3, 16, 16), True),
     "resnet": (lambda: ResNet(False), lambda: ResNet(True), (3, 3, 12, 12), True),
     "conv1d": (conv1d, conv1d, (3, 2, 30), False),
+    "padded_cnn": (padded_cnn, padded_cnn, (3, 3, 12, 12), False),
     "tanh_regression": (tanh_regression, tanh_regression, (8,), False),  # one sample, no batch axis
 }
 

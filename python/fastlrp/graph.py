@@ -375,12 +375,6 @@ class GraphBuilder:
     def permute(self, x, perm, name=None, source=""):
         return self.add_node("permute", x, {"perm": tuple(int(p) for p in perm)}, None, name, source)
 
-    def pad(self, x, padding, value=0.0, name=None, source=""):
-        """Constant padding: one ``(before, after)`` pair per per-sample axis (channels
-        first); negative amounts crop."""
-        return self.add_node("pad", x, {"padding": tuple((int(b), int(a)) for b, a in padding),
-                                        "value": float(value)}, None, name, source)
-
     def add(self, *xs, name=None, source=""):
         return self.add_node("add", list(xs), {}, None, name, source)
 

@@ -43,11 +43,10 @@ __all__ = ["CudaBackend", "DeviceArray"]
 
 
 def _load_emu():
-    try:
-        from .. import _cuda_emu  # noqa: PLC0415
-    except ImportError as e:  # pragma: no cover - built by default
-        raise BackendError(f"the SIMT emulator build fastlrp._cuda_emu is not available: {e}") from None
-    return _cuda_emu
+    mod, why = _ext.cuda_emu()
+    if mod is None:
+        raise BackendError(f"the SIMT emulator build is not available: {why}")
+    return mod
 
 
 class _Allocation:

@@ -385,6 +385,9 @@ class _Importer:
                 return (h, cf)
             return (self.emit(f"{name}/squeeze", "reshape", [h], {"shape": (shape[0],)}, None, (shape[0],), src), (0,))
 
+        if cls in ("ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D", "Cropping3D"):
+            return self.pad(layer, ins[0], kshape, name, src, cls)
+
         if cls == "Flatten":
             x = self.ensure(ins[0], _ident(len(ins[0][1])), layer)
             if len(self.shapes[x]) == 1:
@@ -449,6 +452,24 @@ class _Importer:
         raise _unsupported(layer)
 
     # -- layer families ------------------------------------------------------------
+    def pad(self, layer, held, kshape, name, src, cls):
+        """ZeroPadding / Cropping: one ``pad`` node in the layout the tensor is held in
+        (cropping is negative padding)."""
+        d = int(cls[-2])
+        x, perm = held
+        if len(perm) != d + 1:
+            raise _unsupported(layer, f"expected an input with {d + 1} axes per sample, got {len(perm)}")
+        amounts = layer.padding if cls.startswith("Zero") else layer.cropping
+        amounts = [amounts] if d == 1 else list(amounts)  # Keras 3 keeps one (before, after) pair per axis
+        sign = 1 if cls.startswith("Zero") else -1
+        first_spatial = 1 if getattr(layer, "data_format", "channels_last") == "channels_first" else 0
+        kpads = [(0, 0)] * (d + 1)  # per Keras per-sample axis
+        for i, (b, a) in enumerate(amounts):
+            kpads[first_spatial + i] = (sign * int(b), sign * int(a))
+        pads = tuple(kpads[k] for k in perm)  # engine axis i holds Keras axis perm[i]
+        return (self.emit(name, "pad", [x], {"padding": pads, "value": 0.0}, None,
+                          tuple(kshape[k] for k in perm), src), perm)
+
     def spatial_in(self, layer, held, d):
         """Input of a conv/pool layer in channels-first engine layout, and the perm it implies."""
         fmt = getattr(layer, "data_format", "channels_last")

@@ -114,6 +114,8 @@ class _AtenConverter(Converter):
         reg("max_pool", "max_pool2d", "max_pool2d_with_indices", dims=2)
         reg("avg_pool", "avg_pool1d", dims=1)
         reg("avg_pool", "avg_pool2d", dims=2)
+        reg("pad", "pad")
+        reg("constant_pad", "constant_pad_nd")
         # ops needing the weights or special handling: convert_aten
         reg("dropout", "dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "native_dropout")
         reg("conv", "conv1d", "conv1d.padding", "conv2d", "conv2d.padding", "convolution", "_convolution")
@@ -221,7 +223,7 @@ class _AtenConverter(Converter):
             return
         if kind is None:
             raise self.unsupported(n, what)
-        if kind in ("dropout", "conv", "linear", "addmm", "mm", "batch_norm"):
+        if kind in ("dropout", "conv", "linear", "addmm", "mm", "batch_norm", "constant_pad"):
             return self.convert_aten(n, kind, what)
         if kind == "elu":
             a = self.bind(n)
@@ -305,6 +307,10 @@ class _AtenConverter(Converter):
             shift = beta - mean * scale
             path = self.owner(a.get("running_mean"), "running_mean") or self.default_name(n)
             self.add(n, "batchnorm", [x], {}, {"scale": scale, "shift": shift}, name=path, source=src)
+            return
+        if kind == "constant_pad":
+            x = self.tensor_input(n, a[first], what)
+            self.add_pad(n, x, a["pad"], float(a.get("value", 0.0)), source=src, unsup=unsup)
             return
         raise unsup("")  # pragma: no cover
 

@@ -165,6 +165,7 @@ class Converter:
         reg("adaptive_avg_pool", F.adaptive_avg_pool1d, F.adaptive_avg_pool2d)
         reg("max_pool", F.max_pool1d, F.max_pool2d, g(torch, "max_pool1d"), g(torch, "max_pool2d"))
         reg("avg_pool", F.avg_pool1d, F.avg_pool2d, g(torch, "avg_pool1d"))
+        reg("pad", F.pad)
         self.fn_dims = {F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2, F.max_pool1d: 1, F.max_pool2d: 2,
                         F.avg_pool1d: 1, F.avg_pool2d: 2}
         for n, d in (("max_pool1d", 1), ("max_pool2d", 2), ("avg_pool1d", 1)):
@@ -187,6 +188,9 @@ class Converter:
             nn.Sigmoid: "sigmoid", nn.GELU: "gelu", nn.SiLU: "silu", nn.Softplus: "softplus",
             nn.Softmax: "softmax", nn.LogSoftmax: "log_softmax",
         }
+        self.pad_modules = tuple(
+            c for c in (g(nn, f"{kind}Pad{d}d") for kind in ("Zero", "Constant") for d in (1, 2, 3)) if c is not None
+        )
         self.identity_modules = tuple(
             c for c in (nn.Identity, nn.Dropout, g(nn, "Dropout1d"), nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
                         nn.FeatureAlphaDropout) if c is not None
@@ -354,6 +358,10 @@ class Converter:
             scale = gamma / np.sqrt(var + float(mod.eps))
             shift = beta - mean * scale
             self.add(n, "batchnorm", [x], {}, {"scale": scale, "shift": shift}, name=path, source=src)
+            return
+        if isinstance(mod, self.pad_modules):
+            x = inp()
+            self.add_pad(n, x, mod.padding, float(getattr(mod, "value", 0.0)), name=path, source=src, unsup=unsup)
             return
         if isinstance(mod, nn.Flatten):
             x = inp()
@@ -558,9 +566,31 @@ class Converter:
                              _arg(n, 6, "divisor_override", None) if d == 2 else None,
                              source=f"{n.name} ({what})", unsup=unsup)
             return
+        if kind == "pad":
+            x = x0()
+            mode = _arg(n, 2, "mode", "constant")
+            if mode != "constant":
+                raise unsup(f"mode='{mode}' (only constant padding is supported)")
+            value = _arg(n, 3, "value", None)
+            self.add_pad(n, x, _arg(n, 1, "pad"), 0.0 if value is None else float(value),
+                         source=f"{n.name} ({what})", unsup=unsup)
+            return
         raise unsup("")  # pragma: no cover
 
     # -- layer builders ---------------------------------------------------------------------
+    def add_pad(self, n, x, flat, value, name=None, source="", unsup=None):
+        """``F.pad``-ordered amounts (last axis first, (before, after) per axis; negative
+        crops) as one pair per per-sample axis."""
+        flat = [int(v) for v in flat]
+        rank = len(self.sample_shape(n.args[0] if n.args else n.kwargs["input"]))
+        if len(flat) % 2 or len(flat) // 2 > rank:
+            raise unsup(f"padding {tuple(flat)} does not fit a tensor with {rank} per-sample axes "
+                        "(padding the batch axis is not supported)")
+        pairs = [(0, 0)] * rank
+        for k in range(len(flat) // 2):
+            pairs[rank - 1 - k] = (flat[2 * k], flat[2 * k + 1])
+        self.add(n, "pad", [x], {"padding": tuple(pairs), "value": value}, name=name, source=source)
+
     def check_softmax_dim(self, n, dim, unsup):
         rank = len(self.shape(n))
         if dim is None:
