@@ -49,6 +49,7 @@ from fastlrp import _ext
 from fastlrp.composites import Composite
 from fastlrp.graph import Graph, GraphBuilder, conv_output_length, pool_output_length
 from fastlrp.ops.pool import window_table
+from fastlrp.targets import parse_target
 from fastlrp.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, WSquare, ZBox, ZPlus
 
 # Hypothesis imports this module lazily to report a failure; under pytest's
@@ -454,24 +455,32 @@ def _box_first_input_ok(graph):
 # reference analysis: activations, relevance per node, denominators
 # ---------------------------------------------------------------------------------
 def _trace(ex, x, target):
-    """Run a reference Explainer's ops by hand: every activation, and the largest
-    |relevance| arriving at every node over all seeds of ``target``."""
-    xb, _ = ex._prepare_input(x)
+    """Run a reference Explainer's graph node by node (through the backend contract):
+    every activation, and the largest |relevance| arriving at every node over all
+    seeds of ``target``."""
+    graph = ex.graph
+    needed = {graph.output}
+    for n in reversed(graph.nodes):
+        if n.name in needed:
+            needed.update(n.inputs)
+    nodes = [n for n in graph.nodes if n.name in needed]
+    ops = {n.name: ex.backend.prepare(graph, n, ex.rules[n.name]) for n in nodes}
+    xb = np.asarray(x, dtype=np.float64)
     acts, ctxs = {}, {}
-    for n in ex._nodes:
+    for n in nodes:
         ins = [xb] if n.op == "input" else [acts[i] for i in n.inputs]
-        acts[n.name], ctxs[n.name] = ex._ops[n.name].forward(ins)
-    out = acts[ex.graph.output]
-    seeds, _ = ex._seeds(out, target, True)
+        acts[n.name], ctxs[n.name] = ops[n.name].forward(ins)
+    out = acts[graph.output]
+    seeds = parse_target(target, graph.output_shape, out.shape[0]).seeds(out)
     Rmax = {}
     for seed in seeds:
-        R = {ex.graph.output: seed}
-        for n in reversed(ex._nodes):
+        R = {graph.output: seed}
+        for n in reversed(nodes):
             r = R.pop(n.name, None)
             if r is None or n.op == "input":
                 continue
             Rmax[n.name] = np.maximum(Rmax.get(n.name, 0), np.abs(r))
-            for name, ri in zip(n.inputs, ex._ops[n.name].relevance(ctxs[n.name], r)):
+            for name, ri in zip(n.inputs, ops[n.name].relevance(ctxs[n.name], r)):
                 R[name] = ri if name not in R else R[name] + ri
     return acts, Rmax
 
