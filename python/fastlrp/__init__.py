@@ -14,9 +14,10 @@ from __future__ import annotations
 # ([tool.scikit-build.metadata.version]), so the package metadata agrees.
 __version__ = "0.1.0"
 
-from . import composites, innvestigate, rules  # innvestigate registers the lrp.* composites
+from . import composites, innvestigate, ops, passes, rules  # innvestigate registers the lrp.* composites
 from .composites import Composite, get_composite, register_composite
 from .explain import Explainer, InputError, RelevanceReport, get_backend
+from .errors import UnsupportedLayerError
 from .graph import Graph, GraphBuilder, GraphError, Node
 from .rules import RuleError
 
@@ -31,7 +32,11 @@ __all__ = [
     "Node",
     "RelevanceReport",
     "RuleError",
+    "UnsupportedLayerError",
     "composites",
+    "explain_dataset",
+    "ops",
+    "passes",
     "from_keras",
     "from_torch",
     "get_backend",
@@ -64,6 +69,13 @@ def set_num_threads(n: int) -> None:
         except ImportError:
             return
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
+def explain_dataset(explainer, source, out, **kwargs):
+    """Explain a whole dataset into a resumable store (see :func:`fastlrp.dataset.explain_dataset`)."""
+    from .dataset import explain_dataset as _explain_dataset
+
+    return _explain_dataset(explainer, source, out, **kwargs)
 
 
 def from_torch(module, example_input=None, **kwargs) -> Graph:

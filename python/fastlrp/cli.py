@@ -75,11 +75,36 @@ def _backend_lines() -> list[str]:
             f"  cuda      : built (CUDA runtime {_ext.cuda.runtime_version()}), no usable GPU "
             f"({_ext.cuda_unavailable_reason()})"
         )
-    try:
-        importlib.import_module("fastlrp._cuda_emu")
+    emu, why = _ext.cuda_emu()
+    if emu is not None:
         lines.append("  cuda-emu  : usable (the CUDA kernels on a CPU SIMT emulator; for tests, slow)")
-    except ImportError as e:
-        lines.append(f"  cuda-emu  : not built ({e})")
+    else:
+        lines.append(f"  cuda-emu  : not built ({why})")
+    return lines
+
+
+def _kernel_lines() -> list[str]:
+    """Per backend: the ops (and rules) run by its own kernels; the rest run the one fallback."""
+    from . import ops
+    from .backends import dispatch
+
+    lines = ["kernels (every other op or rule runs the fallback: the op's NumPy reference on float32 arrays;"
+             " on cuda with a host round trip):"]
+    for family, module in (("cpu", "cpu"), ("numba", "numba_backend"), ("cuda", "cuda")):
+        try:
+            importlib.import_module(f"fastlrp.backends.{module}")  # registers its kernels
+        except Exception as e:  # noqa: BLE001 - e.g. numba missing
+            lines.append(f"  {family:<9} : kernels not loadable ({type(e).__name__}: {e})")
+            continue
+        cov = dispatch.coverage(family)
+        parts = []
+        for op, (kinds, variants) in cov.items():
+            what = [] if kinds == tuple(ops.spec(op).rules) else [", ".join(kinds)]
+            what += [variants] if variants else []
+            parts.append(f"{op} ({'; '.join(what)})" if what else op)
+        rest = [op for op in ops.names() if op not in cov]
+        lines.append(f"  {family:<9} : {'; '.join(parts) or 'none'}")
+        lines.append(f"  {'':<9}   fallback: {', '.join(rest) or 'none'}")
     return lines
 
 
@@ -88,7 +113,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"python  {platform.python_version()} ({sys.executable})")
     print(f"numpy   {np.__version__}")
     print("backends:")
-    for line in _backend_lines():
+    for line in _backend_lines() + _kernel_lines():
         print(line)
     return 0
 

@@ -30,15 +30,13 @@ from typing import Optional
 
 import numpy as np
 
+from .errors import InputError
+
 __all__ = ["InputError", "TargetSpec", "as_numpy", "one_sample_target", "parse_target"]
 
 ARGMAX_WORDS = ("argmax", "pred", "prediction", "none")
 LABEL_WORDS = ("label", "labels", "y")
 _FORMS = "None, an int, 'all', 'label', an int array (N,) or (N, K), or a float seed array (N, *output_shape)"
-
-
-class InputError(ValueError):
-    """The data (or the target) given to an Explainer cannot be explained as it is."""
 
 
 def as_numpy(a) -> np.ndarray:

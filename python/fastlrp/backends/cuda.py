@@ -715,7 +715,7 @@ def _concat_kernel(be, graph, node, rule):
     return _ConcatOp(be, graph, node)
 
 
-@register_kernel("cuda", "activation")
+@register_kernel("cuda", "activation", variants="not softmax, log_softmax")
 def _activation_kernel(be, graph, node, rule):
     # softmax / log_softmax (kept output activations) have no device kernel: the fallback
     return _ActivationOp(be, node) if node.attrs["kind"] in dict(be.mod.ACTIVATIONS) else None

@@ -38,14 +38,16 @@ _WARNED: set = set()
 _WARN_LOCK = threading.Lock()
 
 
-def register_kernel(backend: str, *op_names: str, rules: tuple | None = None) -> Callable:
+def register_kernel(backend: str, *op_names: str, rules: tuple | None = None, variants: str = "") -> Callable:
     """Decorator: ``factory(backend, graph, node, rule)`` runs ``op_names`` on the
-    backends whose ``kernels`` attribute (else ``name``) is ``backend``."""
+    backends whose ``kernels`` attribute (else ``name``) is ``backend``.
+    ``variants`` says, for listings, which attribute values the factory runs when it
+    declines others (returns None)."""
 
     def deco(factory):
         for op in op_names:
             ops.spec(op)  # an unknown op is an error at registration
-            _KERNELS[(backend, op)] = (factory, None if rules is None else tuple(rules))
+            _KERNELS[(backend, op)] = (factory, None if rules is None else tuple(rules), variants)
         return factory
 
     return deco
@@ -64,7 +66,7 @@ def prepare(backend, graph, node, rule):
                            f"(allowed: {', '.join(allowed)})")
     entry = _KERNELS.get((_family(backend), node.op))
     if entry is not None:
-        factory, kinds = entry
+        factory, kinds, _ = entry
         if kinds is None or rule.kind in kinds:
             op = factory(backend, graph, node, rule)
             if op is not None:
@@ -108,12 +110,13 @@ class HostRoundTrip:
 
 
 def coverage(backend: str) -> dict:
-    """``{op: rule kinds run by a kernel}`` for a backend kernel family (``"cpu"``,
-    ``"numba"``, ``"cuda"``); an op missing or a kind not listed runs the fallback."""
+    """``{op: (rule kinds run by a kernel, variants note)}`` for a backend kernel family
+    (``"cpu"``, ``"numba"``, ``"cuda"``); an op missing, a kind not listed or a
+    variant outside the note runs the fallback."""
     out = {}
     for op in ops.names():
         entry = _KERNELS.get((backend, op))
         if entry is not None:
             kinds = entry[1] if entry[1] is not None else ops.spec(op).rules
-            out[op] = tuple(k for k in ops.spec(op).rules if k in kinds)
+            out[op] = (tuple(k for k in ops.spec(op).rules if k in kinds), entry[2])
     return out

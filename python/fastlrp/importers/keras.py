@@ -43,6 +43,7 @@ import warnings
 import numpy as np
 
 from .. import passes
+from ..errors import UnsupportedLayerError
 from ..graph import Graph, GraphError, Node, same_padding, unique_name
 
 __all__ = [
@@ -51,10 +52,6 @@ __all__ = [
     "to_engine_layout",
     "from_engine_layout",
 ]
-
-
-class UnsupportedLayerError(GraphError):
-    """A Keras layer (or a use of one) that the importer cannot translate exactly."""
 
 
 # ----------------------------------------------------------------------------------

@@ -24,13 +24,10 @@ import warnings
 import numpy as np
 
 from .. import passes
+from ..errors import UnsupportedLayerError
 from ..graph import Graph, GraphError, Node, unique_name
 
 __all__ = ["Converter", "Meta", "UnsupportedLayerError", "lower", "propagate", "to_numpy"]
-
-class UnsupportedLayerError(GraphError):
-    """A module or function in the model has no fastlrp equivalent (the message names it and where it is)."""
-
 
 # --------------------------------------------------------------------------------------------
 # helpers
