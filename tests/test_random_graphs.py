@@ -459,11 +459,7 @@ def _trace(ex, x, target):
     every activation, and the largest |relevance| arriving at every node over all
     seeds of ``target``."""
     graph = ex.graph
-    needed = {graph.output}
-    for n in reversed(graph.nodes):
-        if n.name in needed:
-            needed.update(n.inputs)
-    nodes = [n for n in graph.nodes if n.name in needed]
+    nodes = graph.live_nodes()
     ops = {n.name: ex.backend.prepare(graph, n, ex.rules[n.name]) for n in nodes}
     xb = np.asarray(x, dtype=np.float64)
     acts, ctxs = {}, {}
@@ -501,7 +497,7 @@ def _denominators(ex, node, ins):
     eps = getattr(rule, "epsilon", getattr(rule, "stabilizer", 0.0))
     out = []
     if node.op in ("dense", "conv") and rule.kind != "pass":
-        op = ex._ops[node.name]
+        op = ex.plan.ops[node.name]
         W, x = op.W, ins[0]
         fwd = op.fwd
         zero = np.zeros(W.shape[0])
@@ -539,7 +535,7 @@ def _denominators(ex, node, ins):
     elif node.op == "add" and rule.kind == "norm":
         out.append((sum(ins), sum(np.abs(v) for v in ins), eps, True))
     elif node.op in ("avgpool", "adaptive_avgpool") and rule.kind == "norm":
-        op = ex._ops[node.name]
+        op = ex.plan.ops[node.name]
         out.append((op._apply(ins[0]), op._apply(np.abs(ins[0])), eps, True))
     return out
 
@@ -566,7 +562,7 @@ def conditioning(graph, composite, x, target):
         live = _live(Rmax[n.name])
         ins = [acts[i] for i in n.inputs]
         if n.op == "maxpool":
-            top = np.sort(ex._ops[n.name]._windows(ins[0]), axis=-1)
+            top = np.sort(ex.plan.ops[n.name]._windows(ins[0]), axis=-1)
             if top.shape[-1] > 1:
                 scale = np.abs(ins[0]).max() + 1e-30
                 near = (top[..., -1] - top[..., -2] <= FLIP_MARGIN * scale) & (np.abs(top[..., -1]) > 1e-3 * scale)
@@ -624,7 +620,7 @@ def _compare(graph, composite, x, target, small_chunks=False):
                 ex = fastlrp.Explainer(graph, composite, backend=be)
             finally:
                 nb._CHUNK_FLOATS = saved
-            assert all(op.chunk == 1 for op in ex._ops.values() if hasattr(op, "chunk"))
+            assert all(op.chunk == 1 for op in ex.plan.ops.values() if hasattr(op, "chunk"))
             got = ex.explain(x, target=target)
         else:
             got = _explain(graph, composite, x, target, be)

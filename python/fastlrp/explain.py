@@ -9,6 +9,7 @@ from typing import Optional
 import numpy as np
 
 from .backends.base import DeviceOutOfMemory
+from .backends.plan import make_plan
 from .composites import Composite, get_composite
 from .graph import Graph
 from .targets import InputError, one_sample_target, parse_target
@@ -130,17 +131,18 @@ class Explainer:
         self.rules = self.composite.resolve(graph)
         self.backend = get_backend(backend)
         self.dtype = np.dtype(self.backend.dtype)
-        # only nodes the output depends on are run
-        needed = {graph.output}
-        for n in reversed(graph.nodes):
-            if n.name in needed:
-                needed.update(n.inputs)
-        self._nodes = [n for n in graph.nodes if n.name in needed]
-        self._ops = {n.name: self.backend.prepare(graph, n, self.rules[n.name]) for n in self._nodes}
+        self._nodes = graph.live_nodes()  # only nodes the output depends on are run
+        self._plan = make_plan(self.backend, graph, self._nodes, self.rules)
         self._channels_last = graph.meta.get("layout") == "channels_last" and len(graph.input_shape) > 1
 
     def __repr__(self):
         return f"Explainer({self.composite.name}, backend={self.backend.name}, {len(self._nodes)} nodes)"
+
+    @property
+    def plan(self):
+        """What runs the graph (:class:`fastlrp.backends.plan.NodePlan`, or the backend's
+        own compiled plan); a NodePlan's ``ops`` maps node names to their prepared ops."""
+        return self._plan
 
     @property
     def nodes(self) -> tuple:
@@ -254,21 +256,7 @@ class Explainer:
 
     # -- passes ----------------------------------------------------------------------
     def _forward(self, x):
-        acts, ctxs = {}, {}
-        consumers_left = {n.name: 0 for n in self._nodes}
-        for n in self._nodes:
-            for i in n.inputs:
-                consumers_left[i] += 1
-        for n in self._nodes:
-            ins = [self._dev(x)] if n.op == "input" else [acts[i] for i in n.inputs]
-            out, ctx = self._ops[n.name].forward(ins)
-            acts[n.name] = out
-            ctxs[n.name] = ctx
-            for i in n.inputs:
-                consumers_left[i] -= 1
-                if consumers_left[i] == 0 and i != self.graph.output:
-                    del acts[i]
-        return acts[self.graph.output], ctxs
+        return self._plan.forward(self._dev(x))
 
     def forward(self, x) -> np.ndarray:
         """The model's output for ``x`` (with the batch axis if ``x`` had one)."""
@@ -278,23 +266,10 @@ class Explainer:
         return out if batched else out[0]
 
     def _backward(self, ctxs, seed, report=None):
-        R = {self.graph.output: self._dev(seed)}
-        for n in reversed(self._nodes):
-            r = R.pop(n.name, None)
-            if r is None:
-                continue
-            if n.op == "input":
-                return r
-            ins = self._ops[n.name].relevance(ctxs[n.name], r)
-            if report is not None:
-                rh = self._host(r)
-                report.relevance_out[n.name] = rh.reshape(rh.shape[0], -1).sum(axis=1)
-                report.relevance_in[n.name] = sum(
-                    ih.reshape(ih.shape[0], -1).sum(axis=1) for ih in map(self._host, ins))
-            for name, ri in zip(n.inputs, ins):
-                R[name] = ri if name not in R else R[name] + ri
-        # the output does not depend on the input
-        return self._dev(np.zeros((seed.shape[0],) + self.graph.input_shape, dtype=self.dtype))
+        R = self._plan.relevance(ctxs, self._dev(seed), report)
+        if R is None:  # the output does not depend on the input
+            R = self._dev(np.zeros((seed.shape[0],) + self.graph.input_shape, dtype=self.dtype))
+        return R
 
     def explain(self, x, target=None, return_layers=False):
         """Relevance of each input feature for the selected output(s).

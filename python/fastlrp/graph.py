@@ -153,6 +153,14 @@ class Graph:
                 out[i].append(n.name)
         return out
 
+    def live_nodes(self) -> list:
+        """The nodes the output depends on, in execution order."""
+        needed = {self.output}
+        for n in reversed(self.nodes):
+            if n.name in needed:
+                needed.update(n.inputs)
+        return [n for n in self.nodes if n.name in needed]
+
     def known_nonnegative(self, name: str) -> bool:
         """Whether node ``name``'s output is >= 0 by construction: a ReLU (or sigmoid,
         softplus, softmax), possibly seen through pools, reshapes, permutes, and adds or

@@ -81,10 +81,7 @@ def strip_output_activation(graph: Graph) -> Graph:
 
 def prune_dead_nodes(graph: Graph) -> Graph:
     """Remove the nodes the output does not depend on (the input node always stays)."""
-    needed = {graph.output}
-    for n in reversed(graph.nodes):
-        if n.name in needed:
-            needed.update(n.inputs)
+    needed = {n.name for n in graph.live_nodes()}
     if all(n.name in needed or n.op == "input" for n in graph):
         return graph
     nodes = [n for n in _copy_nodes(graph) if n.name in needed or n.op == "input"]
