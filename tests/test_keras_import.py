@@ -601,9 +601,9 @@ def _raises_naming(model, name, cls, match=None):
         (lambda: layers.Conv2DTranspose(2, 3, name="bad"), "Conv2DTranspose"),
         (lambda: layers.UpSampling2D(name="bad"), "UpSampling2D"),
         (lambda: layers.LayerNormalization(name="bad"), "LayerNormalization"),
-        (lambda: layers.ReLU(max_value=6.0, name="bad"), "ReLU"),
+        (lambda: layers.PReLU(name="bad"), "PReLU"),
         (lambda: layers.Conv2D(2, 3, activation="selu", name="bad"), "Conv2D"),
-        (lambda: layers.Activation("hard_sigmoid", name="bad"), "Activation"),
+        (lambda: layers.Activation("softsign", name="bad"), "Activation"),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )

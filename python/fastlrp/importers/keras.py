@@ -126,6 +126,10 @@ def _activation_of(fn, layer) -> tuple | None:
         ("silu", ("silu", {})),
         ("swish", ("silu", {})),
         ("softplus", ("softplus", {})),
+        ("relu6", ("hardtanh", {"min_val": 0.0, "max_val": 6.0})),
+        ("hard_sigmoid", ("hardsigmoid", {})),
+        ("hard_silu", ("hardswish", {})),
+        ("hard_swish", ("hardswish", {})),
         ("softmax", ("softmax", {})),
         ("log_softmax", ("log_softmax", {})),
     ]
@@ -428,14 +432,16 @@ class _Importer:
             return self.act(ins[0], act, name, src, layer)
 
         if cls == "ReLU":
-            mv = layer.max_value
+            mv = None if layer.max_value is None else float(layer.max_value)
             th = float(layer.threshold)
             ns = float(layer.negative_slope)
-            if mv is not None or th != 0.0:
-                raise _unsupported(layer, f"ReLU with max_value={mv} and threshold={th} (only max_value=None, threshold=0)")
-            if ns != 0.0:
-                return self.act(ins[0], ("leaky_relu", {"negative_slope": ns}), name, src, layer)
-            return self.act(ins[0], ("relu", {}), name, src, layer)
+            if th == 0.0 and mv is None:
+                act = ("leaky_relu", {"negative_slope": ns}) if ns != 0.0 else ("relu", {})
+            elif th == 0.0 and ns == 0.0:  # ReLU(max_value=6) is ReLU6
+                act = ("hardtanh", {"min_val": 0.0, "max_val": mv})
+            else:
+                act = ("clipped_relu", {"max_value": mv, "threshold": th, "negative_slope": ns})
+            return self.act(ins[0], act, name, src, layer)
 
         if cls == "LeakyReLU":
             return self.act(ins[0], ("leaky_relu", {"negative_slope": float(layer.negative_slope)}), name, src, layer)

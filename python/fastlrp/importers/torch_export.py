@@ -103,8 +103,10 @@ class _AtenConverter(Converter):
         reg("permute", "permute")
         reg("transpose", "transpose.int", "swapaxes", "swapdims")
         reg("identity", "clone", "contiguous", "alias", "detach")
-        for k in ("relu", "leaky_relu", "elu", "tanh", "sigmoid", "gelu", "silu", "softplus"):
+        for k in ("relu", "leaky_relu", "elu", "tanh", "sigmoid", "gelu", "silu", "softplus", "hardtanh",
+                  "hardswish", "hardsigmoid", "relu6"):
             reg(k, k, f"{k}_")
+        reg("clamp", "clamp", "clamp_", "clip", "clip_")
         reg("softmax", "softmax.int", "_softmax")
         reg("log_softmax", "log_softmax.int", "_log_softmax")
         reg("mean", "mean.dim")

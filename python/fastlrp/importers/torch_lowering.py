@@ -154,6 +154,11 @@ class Converter:
         reg("gelu", F.gelu)
         reg("silu", F.silu)
         reg("softplus", F.softplus)
+        reg("relu6", F.relu6)
+        reg("hardtanh", F.hardtanh, g(F, "hardtanh_"))
+        reg("hardswish", F.hardswish)
+        reg("hardsigmoid", F.hardsigmoid)
+        reg("clamp", torch.clamp, g(torch, "clip"), g(torch, "clamp_"))
         reg("softmax", F.softmax, torch.softmax)
         reg("log_softmax", F.log_softmax, torch.log_softmax)
         reg("dropout", F.dropout, g(F, "dropout1d"), g(F, "dropout2d"), g(F, "dropout3d"), g(F, "alpha_dropout"),
@@ -177,13 +182,15 @@ class Converter:
             "permute": "permute", "transpose": "transpose", "swapaxes": "transpose",
             "relu": "relu", "relu_": "relu", "tanh": "tanh", "tanh_": "tanh", "sigmoid": "sigmoid",
             "sigmoid_": "sigmoid", "softmax": "softmax", "log_softmax": "log_softmax", "mean": "mean",
+            "clamp": "clamp", "clamp_": "clamp", "clip": "clamp", "clip_": "clamp",
             "size": "meta", "dim": "meta",
         }
 
         self.act_modules = {
             nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.ELU: "elu", nn.Tanh: "tanh",
             nn.Sigmoid: "sigmoid", nn.GELU: "gelu", nn.SiLU: "silu", nn.Softplus: "softplus",
-            nn.Softmax: "softmax", nn.LogSoftmax: "log_softmax",
+            nn.Softmax: "softmax", nn.LogSoftmax: "log_softmax", nn.ReLU6: "relu6", nn.Hardtanh: "hardtanh",
+            nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid",
         }
         self.pad_modules = tuple(
             c for c in (g(nn, f"{kind}Pad{d}d") for kind in ("Zero", "Constant") for d in (1, 2, 3)) if c is not None
@@ -384,6 +391,8 @@ class Converter:
                     raise unsup("only beta=1, threshold=20 is supported")
                 elif kind in ("softmax", "log_softmax"):
                     self.check_softmax_dim(n, mod.dim, unsup)
+                elif kind in ("relu6", "hardtanh"):  # nn.ReLU6 is a Hardtanh(0, 6)
+                    kind, attrs = "hardtanh", {"min_val": float(mod.min_val), "max_val": float(mod.max_val)}
                 self.add(n, "activation", [x], {"kind": kind, **attrs}, name=path, source=src)
                 return
         raise UnsupportedLayerError(f"unsupported module '{path}' ({tname})")
@@ -504,8 +513,23 @@ class Converter:
                 return
             self.add(n, "permute", [x], {"perm": sp}, source=f"{n.name} ({what})")
             return
+        if kind in ("relu6", "hardtanh", "clamp"):
+            x = x0()
+            if kind == "relu6":
+                lo, hi = 0.0, 6.0
+            elif kind == "hardtanh":
+                lo, hi = _arg(n, 1, "min_val", -1.0), _arg(n, 2, "max_val", 1.0)
+            else:
+                lo, hi = _arg(n, 1, "min", None), _arg(n, 2, "max", None)
+            if any(isinstance(v, torch.fx.Node) for v in (lo, hi)):
+                raise unsup("tensor bounds (only scalar bounds are supported)")
+            lo = -np.inf if lo is None else float(lo)
+            hi = np.inf if hi is None else float(hi)
+            self.add(n, "activation", [x], {"kind": "hardtanh", "min_val": lo, "max_val": hi},
+                     source=f"{n.name} ({what})")
+            return
         if kind in ("relu", "leaky_relu", "elu", "tanh", "sigmoid", "gelu", "silu", "softplus",
-                    "softmax", "log_softmax"):
+                    "softmax", "log_softmax", "hardswish", "hardsigmoid"):
             x = x0()
             attrs = {}
             if kind == "leaky_relu":

@@ -1,8 +1,13 @@
 """Elementwise ops: activations and BatchNorm that could not be folded.
 
 ``activation``  attrs ``kind`` in :data:`ACTIVATIONS`, and ``negative_slope``
-                (leaky_relu) or ``alpha`` (elu). Dropout at inference is
-                ``kind="identity"``.
+                (leaky_relu) or ``alpha`` (elu); ``hardtanh``: ``min_val``,
+                ``max_val`` (ReLU6 is ``hardtanh(0, 6)``, ``clamp`` with scalar
+                bounds likewise; a bound may be +-inf); ``clipped_relu`` (Keras'
+                ReLU): ``max_value`` (None: no cap), ``threshold``,
+                ``negative_slope``; ``hardswish`` = ``x relu6(x + 3) / 6``,
+                ``hardsigmoid`` = ``relu6(x + 3) / 6``. Dropout and stochastic
+                depth at inference are ``kind="identity"``.
 ``batchnorm``   params ``scale``, ``shift`` (per channel, along per-sample axis
                 0): ``y = x * scale + shift``.
 
@@ -44,6 +49,18 @@ def _log_softmax(x):
     return (s - np.log(np.exp(s).sum(axis=1, keepdims=True))).reshape(x.shape)
 
 
+def _hardsigmoid(x):
+    return np.clip(x + 3, 0, 6) / 6
+
+
+def _clipped_relu(x, a):
+    """Keras' ReLU: ``min(x, max_value)`` from ``threshold`` on, ``negative_slope (x - threshold)`` below."""
+    t = a.get("threshold", 0.0)
+    top = a.get("max_value")
+    up = x if top is None else np.minimum(x, top)
+    return np.where(x >= t, up, a.get("negative_slope", 0.0) * (x - t))
+
+
 _FUNCTIONS = {
     "relu": lambda x, a: np.maximum(x, 0),
     "leaky_relu": lambda x, a: np.where(x >= 0, x, x * a.get("negative_slope", 0.01)),
@@ -56,13 +73,26 @@ _FUNCTIONS = {
     "identity": lambda x, a: x,
     "softmax": lambda x, a: _softmax(x),
     "log_softmax": lambda x, a: _log_softmax(x),
+    "hardtanh": lambda x, a: np.clip(x, a.get("min_val", -1.0), a.get("max_val", 1.0)),
+    "clipped_relu": _clipped_relu,
+    "hardswish": lambda x, a: x * _hardsigmoid(x),
+    "hardsigmoid": lambda x, a: _hardsigmoid(x),
 }
 
 #: Activation kinds, in a fixed order (the GPU kernels number them in this order).
 ACTIVATIONS = tuple(_FUNCTIONS)
 
-#: Activations whose output is >= 0 for every input.
-NONNEGATIVE_ACTIVATIONS = ("relu", "sigmoid", "softplus", "softmax")
+#: Activations whose output is >= 0 for every input (whatever their attributes).
+NONNEGATIVE_ACTIVATIONS = ("relu", "sigmoid", "softplus", "softmax", "hardsigmoid")
+
+
+def _nonnegative(attrs) -> bool:
+    kind = attrs.get("kind")
+    if kind == "hardtanh":
+        return attrs.get("min_val", -1.0) >= 0
+    if kind == "clipped_relu":
+        return attrs.get("negative_slope", 0.0) == 0 and attrs.get("threshold", 0.0) >= 0
+    return kind in NONNEGATIVE_ACTIVATIONS
 
 
 def activation_function(kind: str):
@@ -87,13 +117,21 @@ class ActivationSpec(OpSpec):
 
     def infer(self, node, in_shapes):
         need_inputs(node, in_shapes, 1)
-        if node.attrs.get("kind") not in _FUNCTIONS:
-            raise GraphError(f"{node.describe()}: unknown activation '{node.attrs.get('kind')}' "
+        a = node.attrs
+        if a.get("kind") not in _FUNCTIONS:
+            raise GraphError(f"{node.describe()}: unknown activation '{a.get('kind')}' "
                              f"(known: {', '.join(ACTIVATIONS)})")
+        if a["kind"] == "hardtanh" and not float(a.get("min_val", -1.0)) <= float(a.get("max_val", 1.0)):
+            raise GraphError(f"{node.describe()}: hardtanh needs min_val <= max_val, got "
+                             f"{a.get('min_val')} > {a.get('max_val')}")
+        if a["kind"] == "clipped_relu" and a.get("max_value") is not None and \
+                float(a["max_value"]) < float(a.get("threshold", 0.0)):
+            raise GraphError(f"{node.describe()}: clipped_relu needs max_value >= threshold, got "
+                             f"{a['max_value']} < {a.get('threshold')}")
         return in_shapes[0]
 
     def nonnegative(self, node, inputs_nonneg):
-        return node.attrs.get("kind") in NONNEGATIVE_ACTIVATIONS
+        return _nonnegative(node.attrs)
 
     def reference(self, graph, node, rule):
         fn, a = _FUNCTIONS[node.attrs["kind"]], node.attrs
