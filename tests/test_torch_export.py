@@ -236,13 +236,13 @@ class _TwoInputs(nn.Module):
     "model, pattern",
     [
         (_Slice(), r"unsupported ATen op aten\.slice\.Tensor at 'slice\w*'"),
-        (nn.Sequential(nn.Linear(4, 3), nn.ReLU6()),
-         r"unsupported ATen op aten\.hardtanh\.default at 'hardtanh' \(in module '1', ReLU6\)"),
+        (nn.Sequential(nn.Linear(4, 3), nn.Mish()),
+         r"unsupported ATen op aten\.mish\.default at 'mish' \(in module '1', Mish\)"),
         (nn.Sequential(nn.Linear(4, 3), nn.SELU()), r"aten\.(elu|selu)\.default"),
         (nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)).train(), r"aten\.batch_norm\.default.*training=True"),
         (_TwoInputs(), r"2 inputs"),
     ],
-    ids=["slice", "relu6", "selu", "train_batchnorm", "two_inputs"],
+    ids=["slice", "mish", "selu", "train_batchnorm", "two_inputs"],
 )
 def test_unsupported_aten_ops_are_named(model, pattern):
     x = torch.randn(2, 4)

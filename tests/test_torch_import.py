@@ -371,13 +371,15 @@ class _AddConst(nn.Module):
         super().__init__()
         self.fc = nn.Linear(3, 3)
 
+        self.register_buffer("c", torch.ones(2, 3))  # a constant with a batch axis
+
     def forward(self, x):
-        return self.fc(x) + 1.0
+        return self.fc(x) + self.c
 
 
-class _Mul(nn.Module):
+class _Div(nn.Module):
     def forward(self, x):
-        return x * 2
+        return x / (x + 1)
 
 
 class _AddAlpha(nn.Module):
@@ -388,7 +390,7 @@ class _AddAlpha(nn.Module):
 class _AddParam(nn.Module):
     def __init__(self):
         super().__init__()
-        self.p = nn.Parameter(torch.ones(3))
+        self.p = nn.Parameter(torch.ones(2, 3))  # a batch axis
 
     def forward(self, x):
         return x + self.p
@@ -421,7 +423,7 @@ class _Lstm(nn.Module):
         (_Lstm(), (2, 3), r"'features\.3' \(nn\.LSTM\)"),
         (nn.Sequential(nn.Conv3d(1, 1, 1)), (1, 1, 2, 2, 2), r"'0' \(nn\.Conv3d\)"),
         (_AddConst(), (2, 3), r"'add'.*constant"),
-        (_Mul(), (2, 3), r"mul.*'mul'"),
+        (_Div(), (2, 3), r"truediv.*'truediv'.*division by a tensor"),
         (_AddAlpha(), (2, 3), r"'add'.*alpha=2"),
         (_AddParam(), (2, 3), r"'add'.*(constant|parameter)"),
         (_Slice(), (2, 3), r"getitem"),

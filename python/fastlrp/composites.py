@@ -141,7 +141,7 @@ class Composite:
         for node in graph.nodes:
             rule = self._lookup(graph, node, positional)
             if rule is None:
-                rule = self._default(node)
+                rule = self._default(graph, node)
             if rule is None:
                 raise RuleError(
                     f"composite '{self.name}' has no rule for {node.describe()}; "
@@ -159,8 +159,8 @@ class Composite:
                 raise RuleError(f"composite '{self.name}': no node named '{key}' in the graph")
         return rules
 
-    def _default(self, node: Node) -> Rule | None:
-        return ops.spec(node.op).default_rule(node, self.stabilizer)
+    def _default(self, graph: Graph, node: Node) -> Rule | None:
+        return ops.spec(node.op).default_rule(graph, node, self.stabilizer)
 
 
 class EpsilonPlus(Composite):

@@ -33,6 +33,8 @@ __all__ = [
     "strip_output_activation",
     "prune_dead_nodes",
     "simplify",
+    "fold_constants",
+    "constants_to_batchnorm",
     "fold_batchnorms",
 ]
 
@@ -45,7 +47,8 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 def optimize(graph: Graph, keep_output_activation: bool = False) -> Graph:
     """All passes, in order: strip the output activation (unless ``keep_output_activation``),
     prune dead nodes, check that a softmax comes only at the output, simplify routing
-    (identities, chains of reshapes and permutes), fold BatchNorms.
+    (identities, chains of reshapes and permutes), fold constants, turn per-channel
+    constant factors and offsets into BatchNorm nodes, fold BatchNorms.
 
     Raises
     ------
@@ -60,7 +63,8 @@ def optimize(graph: Graph, keep_output_activation: bool = False) -> Graph:
         if n.op == "activation" and n.attrs.get("kind") in ("softmax", "log_softmax") and n.name != graph.output:
             raise GraphError(f"unsupported {n.attrs['kind']} at {_where(n)}: a softmax is only "
                              "supported at the output")
-    return fold_batchnorms(simplify(graph))
+    graph = prune_dead_nodes(constants_to_batchnorm(fold_constants(simplify(graph))))
+    return fold_batchnorms(graph)
 
 
 # --------------------------------------------------------------------------------------------
@@ -86,6 +90,72 @@ def prune_dead_nodes(graph: Graph) -> Graph:
         return graph
     nodes = [n for n in _copy_nodes(graph) if n.name in needed or n.op == "input"]
     return Graph(nodes, output=graph.output, meta=graph.meta)
+
+
+# --------------------------------------------------------------------------------------------
+# constants
+
+
+def fold_constants(graph: Graph) -> Graph:
+    """Replace every node whose inputs are all ``const`` nodes by one ``const`` node of the
+    same name holding its value (computed once, in float64, by the op's reference), e.g.
+    a position embedding built from parameters, or ``2 * c``."""
+    from . import ops
+    from .rules import Pass
+
+    if not any(n.inputs and all(graph[i].op == "const" for i in n.inputs) for n in graph):
+        return graph
+    w = _Rewrite(graph)
+    for n in list(w.nodes):
+        if not n.inputs or not all(w.by_name[i].op == "const" for i in n.inputs):
+            continue
+        sp = ops.spec(n.op)
+        rule = Pass() if "pass" in sp.rules else sp.default_rule(w.graph(), n, 1e-6)
+        ref = sp.reference(w.graph(), n, rule)
+        ins = [np.asarray(w.by_name[i].params["value"], np.float64)[None] for i in n.inputs]
+        value = np.asarray(ref.forward(ins)[0])[0]
+        n.op, n.inputs, n.attrs, n.params = "const", [], {}, {"value": value}
+        n.source = f"{n.source or n.name} (constant)"
+    return prune_dead_nodes(w.graph())
+
+
+def _per_channel(value: np.ndarray, x_shape: tuple):
+    """A constant that broadcasts against ``x_shape`` along axis 0 only: its values per
+    channel (length ``x_shape[0]``), else None."""
+    if not x_shape or value.ndim > len(x_shape):
+        return None
+    v = value.reshape((1,) * (len(x_shape) - value.ndim) + value.shape)
+    if any(s != 1 for s in v.shape[1:]) or v.shape[0] not in (1, x_shape[0]):
+        return None
+    return np.broadcast_to(v.reshape(-1), (x_shape[0],)).astype(np.float64)
+
+
+def constants_to_batchnorm(graph: Graph) -> Graph:
+    """A ``mul`` or ``add`` of a tensor and a constant that is one number per channel (a
+    scalar, a ``(C, 1, 1)`` array, ...) becomes a ``batchnorm`` node of the same name
+    (``scale``, ``shift``), so that :func:`fold_batchnorms` can fold it into a neighbouring
+    dense/conv layer where that is exact (Keras Rescaling, ``x * 0.5``, layer scale after a
+    convolution, ``x - mean``). The tensor operand must have the output's shape."""
+    w = None
+    for n in graph:
+        if n.op not in ("mul", "add") or len(n.inputs) != 2:
+            continue
+        kinds = [graph[i].op == "const" for i in n.inputs]
+        if kinds.count(True) != 1:
+            continue
+        c, x = (n.inputs[0], n.inputs[1]) if kinds[0] else (n.inputs[1], n.inputs[0])
+        if tuple(graph[x].shape) != tuple(n.shape):
+            continue
+        v = _per_channel(np.asarray(graph[c].params["value"], np.float64), tuple(n.shape))
+        if v is None:
+            continue
+        if w is None:
+            w = _Rewrite(graph)
+        m = w.by_name[n.name]
+        scale, shift = (v, np.zeros_like(v)) if n.op == "mul" else (np.ones_like(v), v)
+        m.op, m.inputs, m.params = "batchnorm", [x], {"scale": scale, "shift": shift}
+        m.attrs = {"from_constant": True}  # not a BatchNorm layer: kept quietly where it cannot fold
+    return graph if w is None else prune_dead_nodes(w.graph())
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,7 +238,8 @@ def fold_batchnorms(graph: Graph) -> Graph:
                 origins[into] += origins.pop(bn.name)
             else:
                 folded += origins.pop(bn.name)
-    kept = [n for n in w.nodes if n.op == "batchnorm"]
+    # a kept BatchNorm layer is worth a warning; a kept constant factor / offset is not
+    kept = [n for n in w.nodes if n.op == "batchnorm" and not n.attrs.get("from_constant")]
     for bn in kept:
         _warn(f"BatchNorm {_where(bn)} could not be folded into a neighbouring dense/conv layer "
               f"({_why_not_folded(w, bn)}); it is kept as an explicit batchnorm node (LRP passes relevance "
@@ -204,6 +275,8 @@ def _merge_batchnorms(w: "_Rewrite", bn: Node):
     prev.params["scale"] = prev.params["scale"] * s
     prev.params["shift"] = prev.params["shift"] * s + t
     prev.source = f"{_label(prev)} + {_label(bn)}"
+    if not bn.attrs.get("from_constant"):
+        prev.attrs.pop("from_constant", None)
     w.bypass(bn, prev.name)
     return prev.name
 

@@ -26,6 +26,8 @@ __all__ = [
     "Norm",
     "Pass",
     "WinnerTakesAll",
+    "Gate",
+    "Uniform",
     "RuleError",
     "PARAMETRIC_RULES",
     "stabilizer_of",
@@ -228,6 +230,31 @@ class WinnerTakesAll(Rule):
     routing; overlapping windows accumulate). The default for max pooling."""
 
     kind = "winner"
+
+
+@dataclass(frozen=True)
+class Gate(Rule):
+    """Product of two tensors ``y = a * b`` with one operand, the gate, held constant:
+    all relevance goes to the other operand (``R_other = R``; a product with a constant
+    factor is a diagonal linear map, and LRP's rules give it the identity). ``gate`` is
+    the index (0 or 1) of the gating operand; None picks it from the graph: a sigmoid
+    or hard-sigmoid output, a constant, or the operand broadcast over the other
+    (squeeze-excitation's per-channel scale)."""
+
+    gate: object = None
+    kind = "gate"
+
+    def __post_init__(self):
+        if self.gate is not None and self.gate not in (0, 1):
+            raise RuleError(f"Gate needs gate=0, 1 or None, got {self.gate!r}")
+
+
+@dataclass(frozen=True)
+class Uniform(Rule):
+    """Product of tensors: each operand gets an equal share of the relevance
+    (AttnLRP's uniform rule for multiplicative interactions, ``R_i = R / 2``)."""
+
+    kind = "uniform"
 
 
 #: Rules that need a dense/conv layer's weights.

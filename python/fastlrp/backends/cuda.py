@@ -689,9 +689,10 @@ def _avgpool_kernel(be, graph, node, rule):
     return _AvgPoolOp(be, graph, node, rule)
 
 
-@register_kernel("cuda", "add")
+@register_kernel("cuda", "add", variants="operands of one shape")
 def _add_kernel(be, graph, node, rule):
-    return _AddOp(be, node, rule)
+    same = all(tuple(graph[i].shape) == tuple(node.shape) for i in node.inputs)
+    return _AddOp(be, node, rule) if same else None  # broadcasting: the fallback
 
 
 @register_kernel("cuda", "input")

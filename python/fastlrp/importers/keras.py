@@ -143,6 +143,10 @@ def _activation_of(fn, layer) -> tuple | None:
     raise _unsupported(layer, f"activation '{name}' (supported: {', '.join(n for n, _ in table)})")
 
 
+#: Keras ops (keras.src.ops.numpy) written as ``x + c`` etc. in a functional model.
+_ARITHMETIC_OPS = {"Add": "add", "Subtract": "sub", "Multiply": "mul", "Divide": "div", "TrueDivide": "div",
+                   "Negative": "neg"}
+
 _IDENTITY_LAYERS = (
     "Dropout",
     "SpatialDropout1D",
@@ -307,7 +311,7 @@ class _Importer:
                     self.tensors[self.key(inner.inputs[0])] = ins[0]
                     res = self.walk(inner, prefix=f"{prefix}{op.name}/")
                 else:
-                    res = self.layer(op, ins, kshape, f"{prefix}{op.name}")
+                    res = self.layer(op, ins, kshape, f"{prefix}{op.name}", node)
                 self.tensors[self.key(out_t)] = res
                 # the engine shape we hold must match the Keras shape
                 name, perm = res
@@ -318,7 +322,7 @@ class _Importer:
         return self.tensors[self.key(fn.outputs[0])]
 
     # -- one layer -------------------------------------------------------------------
-    def layer(self, layer, ins, kshape, name):
+    def layer(self, layer, ins, kshape, name, node=None):
         cls = type(layer).__name__
         src = f"{layer.name} ({cls})"
         rank = len(kshape)
@@ -406,10 +410,42 @@ class _Importer:
             x, q = ins[0]
             return (x, tuple(pinv[k] for k in q))
 
-        if cls == "Add":
+        if type(layer).__module__.startswith("keras.src.ops") and cls in _ARITHMETIC_OPS:
+            return self.arithmetic_op(layer, node, kshape, name, src, _ARITHMETIC_OPS[cls])
+
+        if cls in ("Add", "Multiply", "Subtract"):
             want = ins[0][1]
             xs = [self.ensure(i, want, layer) for i in ins]
-            return (self.emit(name, "add", xs, {}, None, self.shapes[xs[0]], src), want)
+            if len(xs) < 2:
+                raise _unsupported(layer, f"{cls} of {len(xs)} tensor(s) (needs two or more)")
+            if cls == "Subtract":
+                xs = [xs[0], self.scaled(xs[1], -1.0, name, layer)]
+            if cls == "Multiply":
+                h = xs[0]
+                for k, x in enumerate(xs[1:]):
+                    h = self.emit(name if k == len(xs) - 2 else f"{name}/mul_{k}", "mul", [h, x], {}, None,
+                                  tuple(np.broadcast_shapes(self.shapes[h], self.shapes[x])), src)
+                return (h, want)
+            shape = tuple(np.broadcast_shapes(*[self.shapes[x] for x in xs]))
+            return (self.emit(name, "add", xs, {}, None, shape, src), want)
+
+        if cls == "Rescaling":
+            x, perm = ins[0]
+            h = self.emit(f"{name}/scale", "mul", [x, self.const(layer.scale, perm, f"{name}/scale_value", layer)],
+                          {}, None, self.shapes[x], src)
+            h = self.emit(name, "add", [h, self.const(layer.offset, perm, f"{name}/offset_value", layer)], {}, None,
+                          self.shapes[x], src)
+            return (h, perm)
+
+        if cls == "Normalization":
+            x, perm = ins[0]
+            mean = _np(layer.mean)
+            std = np.maximum(np.sqrt(_np(layer.variance)), self.keras.backend.epsilon())
+            scale, shift = (std, mean) if layer.invert else (1.0 / std, -mean / std)
+            h = self.emit(f"{name}/scale", "mul", [x, self.const(scale, perm, f"{name}/scale_value", layer)], {},
+                          None, self.shapes[x], src)
+            return (self.emit(name, "add", [h, self.const(shift, perm, f"{name}/shift_value", layer)], {}, None,
+                              self.shapes[x], src), perm)
 
         if cls == "Concatenate":
             want = ins[0][1]
@@ -453,6 +489,66 @@ class _Importer:
             return self.act(ins[0], ("softmax", {}), name, src, layer)
 
         raise _unsupported(layer)
+
+    # -- constants and arithmetic -----------------------------------------------------
+    def const(self, value, perm, name, layer) -> str:
+        """A ``const`` node for a number or array that broadcasts against a Keras tensor held
+        in engine layout ``perm`` (right-aligned against the Keras per-sample shape; a leading
+        axis of 1 beyond it is the batch axis)."""
+        v = np.asarray(value, dtype=np.float64) if isinstance(value, (int, float, list, tuple, np.ndarray)) \
+            else _np(value)
+        rank = len(perm)
+        if v.ndim > rank:
+            if v.ndim != rank + 1 or v.shape[0] != 1:
+                raise _unsupported(layer, f"constant of shape {v.shape} does not broadcast per sample")
+            v = v[0]
+        v = v.reshape((1,) * (rank - v.ndim) + v.shape).transpose(perm) if rank else v
+        return self.emit(name, "const", [], {}, {"value": v}, v.shape, f"{_desc(layer)} (constant)")
+
+    def scaled(self, x: str, factor: float, name: str, layer) -> str:
+        c = self.emit(f"{name}/factor", "const", [], {}, {"value": np.array(factor)}, (), f"{_desc(layer)} (constant)")
+        return self.emit(f"{name}/neg", "mul", [x, c], {}, None, self.shapes[x], f"{_desc(layer)}")
+
+    def arithmetic_op(self, op, node, kshape, name, src, kind):
+        """``x + c``, ``x - y``, ``c * x``, ``x / c``, ``-x`` written with Keras ops in a
+        functional model: tensors and constants as operands."""
+        args = list(node.arguments.args) if node is not None else []
+        if node is not None and node.arguments.kwargs:
+            raise _unsupported(op, f"keyword arguments {sorted(node.arguments.kwargs)}")
+        if len(args) != (1 if kind == "neg" else 2):
+            raise _unsupported(op, f"{len(args)} operands")
+        perm = None
+        operands = []
+        for a in args:
+            held = self.tensors.get(self.key(a)) if hasattr(a, "_keras_history") else None
+            operands.append(held)
+            if held is not None and perm is None:
+                perm = held[1]
+        if perm is None:  # pragma: no cover - Keras folds ops on constants itself
+            raise _unsupported(op, "no operand is a tensor of the model")
+        names, is_const = [], []
+        for a, held in zip(args, operands):
+            if held is not None:
+                names.append(self.ensure(held, perm, op))
+                is_const.append(False)
+            else:
+                names.append(None)
+                is_const.append(True)
+        if kind == "neg":
+            return (self.scaled(names[0], -1.0, name, op), perm)
+        if kind == "div":
+            if not is_const[1]:
+                raise _unsupported(op, "division by a tensor of the model (only division by a constant)")
+            args[1] = 1.0 / np.asarray(args[1], dtype=np.float64)
+        if kind == "sub" and is_const[1]:
+            args[1] = -np.asarray(args[1], dtype=np.float64)
+        for i in (0, 1):
+            if is_const[i]:
+                names[i] = self.const(args[i], perm, f"{name}/const_{i}", op)
+        if kind == "sub" and not is_const[1]:
+            names[1] = self.scaled(names[1], -1.0, name, op)
+        out_shape = tuple(kshape[p] for p in perm)
+        return (self.emit(name, "add" if kind in ("add", "sub") else "mul", names, {}, None, out_shape, src), perm)
 
     # -- layer families ------------------------------------------------------------
     def pad(self, layer, held, kshape, name, src, cls):

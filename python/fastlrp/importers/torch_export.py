@@ -95,7 +95,11 @@ class _AtenConverter(Converter):
                         self.aten_dims[op] = dims
 
         # ops with the same positional signature as their torch / F counterparts: handled by convert_kind
-        reg("add", "add.Tensor")
+        reg("add", "add.Tensor", "add.Scalar", "add_.Tensor")
+        reg("sub", "sub.Tensor", "sub.Scalar")
+        reg("mul", "mul.Tensor", "mul.Scalar", "mul_.Tensor")
+        reg("div", "div.Tensor", "div.Scalar")
+        reg("neg", "neg")
         reg("cat", "cat", "concat", "concatenate")
         reg("flatten", "flatten.using_ints")
         reg("reshape", "view", "reshape", "_unsafe_view", "view_as", "reshape_as", "squeeze", "squeeze.dim",

@@ -141,6 +141,10 @@ class Converter:
                 self.fn_kind[f] = kind
 
         reg("add", operator.add, operator.iadd, torch.add, g(T, "add"), g(T, "__add__"), g(T, "__iadd__"))
+        reg("sub", operator.sub, operator.isub, torch.sub, g(torch, "subtract"))
+        reg("mul", operator.mul, operator.imul, torch.mul, g(torch, "multiply"))
+        reg("div", operator.truediv, operator.itruediv, torch.div, g(torch, "divide"), g(torch, "true_divide"))
+        reg("neg", operator.neg, torch.neg, g(torch, "negative"))
         reg("cat", torch.cat, g(torch, "concat"), g(torch, "concatenate"))
         reg("flatten", torch.flatten)
         reg("reshape", torch.reshape, torch.squeeze, torch.unsqueeze)
@@ -175,7 +179,10 @@ class Converter:
                 self.fn_dims[getattr(torch, n)] = d
 
         self.method_kind = {
-            "add": "add", "add_": "add", "__add__": "add", "__iadd__": "add",
+            "add": "add", "add_": "add", "__add__": "add", "__iadd__": "add", "__radd__": "add",
+            "sub": "sub", "sub_": "sub", "__sub__": "sub", "mul": "mul", "mul_": "mul", "__mul__": "mul",
+            "__rmul__": "mul", "div": "div", "div_": "div", "__truediv__": "div", "neg": "neg",
+            "__neg__": "neg",
             "view": "reshape", "reshape": "reshape", "flatten": "flatten", "squeeze": "reshape",
             "unsqueeze": "reshape", "view_as": "reshape", "reshape_as": "reshape",
             "contiguous": "identity", "clone": "identity", "detach": "identity",
@@ -455,20 +462,8 @@ class Converter:
                               "(inference)", stacklevel=4)
             self.env[n] = x
             return
-        if kind == "add":
-            if len(args) < 2:
-                raise unsup("expected two operands")
-            alpha = _arg(n, 2, "alpha", 1)
-            if alpha != 1:
-                raise unsup(f"alpha={alpha} (only a plain sum x + y is supported)")
-            if n.kwargs.get("out") is not None:
-                raise unsup("out= argument")
-            a = self.tensor_input(n, args[0], what)
-            b = self.tensor_input(n, args[1], what)
-            sa, sb = self.sample_shape(args[0]), self.sample_shape(args[1])
-            if sa != sb:
-                raise unsup(f"operand shapes {sa} and {sb} differ (broadcasting is not supported)")
-            self.add(n, "add", [a, b], source=f"{n.name} ({what})")
+        if kind in ("add", "sub", "mul", "div", "neg"):
+            self.convert_arithmetic(n, kind, what, unsup)
             return
         if kind == "cat":
             tensors = _arg(n, 0, "tensors")
@@ -597,6 +592,89 @@ class Converter:
                          source=f"{n.name} ({what})", unsup=unsup)
             return
         raise unsup("")  # pragma: no cover
+
+    # -- arithmetic ---------------------------------------------------------------------------
+    def operand(self, fxnode, arg, what):
+        """``(IR node name, is_constant)`` of an operand of an elementwise op: a tensor computed
+        from the input, or a ``const`` node for a number, a parameter or a tensor computed from
+        parameters only (per-sample: a leading axis of 1 is the batch axis)."""
+        torch = self.torch
+        if isinstance(arg, torch.fx.Node):
+            v = self.env.get(arg)
+            if isinstance(v, str):
+                return v, False
+            value, origin = (v.value, v.origin) if isinstance(v, Meta) else (None, arg.name)
+            if value is None:
+                value = self.consts.get(arg.name)
+        elif isinstance(arg, (int, float)) and not isinstance(arg, bool):
+            value, origin = float(arg), repr(arg)
+        else:
+            value, origin = arg, repr(arg)
+        if isinstance(value, torch.Tensor):
+            value = to_numpy(value)
+        if not isinstance(value, (float, np.ndarray)):
+            raise self.unsupported(fxnode, what, f"operand {origin} is neither a tensor nor a number")
+        value = np.asarray(value, dtype=np.float64)
+        rank = len(self.shape(fxnode))
+        if value.ndim == rank:
+            if value.shape[0] != 1:
+                raise self.unsupported(fxnode, what, f"constant operand {origin} of shape {value.shape} has a batch "
+                                       "axis")
+            value = value[0]
+        name = self.unique(f"{fxnode.name}_const")
+        self.nodes.append(Node(name, "const", [], {}, {"value": value}, tuple(value.shape), f"{origin} (constant)"))
+        return name, True
+
+    def negated(self, fxnode, name, is_const):
+        """``-x`` of an operand: a negated constant, or ``x * -1``."""
+        if is_const:
+            node = next(m for m in self.nodes if m.name == name)
+            node.params["value"] = -node.params["value"]
+            return name
+        minus = self.unique(f"{fxnode.name}_minus_one")
+        self.nodes.append(Node(minus, "const", [], {}, {"value": np.array(-1.0)}, (), "-1 (constant)"))
+        neg = self.unique(f"{fxnode.name}_neg")
+        self.nodes.append(Node(neg, "mul", [name, minus], {}, {}, (), f"{fxnode.name} (negation)"))
+        return neg
+
+    def convert_arithmetic(self, n, kind, what, unsup):
+        """``+ - * /`` and negation of tensors and constants: ``add`` / ``mul`` nodes with
+        ``const`` operands (a subtraction adds the negation, a division by a constant
+        multiplies by its inverse)."""
+        args = n.args
+        src = f"{n.name} ({what})"
+        if n.kwargs.get("out") is not None:
+            raise unsup("out= argument")
+        if kind == "neg":
+            x, c = self.operand(n, args[0] if args else n.kwargs.get("input"), what)
+            if c:
+                raise unsup("negation of a constant")
+            minus = self.unique(f"{n.name}_minus_one")
+            self.nodes.append(Node(minus, "const", [], {}, {"value": np.array(-1.0)}, (), "-1 (constant)"))
+            self.add(n, "mul", [x, minus], source=src)
+            return
+        if len(args) < 2 and "other" not in n.kwargs:
+            raise unsup("expected two operands")
+        first = args[0] if args else n.kwargs.get("input")
+        second = args[1] if len(args) > 1 else n.kwargs.get("other")
+        alpha = _arg(n, 2, "alpha", 1)
+        if kind in ("add", "sub") and alpha != 1:
+            raise unsup(f"alpha={alpha} (only a plain x + y / x - y is supported)")
+        if kind == "div" and _arg(n, 2, "rounding_mode", None) is not None:
+            raise unsup("rounding_mode (only true division is supported)")
+        (a, ca), (b, cb) = self.operand(n, first, what), self.operand(n, second, what)
+        if ca and cb:  # pragma: no cover - constants are folded by torch's tracer or are Meta
+            raise unsup("both operands are constants")
+        if kind == "sub":
+            b = self.negated(n, b, cb)
+        if kind == "div":
+            if not cb:
+                raise unsup("division by a tensor computed from the input (only division by a constant is supported)")
+            node = next(m for m in self.nodes if m.name == b)
+            if np.any(node.params["value"] == 0):
+                raise unsup("division by a constant with zeros")
+            node.params["value"] = 1.0 / node.params["value"]
+        self.add(n, "add" if kind in ("add", "sub") else "mul", [a, b], source=src)
 
     # -- layer builders ---------------------------------------------------------------------
     def add_pad(self, n, x, flat, value, name=None, source="", unsup=None):

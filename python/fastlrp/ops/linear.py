@@ -290,7 +290,7 @@ class _LinearSpec(OpSpec):
     rules = PARAMETRIC_RULES
     parametric = True
 
-    def default_rule(self, node, stabilizer):
+    def default_rule(self, graph, node, stabilizer):
         return None  # a composite must say which rule a weighted layer gets
 
     def reference(self, graph, node, rule):

@@ -282,7 +282,7 @@ class MaxPoolSpec(_WindowPoolSpec):
     rules = ("winner", "norm")
     doc = "max pooling; winner-takes-all (default) or proportional (Norm)"
 
-    def default_rule(self, node, stabilizer):
+    def default_rule(self, graph, node, stabilizer):
         from ..rules import WinnerTakesAll
 
         return WinnerTakesAll()
@@ -297,7 +297,7 @@ class _AvgSpec:
     def type_keys(self, node):
         return (node.op, "avgpool")
 
-    def default_rule(self, node, stabilizer):
+    def default_rule(self, graph, node, stabilizer):
         from ..rules import Norm
 
         return Norm(stabilizer)

@@ -66,7 +66,7 @@ class OpSpec:
         """The layer-type keys a composite can map this node by, most specific first."""
         return (self.name,)
 
-    def default_rule(self, node, stabilizer: float):
+    def default_rule(self, graph, node, stabilizer: float):
         """The rule a node gets when no composite entry maps it (None: it must be mapped)."""
         from ..rules import Pass
 
