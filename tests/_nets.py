@@ -1,5 +1,6 @@
-"""Layers, pools, small networks and comparison helpers shared by the kernel tests
-(test_kernels_vs_reference.py, test_cpu_kernels.py, test_gpu_engine.py)."""
+"""Backends, tolerances, inputs and small networks shared by the backend tests
+(the backend matrix test_backend_matrix.py, and the backend-specific
+test_cpu_kernels.py, test_numba_backend.py, test_gpu_engine.py)."""
 
 from __future__ import annotations
 
@@ -7,30 +8,45 @@ import numpy as np
 import pytest
 
 import fastlrp
-from fastlrp import _ext, rules
+from fastlrp import _ext
 from fastlrp.graph import GraphBuilder
 
-try:
-    from fastlrp import _cuda_emu
-except ImportError:  # pragma: no cover - built by default
-    _cuda_emu = None
+#: fastlrp._cuda_emu (built only with FASTLRP_CUDA_EMU=ON), or None with the reason
+cuda_emu, cuda_emu_missing = _ext.cuda_emu()
 
 #: Relevance tolerances of the float32 backends against the float64 reference
 #: (max|R - R_ref| <= RTOL * max|R_ref|), for single layers and whole networks.
 RTOL_LAYER = 5e-4
 RTOL_NET = 2e-3
+#: Relevance that is only routed (Pass, winner-takes-all max pooling): copies and
+#: sums of a few float32 values, exact up to the float32 rounding of those sums.
+RTOL_ROUTE = 1e-6
+#: Forward outputs of one layer against the reference (float32 sums of K terms).
+RTOL_FORWARD = 1e-5
 
-#: The GPU engine on the SIMT emulator (always built) and on a real GPU (marker gpu).
+#: The GPU engine on the SIMT emulator (built with FASTLRP_CUDA_EMU=ON) and on a real GPU (marker gpu).
 GPU_BACKENDS = [
-    pytest.param("cuda-emu", marks=pytest.mark.skipif(_cuda_emu is None, reason="fastlrp._cuda_emu not built")),
+    pytest.param("cuda-emu", marks=pytest.mark.skipif(cuda_emu is None, reason=cuda_emu_missing)),
     pytest.param("cuda", marks=[pytest.mark.gpu,
                                 pytest.mark.skipif(not _ext.cuda_available(),
                                                    reason=f"no usable GPU: {_ext.cuda_unavailable_reason()}")]),
 ]
 
+#: Every float32 backend: numba (always there), the compiled CPU backend, the GPU engine.
+BACKENDS = [
+    "numba",
+    pytest.param("cpu", marks=pytest.mark.skipif(_ext.core is None,
+                                                 reason=f"fastlrp._core not built: {_ext.core_error}")),
+] + GPU_BACKENDS
+
 
 def rel_err(got, want):
     return float(np.abs(np.asarray(got, np.float64) - want).max() / max(np.abs(want).max(), 1e-30))
+
+
+def signed(rng, shape, lo=0.1, hi=1.0):
+    """Random float32 values of both signs with magnitudes in [lo, hi]: never zero."""
+    return (rng.uniform(lo, hi, shape) * rng.choice([-1.0, 1.0], shape)).astype(np.float32)
 
 
 def explain_vs_reference(backend, graph, composite, x, target=0):
@@ -41,82 +57,9 @@ def explain_vs_reference(backend, graph, composite, x, target=0):
     assert isinstance(got, np.ndarray) and got.dtype == np.float32
     return got, ref.explain(x.astype(np.float64), target=target)
 
-RULES = [
-    rules.Epsilon(),
-    rules.Epsilon(epsilon=0.1, zero_bias=True),
-    rules.ZPlus(),
-    rules.AlphaBeta(2.0, 1.0),
-    rules.AlphaBeta(1.0, 0.0),
-    rules.Gamma(0.25),
-    rules.Gamma(0.5, zero_bias=True),
-    rules.ZBox(-2.0, 2.5),
-    rules.Flat(),
-    rules.WSquare(),
-]
 
-
-def layer_graph(rng, in_shape, weight_shape, bias, relu_before, **conv_kw):
-    gb = GraphBuilder(in_shape)
-    h = gb.input
-    if relu_before:
-        h = gb.activation(h, "relu")
-    W = rng.standard_normal(weight_shape)
-    b = rng.standard_normal(weight_shape[0]) if bias else None
-    h = gb.dense(h, W, b) if len(weight_shape) == 2 else gb.conv(h, W, b, **conv_kw)
-    gb.flatten(h)
-    return gb.build()
-
-
-# (in_shape, weight_shape, stride, padding, dilation, groups, bias, relu_before)
-CONV_CASES = [
-    ((3, 7, 9), (5, 3, 3, 3), 1, 1, 1, 1, True, False),
-    ((1, 1, 1), (1, 1, 1, 1), 1, 0, 1, 1, True, False),
-    ((4, 8, 5), (6, 2, 3, 3), 2, ((1, 0), (0, 2)), 1, 2, False, False),
-    ((6, 11, 13), (6, 2, 2, 3), (2, 1), ((1, 2), (0, 1)), (2, 1), 3, True, True),
-    ((2, 5, 5), (4, 2, 1, 1), 1, 0, 1, 1, True, False),
-    ((3, 9, 9), (17, 3, 3, 3), 3, 2, 2, 1, True, True),
-    ((5, 1, 17), (7, 5, 1, 3), 1, ((0, 0), (2, 1)), 1, 1, False, False),
-    ((4, 6, 6), (4, 1, 3, 3), 1, 1, 1, 4, True, True),  # depthwise
-    ((3, 19, 23), (20, 3, 5, 4), (3, 2), ((2, 1), (1, 3)), (1, 2), 1, True, False),
-    ((16, 4, 4), (33, 16, 3, 3), 1, 1, 1, 1, True, True),
-]
-
-
-CONV1D_CASES = [
-    ((4, 19), (6, 2, 3), 2, ((2, 1),), 2, 2, True, False),
-    ((3, 1), (2, 3, 1), 1, 0, 1, 1, False, False),
-    ((5, 31), (7, 5, 4), 3, ((0, 3),), 1, 1, True, True),
-    ((2, 13), (3, 2, 3), 1, 1, 3, 1, True, False),
-]
-
-
-def _pool_graph(rng, in_shape, pool):
-    gb = GraphBuilder(in_shape)
-    h = pool(gb, gb.input)
-    h = gb.flatten(h)
-    graph0 = gb.build()
-    n_out = int(np.prod(graph0[h].shape))
-    gb.dense(h, rng.standard_normal((3, n_out)), rng.standard_normal(3))
-    return gb.build()
-
-
-POOLS = [
-    ("max2x2", (3, 8, 8), lambda gb, h: gb.maxpool(h, 2)),
-    ("max3s2p1", (2, 9, 7), lambda gb, h: gb.maxpool(h, 3, 2, 1)),
-    ("max_overlap_dil", (2, 11, 10), lambda gb, h: gb.maxpool(h, (3, 2), (1, 2), ((1, 1), (0, 1)), dilation=(2, 1))),
-    ("max_ceil", (2, 7, 9), lambda gb, h: gb.maxpool(h, 3, 2, 1, ceil_mode=True)),
-    ("max1d", (3, 17), lambda gb, h: gb.maxpool(h, 3, 2, 1, dims=1, ceil_mode=True)),
-    ("avg2x2", (3, 8, 8), lambda gb, h: gb.avgpool(h, 2)),
-    ("avg_pad_incl", (2, 7, 9), lambda gb, h: gb.avgpool(h, 3, 2, 1, ceil_mode=True, count_include_pad=True)),
-    ("avg_pad_excl", (2, 7, 9), lambda gb, h: gb.avgpool(h, 3, 2, 1, ceil_mode=True, count_include_pad=False)),
-    ("avg_divisor", (2, 6, 6), lambda gb, h: gb.avgpool(h, 3, 1, 1, divisor_override=5)),
-    ("avg1d", (3, 17), lambda gb, h: gb.avgpool(h, 4, 3, 2, dims=1, count_include_pad=False)),
-    ("adaptive", (2, 7, 10), lambda gb, h: gb.adaptive_avgpool(h, (3, 4))),
-    ("global", (5, 4, 4), lambda gb, h: gb.adaptive_avgpool(h, 1)),
-]
-
-
-def _small_vgg(rng):
+# ----------------------------------------------------------------------------- small networks
+def small_vgg(rng):
     gb = GraphBuilder((3, 12, 12))
     h = gb.input
     c = 3
@@ -133,7 +76,7 @@ def _small_vgg(rng):
     return gb.build()
 
 
-def _small_resnet(rng):
+def small_resnet(rng):
     gb = GraphBuilder((3, 10, 10))
     h = gb.conv(gb.input, rng.standard_normal((8, 3, 3, 3)) / 5, 0.1 * rng.standard_normal(8), stride=2, padding=1)
     h = gb.activation(h, "relu")
@@ -151,5 +94,49 @@ def _small_resnet(rng):
     return gb.build()
 
 
-NET_COMPOSITES = ["epsilon_plus", "epsilon_plus_flat", "epsilon_alpha2_beta1_flat", "epsilon_gamma_box(low=-3, high=3)",
-                  "excitation_backprop"]
+def branchy_cnn(rng, pool="max"):
+    """Grouped conv, residual add, max or ceil-mode average pool, a concatenated branch, adaptive pool."""
+    gb = GraphBuilder((3, 13, 11))
+    h = gb.conv(gb.input, signed(rng, (8, 3, 3, 3)), signed(rng, 8) * 0.1, padding=1)
+    h = gb.activation(h, "relu")
+    skip = h
+    h = gb.conv(h, signed(rng, (8, 2, 3, 3)) * 0.5, signed(rng, 8) * 0.1, padding=1, groups=4)
+    h = gb.activation(h, "relu")
+    h = gb.add(h, skip)
+    h = gb.maxpool(h, 3, stride=2, padding=1) if pool == "max" else gb.avgpool(h, 2, ceil_mode=True)
+    h2 = gb.activation(gb.conv(h, signed(rng, (5, 8, 1, 1)), None), "relu")
+    h = gb.concat([h, h2], axis=0)
+    h = gb.conv(h, signed(rng, (7, 13, 3, 3)) * 0.3, signed(rng, 7) * 0.1, stride=2)
+    h = gb.activation(h, "relu")
+    h = gb.flatten(gb.adaptive_avgpool(h, (2, 2)))
+    h = gb.activation(gb.dense(h, signed(rng, (17, 28)) * 0.3, signed(rng, 17) * 0.1), "relu")
+    gb.dense(h, signed(rng, (5, 17)), signed(rng, 5) * 0.1)
+    return gb.build()
+
+
+def cnn1d(rng):
+    gb = GraphBuilder((2, 29))
+    h = gb.activation(gb.conv(gb.input, signed(rng, (6, 2, 5)), signed(rng, 6) * 0.1, stride=2, padding=2), "relu")
+    h = gb.maxpool(h, 3, stride=2, dims=1, ceil_mode=True)
+    h = gb.activation(gb.conv(h, signed(rng, (4, 6, 3)), None, dilation=2), "relu")
+    h = gb.avgpool(h, 2, dims=1, count_include_pad=False, padding=1)
+    h = gb.flatten(h)
+    n_in = int(np.prod(gb.build()[h].shape))
+    gb.dense(h, signed(rng, (3, n_in)), signed(rng, 3) * 0.1)
+    return gb.build()
+
+
+def structure_net(rng):
+    """Concat, unfolded batchnorm, residual add, permute, non-ReLU activations."""
+    gb = GraphBuilder((3, 6, 6))
+    a = gb.activation(gb.conv(gb.input, rng.standard_normal((4, 3, 3, 3)) / 5, None, padding=1), "relu")
+    b = gb.activation(gb.conv(gb.input, rng.standard_normal((2, 3, 1, 1)) / 2, None), "tanh")
+    h = gb.concat([a, b], axis=0)
+    h = gb.batchnorm(h, rng.uniform(0.5, 1.5, 6), rng.normal(0, 0.1, 6))
+    h2 = gb.activation(gb.conv(h, rng.standard_normal((6, 6, 3, 3)) / 8, None, padding=1), "leaky_relu",
+                       negative_slope=0.1)
+    h = gb.add(h, h2)
+    h = gb.permute(h, (1, 2, 0))
+    h = gb.flatten(h)
+    gb.dense(h, rng.standard_normal((3, 216)) / 15, None)
+    return gb.build()

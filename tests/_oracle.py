@@ -1,7 +1,9 @@
-"""An independent formulation of the rules for the tests: every dense or conv
-layer is written as an explicit dense matrix (built by plain loops over output
-positions and kernel taps), and the rules are applied to that matrix straight
-from their definitions in docs/design.md section 2. Nothing here calls fastlrp's backends."""
+"""An independent formulation of the rules, the check of the float64 reference
+backend itself (test_reference.py): every dense or conv layer is written as an
+explicit dense matrix (built by plain loops over output positions and kernel
+taps), and the rules are applied to that matrix straight from their definitions
+in docs/design.md section 2. Nothing here calls fastlrp's backends. (The float32
+backends are compared with the reference: test_backend_matrix.py.)"""
 
 from __future__ import annotations
 

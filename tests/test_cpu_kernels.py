@@ -1,16 +1,11 @@
 """The compiled CPU backend's own parts: the GEMM core, conv_gemm's arguments, the
-ISA paths, thread counts and a property test over conv shapes. (Its rules, pools
-and whole networks against the float64 reference: test_kernels_vs_reference.py.)
+ISA paths, thread counts, input conversion and errors of its prepared ops. (Its
+ops, rules and whole networks against the float64 reference: test_backend_matrix.py.)
 
 Tolerances (float32 compute, float32 accumulation):
 - GEMM vs numpy float64: |C - C64| <= 1e-5 * max(|A| |B|) elementwise bound; the
   float32 sum of K products errs by about u * sqrt(K) * sum|a b| with u = 6e-8.
-- Relevance vs the reference: max|R - R_ref| <= RTOL * max|R_ref| per test, with
-  RTOL = 5e-4 for single layers and 2e-3 for whole networks. The forward sums z
-  are float32 GEMMs, so R / s(z) amplifies their rounding by sum|w x| / |z|
-  (unbounded in principle when z cancels; with these random layers the measured
-  worst case is ~1e-5); every later layer adds its own. A wrong term (a missing
-  x-, a wrong sign, a padding tap) is O(1) relative, far above these bounds.
+- Relevance vs the reference: tests/_nets.py (RTOL_LAYER, RTOL_NET).
 - 1 vs 2 threads: bit-identical, by construction (every output element is
   summed by one thread in a fixed K order by the same micro-kernel).
 """
@@ -27,9 +22,10 @@ if core is None or not hasattr(core, "conv_gemm"):  # pragma: no cover
 
 import fastlrp  # noqa: E402
 from fastlrp import rules  # noqa: E402
+from fastlrp.backends.base import BackendError  # noqa: E402
+from fastlrp.backends.cpu import CpuBackend  # noqa: E402
 from fastlrp.graph import GraphBuilder  # noqa: E402
-from _nets import RTOL_LAYER, RTOL_NET, RULES, _small_resnet, _small_vgg, explain_vs_reference, layer_graph, rel_err  # noqa: E402,I001
-
+from _nets import RTOL_LAYER, RTOL_NET, rel_err, signed, small_resnet, small_vgg  # noqa: E402,I001
 
 
 @pytest.fixture(autouse=True)
@@ -117,38 +113,60 @@ def test_conv_gemm_rejects_bad_arguments():
         core.conv_gemm(x[:, :3], A, (1, 2), (1, 1), (0, 0), (1, 1), (5, 4), 0, 2)
 
 
-# ----------------------------------------------------------------------------- conv / dense rules
+# ----------------------------------------------------------------------------- prepared ops
+def _dense_graph(W, b=None):
+    gb = GraphBuilder((W.shape[1],))
+    gb.dense(gb.input, W, b, name="fc")
+    return gb.build()
 
 
-def test_conv_shapes_property():
-    hypothesis = pytest.importorskip("hypothesis")
-    st = hypothesis.strategies
+@pytest.mark.parametrize("rule", [rules.Epsilon(), rules.AlphaBeta(2.0, 1.0), rules.ZBox(-2.0, 2.0), rules.Flat()],
+                         ids=str)
+def test_prepared_dense_converts_float64_and_noncontiguous_input(rule):
+    """float64 and Fortran-ordered arrays are converted (unambiguous), not rejected."""
+    rng = np.random.default_rng(2)
+    W, b = rng.standard_normal((9, 17)), rng.standard_normal(9)
+    x, R = signed(rng, (6, 17)).astype(np.float64), signed(rng, (6, 9)).astype(np.float64)
+    graph = _dense_graph(W, b)
+    op = CpuBackend().prepare(graph, graph["fc"], rule)
+    out, ctx = op.forward([np.asfortranarray(x)])
+    np.testing.assert_allclose(out, x @ W.T + b, rtol=1e-5, atol=1e-5)
+    (got,) = op.relevance(ctx, R)
+    assert got.dtype == np.float32
+    ref = fastlrp.get_backend("reference").prepare(graph, graph["fc"], rule)
+    (want,) = ref.relevance(ref.forward([x])[1], R)
+    assert rel_err(got, want) < RTOL_LAYER
 
-    @hypothesis.settings(max_examples=12, deadline=None, derandomize=True)
-    @hypothesis.given(
-        c=st.integers(1, 5), og=st.integers(1, 4), groups=st.integers(1, 3), h=st.integers(1, 9),
-        w=st.integers(1, 21), kh=st.integers(1, 3), kw=st.integers(1, 4), sh=st.integers(1, 3),
-        sw=st.integers(1, 3), dh=st.integers(1, 2), dw=st.integers(1, 2), pads=st.lists(st.integers(0, 2), min_size=4,
-                                                                                           max_size=4),
-        bias=st.booleans(), rule_i=st.integers(0, len(RULES) - 1), seed=st.integers(0, 2**16),
-    )
-    def check(c, og, groups, h, w, kh, kw, sh, sw, dh, dw, pads, bias, rule_i, seed):
-        pt, pb, pl, pr = pads
-        hypothesis.assume(h + pt + pb >= dh * (kh - 1) + 1 and w + pl + pr >= dw * (kw - 1) + 1)
-        rng = np.random.default_rng(seed)
-        graph = layer_graph(rng, (c * groups, h, w), (og * groups, c, kh, kw), bias, False, stride=(sh, sw),
-                            padding=((pt, pb), (pl, pr)), dilation=(dh, dw), groups=groups)
-        x = rng.standard_normal((2, c * groups, h, w)).astype(np.float32)
-        got, want = explain_vs_reference("cpu", graph, fastlrp.Composite({"linear": RULES[rule_i]}), x)
-        assert rel_err(got, want) < RTOL_LAYER
 
-    check()
+def test_zbox_bounds_that_do_not_broadcast():
+    graph = _dense_graph(np.ones((3, 6)))
+    with pytest.raises(BackendError, match="do not broadcast"):
+        CpuBackend().prepare(graph, graph["fc"], rules.ZBox(np.zeros(4), 1.0))
+
+
+def test_input_shape_error_names_node():
+    graph = _dense_graph(np.ones((3, 6)), np.ones(3))
+    op = CpuBackend().prepare(graph, graph["fc"], rules.Epsilon())
+    with pytest.raises(BackendError, match="fc"):
+        op.forward([np.ones((2, 5), np.float32)])
+
+
+def test_ops_without_a_kernel_run_the_fallback_in_float32():
+    gb = GraphBuilder((4,))
+    h = gb.activation(gb.input, "relu")
+    graph = gb.build()
+    op = CpuBackend().prepare(graph, graph[h], rules.Pass())
+    out, ctx = op.forward([np.array([[-1.0, 2.0, -3.0, 4.0]], np.float32)])
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, [[0.0, 2.0, 0.0, 4.0]])
+    (r,) = op.relevance(ctx, np.ones((1, 4), np.float32))
+    assert r.dtype == np.float32
 
 
 # ----------------------------------------------------------------------------- pools and structure
 
 
-@pytest.mark.parametrize("net", [_small_vgg, _small_resnet], ids=["vgg", "resnet"])
+@pytest.mark.parametrize("net", [small_vgg, small_resnet], ids=["vgg", "resnet"])
 def test_threads_1_and_2_identical(net):
     rng = np.random.default_rng(2)
     graph = net(rng)
@@ -187,7 +205,7 @@ def test_threads_1_and_2_identical_large_layer(rule):
 @pytest.mark.skipif(len(_isas()) < 2, reason="only one micro-kernel runs on this CPU")
 def test_portable_kernel_matches_simd_kernel():
     rng = np.random.default_rng(4)
-    graph = _small_resnet(rng)
+    graph = small_resnet(rng)
     x = rng.standard_normal((3,) + graph.input_shape).astype(np.float32)
     res = []
     for isa in (0, -1):
