@@ -16,8 +16,8 @@ cuda_emu, cuda_emu_missing = _ext.cuda_emu()
 
 #: Relevance tolerances of the float32 backends against the float64 reference
 #: (max|R - R_ref| <= RTOL * max|R_ref|), for single layers and whole networks.
-RTOL_LAYER = 5e-4
-RTOL_NET = 2e-3
+RTOL_LAYER = 1e-4
+RTOL_NET = 1e-4
 #: Relevance that is only routed (Pass, winner-takes-all max pooling): copies and
 #: sums of a few float32 values, exact up to the float32 rounding of those sums.
 RTOL_ROUTE = 1e-6

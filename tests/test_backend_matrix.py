@@ -20,7 +20,7 @@ on the same float32-representable numbers in float64, so only the backend's
 float32 arithmetic is measured.
 
 Tolerances (tests/_nets.py): max|R - R_ref| <= RTOL * max|R_ref| with RTOL =
-RTOL_LAYER (5e-4) for one layer and RTOL_NET (2e-3) for a network. The forward
+RTOL_LAYER (1e-4) for one layer and RTOL_NET (1e-4) for a network. The forward
 sums z are float32, so R / s(z) amplifies their rounding by sum|w x| / |z|;
 every later layer adds its own. A wrong term (a missing x-, a wrong sign, a
 padding tap) is O(1) relative, far above these bounds. Epsilon divides by
@@ -54,7 +54,9 @@ from fastlrp.backends.base import BackendError
 from fastlrp.graph import GraphBuilder, conv_output_length
 from fastlrp.ops.linear import conv_backward, conv_forward
 from fastlrp.ops.elementwise import ACTIVATIONS
-from fastlrp.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, WinnerTakesAll, WSquare, ZBox, ZPlus
+from fastlrp.rules import (
+    AlphaBeta, Epsilon, Flat, Gamma, Gate, Norm, Pass, Uniform, WinnerTakesAll, WSquare, ZBox, ZPlus,
+)
 from _nets import (
     BACKENDS, RTOL_FORWARD, RTOL_LAYER, RTOL_NET, RTOL_ROUTE, branchy_cnn, cnn1d, explain_vs_reference, rel_err,
     signed, small_resnet, small_vgg, structure_net,
@@ -91,6 +93,8 @@ RULE_VARIANTS = {
     "norm": (Norm(),),
     "pass": (Pass(),),
     "winner": (WinnerTakesAll(),),
+    "gate": (Gate(),),
+    "uniform": (Uniform(),),
 }
 LINEAR_KINDS = tuple(rules.PARAMETRIC_RULES)  # the weight rules (Pass on dense/conv: its own cases)
 
@@ -281,12 +285,43 @@ CASES = {
     "add": [
         _case("three", (3, 5), lambda gb, h: gb.add(h, gb.activation(h, "tanh"), h, name="op")),
         _case("two", (2, 3, 4), lambda gb, h: gb.add(h, gb.activation(h, "elu", alpha=0.7), name="op")),
+        _case("broadcast", (2, 3, 4), lambda gb, h: gb.add(
+            h, gb.activation(gb.adaptive_avgpool(h, 1), "tanh"), name="op"), mode="positive"),
+        Case("const-operand", (2, 3), lambda gb, h, rng: gb.add(
+            h, gb.add_node("const", [], params={"value": np.abs(signed(rng, (3,)))}), name="op"), absorbs=True),
     ],
     "activation": [
         *(_case(kind, (2, 3, 4), lambda gb, h, kind=kind: gb.activation(h, kind, name="op")) for kind in ACTIVATIONS),
         _case("leaky_relu-0.1", (2, 3, 4), lambda gb, h: gb.activation(h, "leaky_relu", negative_slope=0.1, name="op")),
         _case("elu-0.5", (2, 3, 4), lambda gb, h: gb.activation(h, "elu", alpha=0.5, name="op")),
         _case("softmax-1d", (7,), lambda gb, h: gb.activation(h, "softmax", name="op")),
+        _case("relu6", (2, 3, 4), lambda gb, h: gb.activation(h, "hardtanh", min_val=0.0, max_val=6.0, name="op")),
+        _case("clipped_relu", (2, 3, 4), lambda gb, h: gb.activation(
+            h, "clipped_relu", max_value=0.8, threshold=0.2, negative_slope=0.3, name="op")),
+    ],
+    "mul": [
+        # squeeze-excitation: a sigmoid gate broadcast per channel
+        _case("se-gate", (3, 4, 4), lambda gb, h: gb.add_node(
+            "mul", [h, gb.activation(gb.adaptive_avgpool(h, 1), "sigmoid")], name="op"), kinds=("gate", "uniform")),
+        Case("const-gate", (2, 5), lambda gb, h, rng: gb.add_node(
+            "mul", [gb.add_node("const", [], params={"value": signed(rng, (5,))}), h], name="op"),
+            kinds=("gate",)),  # Uniform would give the constant half, absorbed
+        _case("no-gate", (2, 3, 4), lambda gb, h: gb.add_node("mul", [h, gb.activation(h, "tanh")], name="op"),
+              kinds=("uniform",)),
+    ],
+    "const": [
+        # the output does not depend on the input: nothing reaches it
+        Case("alone", (3,), lambda gb, h, rng: gb.add_node("const", [], params={"value": signed(rng, (2, 3))},
+                                                           name="op"), absorbs=True),
+    ],
+    "layernorm": [
+        Case("tokens-affine", (4, 6), lambda gb, h, rng: gb.add_node(
+            "layernorm", h, {"axes": (-1,), "eps": 1e-5}, {"weight": signed(rng, (1, 6)),
+                                                          "bias": signed(rng, (1, 6))}, name="op")),
+        Case("channels-first", (3, 4, 5), lambda gb, h, rng: gb.add_node(
+            "layernorm", h, {"axes": (0,), "eps": 1e-6}, {"weight": signed(rng, (3, 1, 1))}, name="op")),
+        _case("rms-two-axes", (3, 4, 5), lambda gb, h: gb.add_node(
+            "layernorm", h, {"axes": (1, 2), "eps": 1e-5, "rms": True}, name="op")),
     ],
     "batchnorm": [
         Case("3d", (3, 4, 5), lambda gb, h, rng: gb.batchnorm(h, signed(rng, 3), signed(rng, 3), name="op")),
@@ -295,12 +330,7 @@ CASES = {
 }
 
 #: Known gaps, each reported; strict, so a fix shows up as XPASS and fails.
-KNOWN_FAILURES = {
-    ("avgpool", "pass"): "every backend and the reference raise 'Pass cannot change the shape of relevance' "
-                         "although the spec allows Pass and this pool keeps the shape",
-    ("adaptive_avgpool", "pass"): "every backend and the reference raise 'Pass cannot change the shape of "
-                                  "relevance' although the spec allows Pass and this pool keeps the shape",
-}
+KNOWN_FAILURES: dict = {}
 
 
 def _matrix():
@@ -351,7 +381,7 @@ def _conserves(op, case, rule):
     their denominators away from zero: test_linear_conservation."""
     if case.absorbs or case.mode == "relu" or rules.stabilizer_of(rule) > 1e-6:
         return False
-    return rule.kind in ("pass", "winner", "norm")
+    return rule.kind in ("pass", "winner", "norm", "gate", "uniform")
 
 
 def _assert_conserved(got, seed):

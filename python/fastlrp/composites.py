@@ -147,12 +147,13 @@ class Composite:
                     f"composite '{self.name}' has no rule for {node.describe()}; "
                     f"map its type ({', '.join(node_type_keys(node))}) or its name"
                 )
-            allowed = ops.spec(node.op).rules
-            if rule.kind not in allowed:
+            sp = ops.spec(node.op)
+            if rule.kind not in sp.rules:
                 raise RuleError(
                     f"composite '{self.name}': rule {rule} cannot be applied to {node.describe()} "
-                    f"(allowed: {', '.join(allowed)})"
+                    f"(allowed: {', '.join(sp.rules)})"
                 )
+            sp.check_rule(graph, node, rule)
             rules[node.name] = rule
         for key in self.names:
             if not key.startswith("re:") and key not in rules:

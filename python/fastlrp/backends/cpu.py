@@ -244,14 +244,12 @@ class _AvgPoolOp:
             out = x.reshape(x.shape[:2] + (-1,)).mean(axis=2, dtype=np.float32).reshape(x.shape[:2] + self.node.shape[1:])
         else:
             out = self._apply(x, self.mats)
-        s = None if self.rule.kind in ("flat", "pass") else _stab(out, self.eps)
+        s = None if self.rule.kind == "flat" else _stab(out, self.eps)
         return out, (x, s)
 
     def relevance(self, ctx, R):
         x, s = ctx
         k = self.rule.kind
-        if k == "pass":
-            raise BackendError(f"{self.node.describe()}: Pass cannot change the shape of relevance")
         R = _f32(R)
         g = R / (self.flat_z if k == "flat" else s)
         if self.global_mean:
@@ -297,6 +295,6 @@ def _maxpool_kernel(be, graph, node, rule):
     return _MaxPoolOp(be.core, graph, node)
 
 
-@register_kernel("cpu", "avgpool", "adaptive_avgpool")
+@register_kernel("cpu", "avgpool", "adaptive_avgpool", rules=("norm", "flat"))
 def _avgpool_kernel(be, graph, node, rule):
     return _AvgPoolOp(graph, node, rule)

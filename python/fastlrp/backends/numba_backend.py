@@ -56,7 +56,7 @@ from ..graph import Graph, Node
 from ..ops.linear import conv2d_geometry
 from ..ops.pool import avgpool_matrices, pool2d_geometry
 from ..rules import stabilizer_of
-from .base import BackendError, zbox_bounds
+from .base import zbox_bounds
 from .dispatch import prepare as dispatch_prepare
 from .dispatch import register_kernel
 
@@ -567,8 +567,6 @@ class _AvgPoolOp:
 
     def relevance(self, ctx, R):
         kind = self.rule.kind
-        if kind == "pass":
-            raise BackendError(f"{self.node.describe()}: Pass cannot change the shape of relevance")
         x4, z = ctx
         out = np.empty_like(x4)
         norm = kind == "norm"
@@ -612,7 +610,7 @@ def _maxpool_kernel(be, graph, node, rule):
     return _MaxPoolOp(graph, node, rule)
 
 
-@register_kernel("numba", "avgpool", "adaptive_avgpool")
+@register_kernel("numba", "avgpool", "adaptive_avgpool", rules=("norm", "flat"))
 def _avgpool_kernel(be, graph, node, rule):
     return _AvgPoolOp(graph, node, rule)
 

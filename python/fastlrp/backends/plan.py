@@ -54,7 +54,13 @@ class NodePlan:
                 left[i] -= 1
                 if left[i] == 0 and i != self.graph.output:
                     del acts[i]
-        return acts[self.graph.output], ctxs
+        out = acts[self.graph.output]
+        if out.shape[0] != x.shape[0]:  # computed from constants alone: one row for the batch
+            host = self._host(out)
+            out = np.ascontiguousarray(np.broadcast_to(host, (x.shape[0],) + tuple(host.shape[1:])))
+            to_device = getattr(self.backend, "to_device", None)
+            out = out if to_device is None else to_device(out)
+        return out, ctxs
 
     def relevance(self, ctxs, seed, report=None):
         R = {self.graph.output: seed}

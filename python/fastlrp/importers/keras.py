@@ -458,6 +458,9 @@ class _Importer:
             eshape = tuple(kshape[p] for p in want)
             return (self.emit(name, "concat", xs, {"axis": eax}, None, eshape, src), want)
 
+        if cls in ("LayerNormalization", "RMSNormalization"):
+            return self.layernorm(layer, ins[0], kshape, name, src)
+
         if cls == "BatchNormalization":
             return self.batchnorm(layer, ins[0], kshape, name, src)
 
@@ -489,6 +492,33 @@ class _Importer:
             return self.act(ins[0], ("softmax", {}), name, src, layer)
 
         raise _unsupported(layer)
+
+    def layernorm(self, layer, held, kshape, name, src):
+        """LayerNormalization / RMSNormalization over Keras axes, in the layout the tensor is held in."""
+        rms = type(layer).__name__ == "RMSNormalization"
+        if getattr(layer, "rms_scaling", False):
+            raise _unsupported(layer, "rms_scaling=True (deprecated in Keras: it scales x by 1/std without centring "
+                               "it); use keras.layers.RMSNormalization")
+        x, perm = held
+        rank = len(kshape)
+        axes = [int(a) for a in (layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis])]
+        kaxes = sorted((a % (rank + 1)) - 1 for a in axes)  # per-sample Keras axes
+        if any(a < 0 for a in kaxes):
+            raise _unsupported(layer, f"normalisation over the batch axis (axis={layer.axis})")
+        bshape = [1] * rank
+        for a in kaxes:
+            bshape[a] = kshape[a]
+
+        def param(v):
+            return None if v is None else _np(v).reshape(bshape).transpose(perm)
+
+        if rms:
+            params = {"weight": param(layer.scale), "bias": None}
+        else:
+            params = {"weight": param(layer.gamma if layer.scale else None),
+                      "bias": param(layer.beta if layer.center else None)}
+        attrs = {"axes": tuple(sorted(perm.index(a) for a in kaxes)), "eps": float(layer.epsilon), "rms": rms}
+        return (self.emit(name, "layernorm", [x], attrs, params, self.shapes[x], src), perm)
 
     # -- constants and arithmetic -----------------------------------------------------
     def const(self, value, perm, name, layer) -> str:

@@ -121,6 +121,8 @@ class _AtenConverter(Converter):
         reg("avg_pool", "avg_pool1d", dims=1)
         reg("avg_pool", "avg_pool2d", dims=2)
         reg("pad", "pad")
+        reg("layer_norm", "layer_norm", "native_layer_norm")
+        reg("rms_norm", "rms_norm")
         reg("constant_pad", "constant_pad_nd")
         # ops needing the weights or special handling: convert_aten
         reg("dropout", "dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "native_dropout")
@@ -229,7 +231,7 @@ class _AtenConverter(Converter):
             return
         if kind is None:
             raise self.unsupported(n, what)
-        if kind in ("dropout", "conv", "linear", "addmm", "mm", "batch_norm", "constant_pad"):
+        if kind in ("dropout", "conv", "linear", "addmm", "mm", "batch_norm", "constant_pad", "layer_norm", "rms_norm"):
             return self.convert_aten(n, kind, what)
         if kind == "elu":
             a = self.bind(n)
@@ -313,6 +315,16 @@ class _AtenConverter(Converter):
             shift = beta - mean * scale
             path = self.owner(a.get("running_mean"), "running_mean") or self.default_name(n)
             self.add(n, "batchnorm", [x], {}, {"scale": scale, "shift": shift}, name=path, source=src)
+            return
+        if kind in ("layer_norm", "rms_norm"):
+            x = self.tensor_input(n, a["input"], what)
+            w = self.const(n, a.get("weight"), what, "weight", optional=True)
+            b = self.const(n, a.get("bias"), what, "bias", optional=True)
+            eps = a.get("eps")
+            eps = float(self.torch.finfo(self.torch.float32).eps) if eps is None else float(eps)
+            self.add_layernorm(n, x, a["normalized_shape"], None if w is None else to_numpy(w),
+                               None if b is None else to_numpy(b), eps, kind == "rms_norm",
+                               name=self.owner(a.get("weight"), "weight"), source=src, unsup=unsup)
             return
         if kind == "constant_pad":
             x = self.tensor_input(n, a[first], what)

@@ -172,6 +172,9 @@ class Converter:
         reg("max_pool", F.max_pool1d, F.max_pool2d, g(torch, "max_pool1d"), g(torch, "max_pool2d"))
         reg("avg_pool", F.avg_pool1d, F.avg_pool2d, g(torch, "avg_pool1d"))
         reg("pad", F.pad)
+        reg("layer_norm", F.layer_norm)
+        reg("rms_norm", g(F, "rms_norm"))
+        reg("linear", F.linear)
         self.fn_dims = {F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2, F.max_pool1d: 1, F.max_pool2d: 2,
                         F.avg_pool1d: 1, F.avg_pool2d: 2}
         for n, d in (("max_pool1d", 1), ("max_pool2d", 2), ("avg_pool1d", 1)):
@@ -357,6 +360,15 @@ class Converter:
             x = inp()
             d = 1 if isinstance(mod, nn.AdaptiveAvgPool1d) else 2
             self.add_adaptive(n, x, d, name=path, source=src, unsup=unsup)
+            return
+        norm_types = tuple(c for c in (nn.LayerNorm, getattr(nn, "RMSNorm", None)) if c is not None)
+        if isinstance(mod, norm_types) and type(mod).forward in tuple(c.forward for c in norm_types):
+            x = inp()
+            rms = not isinstance(mod, nn.LayerNorm)
+            eps = mod.eps if mod.eps is not None else float(torch.finfo(torch.float32).eps)
+            w = None if mod.weight is None else to_numpy(mod.weight)
+            b = None if getattr(mod, "bias", None) is None else to_numpy(mod.bias)
+            self.add_layernorm(n, x, mod.normalized_shape, w, b, eps, rms, name=path, source=src, unsup=unsup)
             return
         if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)) and type(mod).forward is nn.modules.batchnorm._BatchNorm.forward:
             x = inp()
@@ -582,6 +594,25 @@ class Converter:
                              _arg(n, 6, "divisor_override", None) if d == 2 else None,
                              source=f"{n.name} ({what})", unsup=unsup)
             return
+        if kind in ("layer_norm", "rms_norm"):
+            x = x0()
+            w = self.const_value(n, _arg(n, 2, "weight", None), what, "weight")
+            b = None if kind == "rms_norm" else self.const_value(n, _arg(n, 3, "bias", None), what, "bias")
+            eps = _arg(n, 4 if kind == "layer_norm" else 3, "eps", 1e-5 if kind == "layer_norm" else None)
+            eps = float(torch.finfo(torch.float32).eps) if eps is None else float(eps)
+            self.add_layernorm(n, x, _arg(n, 1, "normalized_shape"), w, b, eps, kind == "rms_norm",
+                               source=f"{n.name} ({what})", unsup=unsup)
+            return
+        if kind == "linear":
+            x = x0()
+            w = self.const_value(n, _arg(n, 1, "weight"), what, "weight")
+            b = self.const_value(n, _arg(n, 2, "bias", None), what, "bias")
+            if w is None or w.ndim != 2:
+                raise unsup("the weight must be a 2-D parameter")
+            if len(self.sample_shape(args[0])) != 1:
+                raise unsup(f"applied to per-sample shape {self.sample_shape(args[0])}; only 1-D features are supported")
+            self.add(n, "dense", [x], {}, {"weight": w, "bias": b}, source=f"{n.name} ({what})")
+            return
         if kind == "pad":
             x = x0()
             mode = _arg(n, 2, "mode", "constant")
@@ -593,7 +624,35 @@ class Converter:
             return
         raise unsup("")  # pragma: no cover
 
-    # -- arithmetic ---------------------------------------------------------------------------
+    # -- constants and arithmetic -------------------------------------------------------------
+    def const_value(self, fxnode, arg, what, role):
+        """A parameter argument (a module attribute read with get_attr, or a tensor computed
+        from parameters only) as float64 NumPy; None for None; an error for anything else."""
+        torch = self.torch
+        if arg is None:
+            return None
+        if isinstance(arg, torch.fx.Node):
+            v = self.env.get(arg)
+            value = v.value if isinstance(v, Meta) else None
+            if value is None and not isinstance(v, str):
+                value = self.consts.get(arg.name)
+            if isinstance(value, torch.Tensor):
+                return np.asarray(to_numpy(value), dtype=np.float64)
+        raise self.unsupported(fxnode, what, f"its {role} ({arg!r}) is not a parameter of the model")
+
+    def add_layernorm(self, n, x, normalized_shape, w, b, eps, rms, name=None, source="", unsup=None):
+        """LayerNorm / RMSNorm over the last ``len(normalized_shape)`` axes."""
+        shape = tuple(self.sample_shape(n))
+        k = len(tuple(normalized_shape)) if isinstance(normalized_shape, (tuple, list)) else 1
+        if k > len(shape) or tuple(shape[len(shape) - k:]) != tuple(int(s) for s in (
+                normalized_shape if isinstance(normalized_shape, (tuple, list)) else (normalized_shape,))):
+            raise unsup(f"normalized_shape {normalized_shape} is not the trailing part of the per-sample shape {shape}")
+        lead = (1,) * (len(shape) - k)
+        params = {k2: None if v is None else np.asarray(v, np.float64).reshape(lead + shape[len(shape) - k:])
+                  for k2, v in (("weight", w), ("bias", b))}
+        self.add(n, "layernorm", [x], {"axes": tuple(range(len(shape) - k, len(shape))), "eps": float(eps),
+                                       "rms": bool(rms)}, params, name=name, source=source)
+
     def operand(self, fxnode, arg, what):
         """``(IR node name, is_constant)`` of an operand of an elementwise op: a tensor computed
         from the input, or a ``const`` node for a number, a parameter or a tensor computed from

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import GraphError
-from .spec import OpSpec, need_inputs, register_op, stabilize
+from .spec import OpSpec, need_inputs, pass_keeps_shape, register_op, stabilize
 
 __all__ = [
     "PARAMETRIC_RULES",
@@ -292,6 +292,9 @@ class _LinearSpec(OpSpec):
 
     def default_rule(self, graph, node, stabilizer):
         return None  # a composite must say which rule a weighted layer gets
+
+    def check_rule(self, graph, node, rule):
+        pass_keeps_shape(graph, node, rule)
 
     def reference(self, graph, node, rule):
         return LinearReference(graph, node, rule)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import GraphError
-from .spec import OpSpec, need_inputs, register_op, stabilize
+from .spec import OpSpec, need_inputs, pass_keeps_shape, register_op, stabilize
 
 __all__ = ["Pool2dGeometry", "avgpool_matrices", "pool2d_geometry", "pool_output_length", "window_table"]
 
@@ -146,8 +146,8 @@ class AvgPoolReference:
 
     def relevance(self, x, R):
         r = self.rule
-        if r.kind == "pass":
-            raise ValueError(f"{self.node.describe()}: Pass cannot change the shape of relevance")
+        if r.kind == "pass":  # a pool that keeps the shape (the rule check refuses the others)
+            return [R]
         if r.kind == "flat":
             ones = np.ones_like(x)
             return [self._apply(R / stabilize(self._apply(ones), r.stabilizer), transpose=True)]
@@ -301,6 +301,9 @@ class _AvgSpec:
         from ..rules import Norm
 
         return Norm(stabilizer)
+
+    def check_rule(self, graph, node, rule):
+        pass_keeps_shape(graph, node, rule)
 
     def reference(self, graph, node, rule):
         return AvgPoolReference(graph, node, rule)

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import GraphError
 
-__all__ = ["OpSpec", "RefOp", "register_op", "spec", "names", "stabilize", "need_inputs"]
+__all__ = ["OpSpec", "RefOp", "register_op", "spec", "names", "stabilize", "need_inputs", "pass_keeps_shape"]
 
 
 class RefOp(Protocol):
@@ -72,6 +72,10 @@ class OpSpec:
 
         return Pass()
 
+    def check_rule(self, graph, node, rule) -> None:
+        """Raise :class:`~fastlrp.rules.RuleError` (naming the node) when ``rule``, of an
+        allowed kind, cannot be applied to this particular node."""
+
     def nonnegative(self, node, inputs_nonneg: list) -> bool:
         """Whether the output is >= 0 by construction, given whether each input is."""
         return False
@@ -112,6 +116,16 @@ def names() -> tuple:
 def need_inputs(node, in_shapes: list, k: int) -> None:
     if len(in_shapes) != k:
         raise GraphError(f"{node.describe()}: expects {k} input(s), got {len(in_shapes)}")
+
+
+def pass_keeps_shape(graph, node, rule) -> None:
+    """Pass hands relevance through unchanged: only a node whose output has its input's shape."""
+    if rule.kind == "pass" and tuple(graph[node.inputs[0]].shape) != tuple(node.shape):
+        from ..rules import RuleError
+
+        raise RuleError(f"rule Pass cannot be applied to {node.describe()}: it changes the shape "
+                        f"{tuple(graph[node.inputs[0]].shape)} -> {tuple(node.shape)}, so relevance cannot pass "
+                        "through unchanged")
 
 
 def stabilize(z: np.ndarray, eps: float) -> np.ndarray:
