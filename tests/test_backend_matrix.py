@@ -150,6 +150,9 @@ DENSE_CASES = [
     _linear("2x13x1-positive", (13,), (1, 13), True, "positive", batch=2),
     _linear("9x5x17-relu", (5,), (17, 5), False, "relu", batch=9),
     _linear("pass-square", (6,), (6, 6), True, kinds=("pass",)),
+    # on the last axis of tokens (a transformer's Linear, Keras Dense on a sequence)
+    _linear("tokens-3x4x6", (4, 6), (5, 6), True),
+    _linear("tokens-2x2x3x7-relu", (2, 3, 7), (4, 7), False, "relu", batch=2),
 ]
 
 CONV_CASES = [

@@ -488,3 +488,20 @@ def test_graph_meta_and_roundtrip(tmp_path):
     g.save(p)
     g2 = type(g).load(p)
     np.testing.assert_allclose(graph_forward(g2, x.numpy()), model(x).detach().numpy(), rtol=1e-9, atol=1e-10)
+
+
+def test_linear_on_tokens_acts_on_the_last_axis():
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(6, 5)
+            self.w = nn.Parameter(torch.randn(3, 5))
+
+        def forward(self, x):
+            return torch.nn.functional.linear(torch.relu(self.proj(x)), self.w).flatten(1)
+
+    m = randomize(Tokens().eval(), 4)  # float64
+    x = torch.randn(2, 4, 6, dtype=torch.float64)
+    for g in (from_torch(m, x), from_torch(torch.export.export(m, (x,)))):
+        assert [n.shape for n in g if n.op == "dense"] == [(4, 5), (4, 3)]
+        np.testing.assert_allclose(graph_forward(g, x.numpy()), m(x).detach().numpy(), rtol=1e-12, atol=1e-12)

@@ -119,12 +119,12 @@ class _LinearOp:
         p = self.plan
         x = np.asarray(inputs[0])
         N = x.shape[0] if x.ndim else 0
-        if x.ndim < 2 or x[0].size != p.C * p.H * p.W:
+        if x.ndim < 2 or x[0].size != p.rows * p.C * p.H * p.W:
             raise BackendError(
                 f"{self.node.describe()}: input of shape {x.shape} (batch first) does not fit the layer's "
                 f"input shape {p.in_shape}"
             )
-        x4 = _f32(x).reshape(N, p.C, p.H, p.W)
+        x4 = _f32(x).reshape(N * p.rows, p.C, p.H, p.W)
         epi = self.epi["bias"] if p.b is not None else self.epi["none"]
         psum, nonneg = None, True
         if p.needs_psum or self.bwd_signed is not self.bwd_pos:
@@ -150,7 +150,7 @@ class _LinearOp:
         res = None
         for term in terms:
             res = self._backward(g, term, x4, res)
-        return [res.reshape((N,) + p.in_shape)]
+        return [res.reshape((-1,) + p.in_shape)]
 
     def _backward(self, g, term, x4, res):
         A, epi, needs_x, off = term
@@ -285,8 +285,11 @@ class CpuBackend:
         return dispatch_prepare(self, graph, node, rule)
 
 
-@register_kernel("cpu", "dense", "conv", rules=tuple(k for k in PARAMETRIC_RULES if k != "pass"))
+@register_kernel("cpu", "dense", "conv", rules=tuple(k for k in PARAMETRIC_RULES if k != "pass"),
+                 variants="ZBox on a dense layer over several positions: one bound per feature")
 def _linear_kernel(be, graph, node, rule):
+    if not LinearPlan.supported(graph, node, rule):
+        return None
     return _LinearOp(be.core, graph, node, rule, graph.known_nonnegative(node.inputs[0]))
 
 

@@ -431,15 +431,16 @@ class _LinearOp:
         h, be = self.h, self.be
         x = inputs[0]
         N = x.shape[0]
-        if x.ndim < 2 or x.size != N * h.C * h.H * h.W:
+        if x.ndim < 2 or x.size != N * h.rows * h.C * h.H * h.W:
             raise BackendError(f"{self.node.describe()}: input of shape {x.shape} (batch first) does not fit the "
                                f"layer's input shape {h.in_shape}")
-        geo = (N, h.C, h.H, h.W, h.OH, h.OW)
+        n = N * h.rows  # a dense layer's positions run as more samples
+        geo = (n, h.C, h.H, h.W, h.OH, h.OW)
         epi = self.epi["bias"] if self.bias is not None else self.epi["none"]
         nonneg = True
         if h.needs_psum or self.bwd_signed is not self.bwd_pos:
             nonneg = h.static_nonneg or not (be.mod.min_value(x.ptr, x.size) < 0)
-        out = be.empty((N, h.O, h.OH, h.OW))
+        out = be.empty((n, h.O, h.OH, h.OW))
         psum = None
         if h.needs_psum and nonneg and self.A_fwd_pos is not None:
             psum = be.empty(out.shape)
@@ -457,7 +458,7 @@ class _LinearOp:
     def relevance(self, ctx, R):
         h, be = self.h, self.be
         x, out, psum, nonneg = ctx
-        N = x.shape[0]
+        N = x.shape[0] * h.rows
         flat_sum = h.kind == "flat"
         gch = h.G if flat_sum else h.O * h.halves
         g = be.empty((N, gch, h.OH, h.OW))
@@ -471,7 +472,7 @@ class _LinearOp:
         for k, (A, epi, needs_x, off) in enumerate(terms):
             self._conv(g, A, res, transposed=True, epi=epi, mul=x if needs_x else None, off=off,
                        accumulate=k > 0, geo=geo)
-        return [res.reshape((N,) + h.in_shape)]
+        return [res.reshape((x.shape[0],) + h.in_shape)]
 
 
 class _MaxPoolOp:
@@ -674,8 +675,11 @@ class _ConcatOp:
 # ------------------------------------------------------------------------------------------
 # kernel registrations (every other op and rule: the host fallback, with a warning)
 # ------------------------------------------------------------------------------------------
-@register_kernel("cuda", "dense", "conv", rules=tuple(k for k in PARAMETRIC_RULES if k != "pass"))
+@register_kernel("cuda", "dense", "conv", rules=tuple(k for k in PARAMETRIC_RULES if k != "pass"),
+                 variants="ZBox on a dense layer over several positions: one bound per feature")
 def _linear_kernel(be, graph, node, rule):
+    if not LinearPlan.supported(graph, node, rule):
+        return None
     return _LinearOp(be, graph, node, rule, graph.known_nonnegative(node.inputs[0]))
 
 

@@ -54,6 +54,8 @@ class LinearPlan:
         self.C, self.H, self.W, self.O, self.G = geo.C, geo.H, geo.W, geo.O, geo.G
         self.kernel, self.stride, self.pad, self.dil = geo.kernel, geo.stride, geo.pad, geo.dilation
         self.OH, self.OW, self.Og, self.Cg = geo.OH, geo.OW, geo.Og, geo.Cg
+        self.rows = geo.rows  # a dense layer's leading positions, folded into the batch by the kernels
+        self.row_shape = self.in_shape[-1:] if node.op == "dense" else self.in_shape
         W4 = geo.weight
         b = node.params.get("bias")
         self.b = None if b is None else _f32(np.asarray(b).reshape(-1))
@@ -96,7 +98,7 @@ class LinearPlan:
             pos_terms = [(st(U, D), "mulx", None)]
             signed_terms = [(st(U, D), "mulpos", None), (st(D, U), "mulneg", None)]
         elif kind == "zbox":
-            lo, hi = zbox_bounds(node, rule, self.in_shape)
+            lo, hi = (b.reshape((self.rows,) + self.row_shape)[0] for b in zbox_bounds(node, rule, self.in_shape))
             pos_terms = signed_terms = [(Wp, "mulxoff", lo), (Wn, "mulxoff", hi)]
             self.zc = self._const_fwd(lo, Wp, None) + self._const_fwd(hi, Wn, None)
         elif kind == "flat":
@@ -104,18 +106,32 @@ class LinearPlan:
             # backward GEMM gets one output channel per group instead of O/G
             ones = np.ones((self.G, self.Cg) + tuple(self.kernel))
             pos_terms = signed_terms = [(ones, "none", None)]
-            self.zc = self._const_fwd(np.ones(self.in_shape), np.ones_like(W4), None)
+            self.zc = self._const_fwd(np.ones(self.row_shape), np.ones_like(W4), None)
         else:  # wsquare
             W2 = W4 * W4
             pos_terms = signed_terms = [(W2, "none", None)]
             bb = None if (self.b is None or self.zero_bias) else np.asarray(node.params["bias"], np.float64) ** 2
-            self.zc = self._const_fwd(np.ones(self.in_shape), W2, bb)
+            self.zc = self._const_fwd(np.ones(self.row_shape), W2, bb)
         if self.zc is not None:
             self.zc = _f32(self.zc.reshape(O, -1))
         self.pos_terms = pos_terms
         if signed_terms is None:  # the sign of x does not matter
             signed_terms = pos_terms
         self.signed_terms = signed_terms if (signed_terms is pos_terms or not nonneg) else None
+
+    @staticmethod
+    def supported(graph, node, rule) -> bool:
+        """Whether the kernels run this node: ZBox on a dense layer over several positions
+        needs the same bounds at every position (the constant sums are per row)."""
+        if node.op != "dense" or rule.kind != "zbox":
+            return True
+        in_shape = tuple(graph[node.inputs[0]].shape)
+        try:
+            lo, hi = zbox_bounds(node, rule, in_shape)
+        except Exception:  # noqa: BLE001 - the plan reports bad bounds with the node's name
+            return True
+        rows = lo.reshape(-1, in_shape[-1]), hi.reshape(-1, in_shape[-1])
+        return all(bool(np.all(r == r[:1])) for r in rows)
 
     @property
     def halves(self) -> int:

@@ -59,6 +59,7 @@ from ..rules import stabilizer_of
 from .base import zbox_bounds
 from .dispatch import prepare as dispatch_prepare
 from .dispatch import register_kernel
+from .linear_plan import LinearPlan
 
 __all__ = ["NumbaBackend"]
 
@@ -389,6 +390,7 @@ class _LinearOp:
         self.out_shape = tuple(node.shape)
         geo = conv2d_geometry(graph, node)
         self.sdims = geo.spatial_dims
+        self.rows = geo.rows  # a dense layer's positions run as more samples
         W4 = geo.weight
         G, (KH, KW), (sh, sw), (dh, dw) = geo.G, geo.kernel, geo.stride, geo.dilation
         (pt, _), (pl, _) = geo.pad
@@ -437,7 +439,8 @@ class _LinearOp:
             elif kind == "zbox":
                 self.WbT = _f32(np.concatenate([Wg, Wp, Wn], 2).transpose(0, 2, 1))
                 lo, hi = zbox_bounds(node, rule, self.in_shape)
-                self.low, self.high = (_f32(v).reshape(self.C, self.H, self.W) for v in (lo, hi))
+                self.low, self.high = (_f32(v.reshape(self.rows, -1)[0]).reshape(self.C, self.H, self.W)
+                                       for v in (lo, hi))
                 cl, ch = self._cols_of(self.low), self._cols_of(self.high)
                 self.const = _f32((Wp @ cl + Wn @ ch).reshape(O, self.P))
                 self.bshift = _f32(-b)
@@ -468,8 +471,9 @@ class _LinearOp:
 
     def forward(self, inputs):
         x = _f32(inputs[0])
-        N = x.shape[0]
-        x4 = _as4d(x, self.sdims)
+        N0 = x.shape[0]
+        x4 = _as4d(x.reshape(N0 * self.rows, -1) if self.sdims == 0 else x, self.sdims)
+        N = x4.shape[0]
         G, Og, P = self.G, self.Og, self.P
         z = np.empty((N, self.O, P), _F32)
         if self.pq:
@@ -483,7 +487,7 @@ class _LinearOp:
             _im2col(x4, n0, m, *self.geom, self.split, cols)
             Y = np.matmul(self.Wf, cols)
             _fwd_epilogue(Y, self.bias, n0, m, Og, int(self.pq), z, Pa, Qa)
-        return z.reshape((N,) + self.out_shape), (x4, z, Pa, Qa)
+        return z.reshape((N0,) + self.out_shape), (x4, z, Pa, Qa)
 
     def relevance(self, ctx, R):
         if self.kind == "pass":
@@ -501,7 +505,7 @@ class _LinearOp:
                           self.pkind, self.eps, self.c1, self.c2, Gm)
             A = np.matmul(self.WbT, Gm)
             _col2im(A, x4, self.low, self.high, n0, m, *self.geom, self.mode, out)
-        return [out.reshape((N,) + self.in_shape)]
+        return [out.reshape((-1,) + self.in_shape)]
 
 
 class _MaxPoolOp:
@@ -600,8 +604,10 @@ class NumbaBackend:
         return dispatch_prepare(self, graph, node, rule)
 
 
-@register_kernel("numba", "dense", "conv")
+@register_kernel("numba", "dense", "conv", variants="ZBox on a dense layer over several positions: one bound per feature")
 def _linear_kernel(be, graph, node, rule):
+    if not LinearPlan.supported(graph, node, rule):
+        return None
     return _LinearOp(graph, node, rule)
 
 

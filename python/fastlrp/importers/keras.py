@@ -331,15 +331,13 @@ class _Importer:
             return ins[0]
 
         if cls == "Dense":
-            x = self.ensure(ins[0], _ident(len(ins[0][1])), layer)
-            if len(self.shapes[x]) != 1:
-                raise _unsupported(
-                    layer, f"Dense applied to an input with {len(self.shapes[x])} axes {self.shapes[x]} "
-                    "(only 1-D features per sample; add a Flatten first)")
+            rank_in = len(ins[0][1])
+            x = self.ensure(ins[0], _ident(rank_in), layer)  # Keras' layout: Dense acts on the last axis
             k = _np(layer.kernel)
             b = _np(layer.bias) if layer.use_bias else None
-            h = self.emit(name, "dense", [x], {}, {"weight": k.T.copy(), "bias": b}, (k.shape[1],), src)
-            return self.with_activation(layer, (h, (0,)), name, src)
+            h = self.emit(name, "dense", [x], {}, {"weight": k.T.copy(), "bias": b},
+                          (*self.shapes[x][:-1], k.shape[1]), src)
+            return self.with_activation(layer, (h, _ident(rank_in)), name, src)
 
         if cls in ("Conv1D", "Conv2D", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D"):
             return self.conv(layer, ins[0], kshape, name, src, cls)

@@ -289,8 +289,8 @@ class _AtenConverter(Converter):
                 if bias.numel() != w.shape[0]:
                     raise unsup(f"bias of shape {tuple(bias.shape)} does not match {w.shape[0]} outputs")
                 bias = bias.reshape(-1)
-            if len(self.shape(xa)) != 2:
-                raise unsup(f"applied to a tensor of shape {self.shape(xa)}; only (N, features) inputs are supported")
+            if len(self.shape(xa)) < 2:
+                raise unsup(f"applied to a tensor of shape {self.shape(xa)}; the batch axis comes first")
             name = self.owner(wnode, "weight")
             if name is None and len(wnode.all_input_nodes) == 1:  # aten.t / permute of a weight
                 name = self.owner(wnode.all_input_nodes[0], "weight")

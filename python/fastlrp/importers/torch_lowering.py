@@ -328,9 +328,7 @@ class Converter:
             self.env[n] = inp()
             return
         if type(mod) in (nn.Linear,) or (isinstance(mod, nn.Linear) and type(mod).forward is nn.Linear.forward):
-            x = inp()
-            if len(self.sample_shape(n.args[0])) != 1:
-                raise unsup(f"applied to per-sample shape {self.sample_shape(n.args[0])}; only 1-D features are supported")
+            x = inp()  # acts on the last axis
             bias = None if mod.bias is None else to_numpy(mod.bias)
             self.add(n, "dense", [x], {}, {"weight": to_numpy(mod.weight), "bias": bias}, name=path, source=src)
             return
@@ -609,8 +607,6 @@ class Converter:
             b = self.const_value(n, _arg(n, 2, "bias", None), what, "bias")
             if w is None or w.ndim != 2:
                 raise unsup("the weight must be a 2-D parameter")
-            if len(self.sample_shape(args[0])) != 1:
-                raise unsup(f"applied to per-sample shape {self.sample_shape(args[0])}; only 1-D features are supported")
             self.add(n, "dense", [x], {}, {"weight": w, "bias": b}, source=f"{n.name} ({what})")
             return
         if kind == "pad":

@@ -1,6 +1,8 @@
 """Dense and convolution layers: the ops the parametric LRP rules act on.
 
-``dense``  params ``weight`` (out, in), optional ``bias`` (out,); input ``(in,)``.
+``dense``  params ``weight`` (out, in), optional ``bias`` (out,); input ``(..., in)``:
+           the layer acts on the last axis (a transformer's tokens, a Keras Dense on
+           a sequence), output ``(..., out)``.
 ``conv``   attrs ``dims`` (1 or 2), ``stride``, ``dilation`` (tuples of length
            dims), ``padding`` (one ``(before, after)`` pair per spatial dim),
            ``groups``; params ``weight`` (out, in/groups, *kernel), optional
@@ -239,7 +241,9 @@ class Conv2dGeometry:
     """A dense or conv node as a 2-d convolution over (C, H, W) images.
 
     ``weight`` is the float64 weight as ``(O, Cg, KH, KW)``; ``pad`` holds
-    ``((top, bottom), (left, right))``.
+    ``((top, bottom), (left, right))``. A dense layer on the last axis of a
+    ``(..., in)`` input is a 1x1 conv over ``rows = prod(...)`` images per sample
+    (kernels fold them into the batch).
     """
 
     C: int
@@ -255,6 +259,7 @@ class Conv2dGeometry:
     OW: int
     weight: np.ndarray
     spatial_dims: int  # 0 for dense, else the conv's dims
+    rows: int = 1  # a dense layer on the last axis of (..., in): the leading positions, run as more samples
 
     @property
     def Cg(self) -> int:
@@ -272,7 +277,7 @@ def conv2d_geometry(graph, node) -> Conv2dGeometry:
     if node.op == "dense":
         O, I = W.shape
         return Conv2dGeometry(I, 1, 1, O, 1, (1, 1), (1, 1), ((0, 0), (0, 0)), (1, 1), 1, 1,
-                              W.reshape(O, I, 1, 1), 0)
+                              W.reshape(O, I, 1, 1), 0, int(np.prod(in_shape[:-1], dtype=np.int64)))
     a = node.attrs
     if a["dims"] == 1:
         return Conv2dGeometry(in_shape[0], 1, in_shape[1], W.shape[0], int(a["groups"]), (1, W.shape[2]),
@@ -309,13 +314,13 @@ class DenseSpec(_LinearSpec):
         w = node.params["weight"]
         if w.ndim != 2:
             raise GraphError(f"{node.describe()}: weight must be 2-D (out, in), got shape {w.shape}")
-        if len(in_shapes[0]) != 1 or in_shapes[0][0] != w.shape[1]:
+        if len(in_shapes[0]) < 1 or in_shapes[0][-1] != w.shape[1]:
             raise GraphError(
                 f"{node.describe()}: input of shape {in_shapes[0]} does not match weight "
-                f"(out={w.shape[0]}, in={w.shape[1]})"
+                f"(out={w.shape[0]}, in={w.shape[1]}; the layer acts on the last axis)"
             )
         _check_bias(node, w.shape[0])
-        return (w.shape[0],)
+        return (*in_shapes[0][:-1], w.shape[0])
 
     def type_keys(self, node):
         return ("dense", "linear")
