@@ -277,6 +277,12 @@ CASES = {
                                                                 axis=-1, name="op"), **ROUTING),
         _case("1d", (5,), lambda gb, h: gb.concat([gb.activation(h, "sigmoid"), h, h], axis=0, name="op")),
     ],
+    "slice": [
+        _case("channels-step", (5, 3, 4), lambda gb, h: gb.add_node(
+            "slice", h, {"axis": 0, "start": 1, "stop": 5, "step": 2}, name="op"), absorbs=True, **ROUTING),
+        _case("last-negative", (3, 6), lambda gb, h: gb.add_node(
+            "slice", h, {"axis": -1, "start": -4, "stop": -1}, name="op"), absorbs=True, **ROUTING),
+    ],
     "pad": [
         _pad("zeros", (2, 4, 5), ((0, 0), (1, 2), (2, 0))),
         _pad("crop-and-pad-value", (2, 4, 5), ((0, 0), (-1, 2), (1, -2)), 0.5),

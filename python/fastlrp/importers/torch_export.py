@@ -121,6 +121,12 @@ class _AtenConverter(Converter):
         reg("avg_pool", "avg_pool1d", dims=1)
         reg("avg_pool", "avg_pool2d", dims=2)
         reg("pad", "pad")
+        reg("chunk", "chunk")
+        reg("split", "split.Tensor", "split_with_sizes", "split.sizes")
+        reg("unbind", "unbind.int")
+        reg("narrow", "narrow")
+        reg("select", "select.int")
+        reg("aten_slice", "slice.Tensor")
         reg("layer_norm", "layer_norm", "native_layer_norm")
         reg("rms_norm", "rms_norm")
         reg("constant_pad", "constant_pad_nd")
@@ -231,7 +237,8 @@ class _AtenConverter(Converter):
             return
         if kind is None:
             raise self.unsupported(n, what)
-        if kind in ("dropout", "conv", "linear", "addmm", "mm", "batch_norm", "constant_pad", "layer_norm", "rms_norm"):
+        if kind in ("dropout", "conv", "linear", "addmm", "mm", "batch_norm", "constant_pad", "layer_norm", "rms_norm",
+                    "aten_slice"):
             return self.convert_aten(n, kind, what)
         if kind == "elu":
             a = self.bind(n)
@@ -325,6 +332,16 @@ class _AtenConverter(Converter):
             self.add_layernorm(n, x, a["normalized_shape"], None if w is None else to_numpy(w),
                                None if b is None else to_numpy(b), eps, kind == "rms_norm",
                                name=self.owner(a.get("weight"), "weight"), source=src, unsup=unsup)
+            return
+        if kind == "aten_slice":
+            x = self.tensor_input(n, a["self"], what)
+            rank = len(self.shape(a["self"]))
+            dim = int(a.get("dim", 0)) % rank
+            if dim == 0:
+                raise unsup("slicing the batch axis")
+            stop = a.get("end")
+            stop = None if stop is not None and int(stop) >= 2**62 else stop  # INT64_MAX: to the end
+            self.env[n] = self.add_slice(n, x, dim - 1, a.get("start"), stop, a.get("step", 1))
             return
         if kind == "constant_pad":
             x = self.tensor_input(n, a[first], what)

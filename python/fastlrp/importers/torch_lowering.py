@@ -172,6 +172,11 @@ class Converter:
         reg("max_pool", F.max_pool1d, F.max_pool2d, g(torch, "max_pool1d"), g(torch, "max_pool2d"))
         reg("avg_pool", F.avg_pool1d, F.avg_pool2d, g(torch, "avg_pool1d"))
         reg("pad", F.pad)
+        reg("chunk", torch.chunk)
+        reg("split", torch.split)
+        reg("unbind", torch.unbind)
+        reg("narrow", torch.narrow)
+        reg("select", torch.select)
         reg("layer_norm", F.layer_norm)
         reg("rms_norm", g(F, "rms_norm"))
         reg("linear", F.linear)
@@ -193,6 +198,7 @@ class Converter:
             "relu": "relu", "relu_": "relu", "tanh": "tanh", "tanh_": "tanh", "sigmoid": "sigmoid",
             "sigmoid_": "sigmoid", "softmax": "softmax", "log_softmax": "log_softmax", "mean": "mean",
             "clamp": "clamp", "clamp_": "clamp", "clip": "clamp", "clip_": "clamp",
+            "chunk": "chunk", "split": "split", "unbind": "unbind", "narrow": "narrow", "select": "select",
             "size": "meta", "dim": "meta",
         }
 
@@ -430,6 +436,12 @@ class Converter:
             if isinstance(base, torch.fx.Node) and isinstance(self.env.get(base), Meta):
                 self.env[n] = Meta(self.values.get(n.name), f"{base.name}[...]")
                 return
+            if isinstance(base, torch.fx.Node) and isinstance(self.env.get(base), tuple):  # a part of a split
+                self.env[n] = self.env[base][n.args[1]]
+                return
+            if isinstance(base, torch.fx.Node) and isinstance(self.env.get(base), str):
+                self.convert_index(n, base, n.args[1], "indexing/slicing of a tensor (operator.getitem)")
+                return
             raise self.unsupported(n, "indexing/slicing of a tensor (operator.getitem)")
         if kind is None and fname.startswith("operator.") and n.all_input_nodes and all(
             isinstance(self.env.get(a), Meta) for a in n.all_input_nodes
@@ -609,6 +621,9 @@ class Converter:
                 raise unsup("the weight must be a 2-D parameter")
             self.add(n, "dense", [x], {}, {"weight": w, "bias": b}, source=f"{n.name} ({what})")
             return
+        if kind in ("chunk", "split", "unbind", "narrow", "select"):
+            self.convert_split(n, kind, what, unsup)
+            return
         if kind == "pad":
             x = x0()
             mode = _arg(n, 2, "mode", "constant")
@@ -619,6 +634,93 @@ class Converter:
                          source=f"{n.name} ({what})", unsup=unsup)
             return
         raise unsup("")  # pragma: no cover
+
+    # -- slicing and splitting ----------------------------------------------------------------
+    def add_slice(self, n, x, axis, start, stop, step=1, squeeze=False, suffix=""):
+        """One ``slice`` node (per-sample ``axis``; ``squeeze`` drops the axis, as an int index)."""
+        torch = self.torch
+        for v in (start, stop, step):
+            if isinstance(v, torch.fx.Node):
+                raise self.unsupported(n, f"slicing at '{n.name}'", "bounds computed at run time")
+        name = self.unique(f"{n.name}{suffix}")
+        shape = self.shapes_of(x)
+        self.nodes.append(Node(name, "slice", [x], {"axis": axis, "start": start, "stop": stop, "step": step or 1},
+                               {}, (), f"{n.name} (slice)"))
+        if not squeeze:
+            return name
+        out = tuple(s for i, s in enumerate(shape) if i != axis)
+        sq = self.unique(f"{name}_squeeze")
+        self.nodes.append(Node(sq, "reshape", [name], {"shape": out}, {}, (), f"{n.name} (index)"))
+        return sq
+
+    def shapes_of(self, name):
+        """Per-sample shape of an IR node made so far (from the traced fx shapes)."""
+        for fx, v in self.env.items():
+            if v == name:
+                return tuple(self.sample_shape(fx))
+        node = next(m for m in self.nodes if m.name == name)
+        return tuple(Graph(self.nodes[: self.nodes.index(node) + 1], output=name)[name].shape)
+
+    def convert_index(self, n, base, idx, what):
+        """``x[:, a:b, i]``: slices of per-sample axes (an int index drops its axis)."""
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        if not idx or idx[0] != slice(None):
+            raise self.unsupported(n, what, "only the per-sample axes can be indexed (x[:, ...])")
+        if any(i is Ellipsis or i is None for i in idx):
+            raise self.unsupported(n, what, "Ellipsis / None (new axis) in the index")
+        x = self.env[base]
+        axis = 0  # per-sample axis of the current result
+        for i in idx[1:]:
+            if isinstance(i, slice):
+                if i != slice(None):
+                    x = self.add_slice(n, x, axis, i.start, i.stop, i.step, suffix=f"_{axis}")
+                axis += 1
+            elif isinstance(i, int):
+                length = self.shapes_of(x)[axis]
+                j = i + length if i < 0 else i
+                x = self.add_slice(n, x, axis, j, j + 1, 1, squeeze=True, suffix=f"_{axis}")
+            else:
+                raise self.unsupported(n, what, f"index {i!r} (only slices and integers are supported)")
+        self.env[n] = x
+
+    def convert_split(self, n, kind, what, unsup):
+        """chunk / split / unbind (a tuple of parts, read by getitem), narrow, select."""
+        x = self.tensor_input(n, n.args[0] if n.args else n.kwargs.get("input"), what)
+        rank = len(self.shape(n.args[0] if n.args else n.kwargs.get("input")))
+        dim_pos = {"chunk": 2, "split": 2, "unbind": 1, "narrow": 1, "select": 1}[kind]
+        dim = int(_arg(n, dim_pos, "dim", 0))
+        dim = dim + rank if dim < 0 else dim
+        if dim == 0:
+            raise unsup("it splits the batch axis")
+        axis = dim - 1
+        length = self.sample_shape(n.args[0] if n.args else n.kwargs.get("input"))[axis]
+        if kind == "narrow":
+            start = int(_arg(n, 2, "start"))
+            start = start + length if start < 0 else start
+            self.env[n] = self.add_slice(n, x, axis, start, start + int(_arg(n, 3, "length")))
+            return
+        if kind == "select":
+            i = int(_arg(n, 2, "index"))
+            i = i + length if i < 0 else i
+            self.env[n] = self.add_slice(n, x, axis, i, i + 1, squeeze=True)
+            return
+        if kind == "chunk":
+            size = -(-length // int(_arg(n, 1, "chunks")))
+            sizes = [min(size, length - s) for s in range(0, length, size)]
+        elif kind == "split":
+            arg = _arg(n, 1, "split_size_or_sections", None)
+            arg = _arg(n, 1, "split_size", None) if arg is None else arg
+            if isinstance(arg, (list, tuple)):
+                sizes = [int(v) for v in arg]
+            else:
+                sizes = [min(int(arg), length - s) for s in range(0, length, int(arg))]
+        else:  # unbind
+            sizes = [1] * length
+        parts, start = [], 0
+        for k, size in enumerate(sizes):
+            parts.append(self.add_slice(n, x, axis, start, start + size, squeeze=kind == "unbind", suffix=f"_{k}"))
+            start += size
+        self.env[n] = tuple(parts)
 
     # -- constants and arithmetic -------------------------------------------------------------
     def const_value(self, fxnode, arg, what, role):

@@ -4,6 +4,9 @@
 ``reshape``  attrs ``shape``: the per-sample output shape (flatten, view).
 ``permute``  attrs ``perm``: per-sample axis permutation.
 ``concat``   attrs ``axis``: per-sample axis (0 = channels).
+``slice``    attrs ``axis`` (per-sample), ``start``, ``stop``, ``step`` (> 0): one
+             part of a tensor (``x[:, a:b]``, ``chunk``, ``split``, ``unbind``);
+             relevance goes back to the positions it came from, the rest get none.
 ``pad``      attrs ``padding``: one ``(before, after)`` pair per per-sample axis
              (channels first), ``value`` (default 0.0). Negative amounts crop, so
              zero padding and cropping (Keras ZeroPadding/Cropping, ``F.pad``,
@@ -149,6 +152,47 @@ class ConcatSpec(_Routing):
         return _ConcatRef(graph, node, rule)
 
 
+class _SliceRef:
+    def __init__(self, graph, node, rule):
+        a = node.attrs
+        self.index = (slice(None),) * (1 + a["axis"]) + (slice(a["start"], a["stop"], a["step"]),)
+        self.in_shape = tuple(graph[node.inputs[0]].shape)
+
+    def forward(self, inputs):
+        return np.ascontiguousarray(inputs[0][self.index]), None
+
+    def relevance(self, ctx, R):
+        out = np.zeros((R.shape[0],) + self.in_shape, dtype=R.dtype)
+        out[self.index] = R
+        return [out]
+
+
+class SliceSpec(_Routing):
+    name = "slice"
+    doc = "a part of one per-sample axis (x[:, a:b], chunk, split, unbind)"
+
+    def infer(self, node, in_shapes):
+        need_inputs(node, in_shapes, 1)
+        ins = in_shapes[0]
+        a = node.attrs
+        try:
+            axis, step = int(a["axis"]), int(a.get("step", 1))
+        except (TypeError, ValueError, KeyError):
+            raise GraphError(f"{node.describe()}: a slice needs an integer axis and step, got {a!r}") from None
+        if not -len(ins) <= axis < len(ins) or step < 1:
+            raise GraphError(f"{node.describe()}: axis {axis} / step {step} do not fit shape {ins} (step >= 1)")
+        axis %= len(ins)
+        start, stop, step = slice(a.get("start"), a.get("stop"), step).indices(ins[axis])
+        if stop <= start:
+            raise GraphError(f"{node.describe()}: slice {a.get('start')}:{a.get('stop')} of axis {axis} (length "
+                             f"{ins[axis]}) is empty")
+        a.update(axis=axis, start=start, stop=stop, step=step)
+        return tuple(len(range(start, stop, step)) if i == axis else s for i, s in enumerate(ins))
+
+    def reference(self, graph, node, rule):
+        return _SliceRef(graph, node, rule)
+
+
 def pad_slices(padding) -> tuple:
     """For per-axis ``(before, after)`` amounts (negative crops): the slices that
     cut the kept part of the input, the non-negative pad widths applied after
@@ -211,5 +255,5 @@ class PadSpec(OpSpec):
         return _PadRef(graph, node, rule)
 
 
-for _spec in (InputSpec(), ReshapeSpec(), PermuteSpec(), ConcatSpec(), PadSpec()):
+for _spec in (InputSpec(), ReshapeSpec(), PermuteSpec(), ConcatSpec(), SliceSpec(), PadSpec()):
     register_op(_spec)
