@@ -505,3 +505,24 @@ def test_linear_on_tokens_acts_on_the_last_axis():
     for g in (from_torch(m, x), from_torch(torch.export.export(m, (x,)))):
         assert [n.shape for n in g if n.op == "dense"] == [(4, 5), (4, 3)]
         np.testing.assert_allclose(graph_forward(g, x.numpy()), m(x).detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_functional_conv_and_batch_norm_with_module_parameters():
+    """timm's BatchNormAct2d calls F.batch_norm with its own buffers; weight-standardised
+    convs call F.conv2d: both read module parameters through get_attr."""
+    F = torch.nn.functional
+
+    class BNAct(nn.BatchNorm2d):
+        def forward(self, x):
+            return torch.relu(F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False,
+                                           0.1, self.eps))
+
+    class FConv(nn.Conv2d):
+        def forward(self, x):
+            return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    m = randomize(nn.Sequential(FConv(3, 8, 3, padding=1, stride=2), BNAct(8), nn.Flatten(), nn.Linear(72, 2)), 5)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    g = from_torch(m, x)
+    assert [n.op for n in g] == ["input", "conv", "activation", "reshape", "dense"]  # the BatchNorm folded
+    np.testing.assert_allclose(graph_forward(g, x.numpy()), m(x).detach().numpy(), rtol=1e-10, atol=1e-12)

@@ -59,6 +59,8 @@ def _tup(v, d):
 
 def to_numpy(t):
     """Copy a tensor to a float64 NumPy array (never a view of the model's storage)."""
+    if isinstance(t, np.ndarray):
+        return np.array(t, dtype=np.float64)
     return t.detach().cpu().double().numpy().copy()
 
 
@@ -180,6 +182,8 @@ class Converter:
         reg("layer_norm", F.layer_norm)
         reg("rms_norm", g(F, "rms_norm"))
         reg("linear", F.linear)
+        reg("conv", F.conv1d, F.conv2d)
+        reg("batch_norm", F.batch_norm)
         self.fn_dims = {F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2, F.max_pool1d: 1, F.max_pool2d: 2,
                         F.avg_pool1d: 1, F.avg_pool2d: 2}
         for n, d in (("max_pool1d", 1), ("max_pool2d", 2), ("avg_pool1d", 1)):
@@ -623,6 +627,28 @@ class Converter:
             return
         if kind in ("chunk", "split", "unbind", "narrow", "select"):
             self.convert_split(n, kind, what, unsup)
+            return
+        if kind == "conv":
+            x = x0()
+            w = self.const_value(n, _arg(n, 1, "weight"), what, "weight")
+            b = self.const_value(n, _arg(n, 2, "bias", None), what, "bias")
+            d = w.ndim - 2
+            self.add_conv(n, x, d, w, b, _arg(n, 3, "stride", 1), _arg(n, 4, "padding", 0), _arg(n, 5, "dilation", 1),
+                          _arg(n, 6, "groups", 1), name=None, source=f"{n.name} ({what})", unsup=unsup)
+            return
+        if kind == "batch_norm":
+            x = x0()
+            if _arg(n, 5, "training", False):
+                raise unsup("training=True (batch statistics at inference are not supported)")
+            mean = self.const_value(n, _arg(n, 1, "running_mean"), what, "running mean")
+            var = self.const_value(n, _arg(n, 2, "running_var"), what, "running variance")
+            if mean is None or var is None:
+                raise unsup("no running statistics")
+            gamma = self.const_value(n, _arg(n, 3, "weight", None), what, "weight")
+            beta = self.const_value(n, _arg(n, 4, "bias", None), what, "bias")
+            scale = (np.ones_like(mean) if gamma is None else gamma) / np.sqrt(var + float(_arg(n, 7, "eps", 1e-5)))
+            shift = (np.zeros_like(mean) if beta is None else beta) - mean * scale
+            self.add(n, "batchnorm", [x], {}, {"scale": scale, "shift": shift}, source=f"{n.name} ({what})")
             return
         if kind == "pad":
             x = x0()
