@@ -308,6 +308,14 @@ CASES = {
         _case("clipped_relu", (2, 3, 4), lambda gb, h: gb.activation(
             h, "clipped_relu", max_value=0.8, threshold=0.2, negative_slope=0.3, name="op")),
     ],
+    "upsample": [
+        _case("bilinear", (2, 3, 4), lambda gb, h: gb.add_node("upsample", h, {
+            "dims": 2, "size": (7, 9), "mode": "linear", "align_corners": False}, name="op"), mode="positive"),
+        _case("nearest-x2", (2, 3, 4), lambda gb, h: gb.add_node("upsample", h, {
+            "dims": 2, "size": (6, 8), "mode": "nearest", "scale": (0.5, 0.5)}, name="op"), mode="positive"),
+        _case("linear-1d-corners", (3, 5), lambda gb, h: gb.add_node("upsample", h, {
+            "dims": 1, "size": (9,), "mode": "linear", "align_corners": True}, name="op"), mode="positive"),
+    ],
     "mul": [
         # squeeze-excitation: a sigmoid gate broadcast per channel
         _case("se-gate", (3, 4, 4), lambda gb, h: gb.add_node(

@@ -47,7 +47,7 @@ import numpy as np
 
 from .. import _ext
 from ..ops.linear import PARAMETRIC_RULES
-from ..ops.pool import avgpool_matrices, pool2d_geometry
+from ..ops.pool import pool2d_geometry, separable_matrices
 from ..rules import stabilizer_of
 from .base import BackendError
 from .dispatch import prepare as dispatch_prepare
@@ -218,7 +218,7 @@ class _AvgPoolOp:
 
     def __init__(self, graph, node, rule):
         self.node, self.rule = node, rule
-        self.mats = [_f32(m) for m in avgpool_matrices(graph[node.inputs[0]].shape, node)]
+        self.mats = [_f32(m) for m in separable_matrices(graph[node.inputs[0]].shape, node)]
         self.eps = stabilizer_of(rule)
         self.global_mean = node.op == "adaptive_avgpool" and all(s == 1 for s in node.shape[1:])
         self.flat_z = None
@@ -298,6 +298,6 @@ def _maxpool_kernel(be, graph, node, rule):
     return _MaxPoolOp(be.core, graph, node)
 
 
-@register_kernel("cpu", "avgpool", "adaptive_avgpool", rules=("norm", "flat"))
+@register_kernel("cpu", "avgpool", "adaptive_avgpool", "upsample", rules=("norm", "flat"))
 def _avgpool_kernel(be, graph, node, rule):
     return _AvgPoolOp(graph, node, rule)

@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import _ext
 from ..ops.linear import PARAMETRIC_RULES
-from ..ops.pool import avgpool_matrices, pool2d_geometry
+from ..ops.pool import pool2d_geometry, separable_matrices
 from ..rules import stabilizer_of
 from .base import BackendError, DeviceOutOfMemory
 from .dispatch import prepare as dispatch_prepare
@@ -506,7 +506,7 @@ class _AvgPoolOp:
 
     def __init__(self, be, graph, node, rule):
         self.be, self.node, self.rule = be, node, rule
-        mats = [np.asarray(m, np.float32) for m in avgpool_matrices(graph[node.inputs[0]].shape, node)]
+        mats = [np.asarray(m, np.float32) for m in separable_matrices(graph[node.inputs[0]].shape, node)]
         if len(mats) == 1:
             mats = [np.ones((1, 1), np.float32)] + mats
         self.mh, self.mw = mats
@@ -688,7 +688,7 @@ def _maxpool_kernel(be, graph, node, rule):
     return _MaxPoolOp(be, graph, node)
 
 
-@register_kernel("cuda", "avgpool", "adaptive_avgpool", rules=("norm", "flat"))
+@register_kernel("cuda", "avgpool", "adaptive_avgpool", "upsample", rules=("norm", "flat"))
 def _avgpool_kernel(be, graph, node, rule):
     return _AvgPoolOp(be, graph, node, rule)
 

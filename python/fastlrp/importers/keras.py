@@ -388,6 +388,17 @@ class _Importer:
                 return (h, cf)
             return (self.emit(f"{name}/squeeze", "reshape", [h], {"shape": (shape[0],)}, None, (shape[0],), src), (0,))
 
+        if cls in ("UpSampling1D", "UpSampling2D"):
+            d = int(cls[-2])
+            x, cf = self.spatial_in(layer, ins[0], d)
+            f = (int(layer.size),) if d == 1 else tuple(int(v) for v in layer.size)
+            mode = "nearest" if d == 1 else {"nearest": "nearest", "bilinear": "linear"}.get(layer.interpolation)
+            if mode is None:
+                raise _unsupported(layer, f"interpolation '{layer.interpolation}' (nearest and bilinear are supported)")
+            attrs = {"dims": d, "size": tuple(self.shapes[x][1 + i] * f[i] for i in range(d)), "mode": mode,
+                     "align_corners": False, "scale": None}
+            return (self.emit(name, "upsample", [x], attrs, None, self.out_spatial(kshape, cf, d), src), cf)
+
         if cls in ("ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D", "Cropping3D"):
             return self.pad(layer, ins[0], kshape, name, src, cls)
 

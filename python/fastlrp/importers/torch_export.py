@@ -121,6 +121,9 @@ class _AtenConverter(Converter):
         reg("avg_pool", "avg_pool1d", dims=1)
         reg("avg_pool", "avg_pool2d", dims=2)
         reg("pad", "pad")
+        reg("upsample", "upsample_nearest1d.vec", "upsample_nearest2d.vec", "upsample_linear1d.vec",
+            "upsample_bilinear2d.vec", "upsample_nearest1d", "upsample_nearest2d", "upsample_linear1d",
+            "upsample_bilinear2d")
         reg("chunk", "chunk")
         reg("split", "split.Tensor", "split_with_sizes", "split.sizes")
         reg("unbind", "unbind.int")
@@ -238,7 +241,7 @@ class _AtenConverter(Converter):
         if kind is None:
             raise self.unsupported(n, what)
         if kind in ("dropout", "conv", "linear", "addmm", "mm", "batch_norm", "constant_pad", "layer_norm", "rms_norm",
-                    "aten_slice"):
+                    "aten_slice", "upsample"):
             return self.convert_aten(n, kind, what)
         if kind == "elu":
             a = self.bind(n)
@@ -332,6 +335,16 @@ class _AtenConverter(Converter):
             self.add_layernorm(n, x, a["normalized_shape"], None if w is None else to_numpy(w),
                                None if b is None else to_numpy(b), eps, kind == "rms_norm",
                                name=self.owner(a.get("weight"), "weight"), source=src, unsup=unsup)
+            return
+        if kind == "upsample":
+            x = self.tensor_input(n, a[first], what)
+            name = n.target._schema.name
+            mode = "nearest" if "nearest" in name else ("linear" if "linear1d" in name else "bilinear")
+            sf = a.get("scale_factors")
+            if sf is None:  # the .default overloads: scales_h / scales_w / scales
+                sf = [a.get(k) for k in ("scales_h", "scales_w", "scales") if k in a] or None
+                sf = None if sf is None or any(v is None for v in sf) else sf
+            self.add_upsample(n, x, mode, a.get("align_corners", False), sf, False, source=src, unsup=unsup)
             return
         if kind == "aten_slice":
             x = self.tensor_input(n, a["self"], what)

@@ -174,6 +174,7 @@ class Converter:
         reg("max_pool", F.max_pool1d, F.max_pool2d, g(torch, "max_pool1d"), g(torch, "max_pool2d"))
         reg("avg_pool", F.avg_pool1d, F.avg_pool2d, g(torch, "avg_pool1d"))
         reg("pad", F.pad)
+        reg("interpolate", F.interpolate, g(F, "upsample"))
         reg("chunk", torch.chunk)
         reg("split", torch.split)
         reg("unbind", torch.unbind)
@@ -389,6 +390,11 @@ class Converter:
             scale = gamma / np.sqrt(var + float(mod.eps))
             shift = beta - mean * scale
             self.add(n, "batchnorm", [x], {}, {"scale": scale, "shift": shift}, name=path, source=src)
+            return
+        if isinstance(mod, nn.Upsample):  # also UpsamplingNearest2d / UpsamplingBilinear2d
+            x = inp()
+            self.add_upsample(n, x, mod.mode, mod.align_corners, mod.scale_factor,
+                              getattr(mod, "recompute_scale_factor", None), name=path, source=src, unsup=unsup)
             return
         if isinstance(mod, self.pad_modules):
             x = inp()
@@ -625,6 +631,14 @@ class Converter:
                 raise unsup("the weight must be a 2-D parameter")
             self.add(n, "dense", [x], {}, {"weight": w, "bias": b}, source=f"{n.name} ({what})")
             return
+        if kind == "interpolate":
+            x = x0()
+            if _arg(n, 6, "antialias", False):
+                raise unsup("antialias=True")
+            self.add_upsample(n, x, _arg(n, 3, "mode", "nearest"), _arg(n, 4, "align_corners", None),
+                              _arg(n, 2, "scale_factor", None), _arg(n, 5, "recompute_scale_factor", None),
+                              source=f"{n.name} ({what})", unsup=unsup)
+            return
         if kind in ("chunk", "split", "unbind", "narrow", "select"):
             self.convert_split(n, kind, what, unsup)
             return
@@ -660,6 +674,21 @@ class Converter:
                          source=f"{n.name} ({what})", unsup=unsup)
             return
         raise unsup("")  # pragma: no cover
+
+    # -- resampling ---------------------------------------------------------------------------
+    def add_upsample(self, n, x, mode, align_corners, scale_factor, recompute, name=None, source="", unsup=None):
+        """nn.Upsample / F.interpolate in nearest, linear or bilinear mode (the output size as traced)."""
+        out = tuple(self.sample_shape(n))
+        d = len(out) - 1
+        modes = {"nearest": "nearest", "linear": "linear", "bilinear": "linear"}
+        if mode not in modes or (mode == "linear" and d != 1) or (mode == "bilinear" and d != 2) or d not in (1, 2):
+            raise unsup(f"mode='{mode}' on a {d}-d input (supported: nearest, linear (1-d), bilinear (2-d))")
+        scale = None
+        if scale_factor is not None and not recompute:  # PyTorch maps coordinates by 1 / scale_factor then
+            sf = scale_factor if isinstance(scale_factor, (tuple, list)) else (scale_factor,) * d
+            scale = tuple(1.0 / float(v) for v in sf)
+        self.add(n, "upsample", [x], {"dims": d, "size": out[1:], "mode": modes[mode],
+                                      "align_corners": bool(align_corners), "scale": scale}, name=name, source=source)
 
     # -- slicing and splitting ----------------------------------------------------------------
     def add_slice(self, n, x, axis, start, stop, step=1, squeeze=False, suffix=""):

@@ -1,4 +1,4 @@
-"""Pooling: max, average and adaptive average, 1-d and 2-d.
+"""Pooling (max, average, adaptive average) and upsampling, 1-d and 2-d.
 
 ``maxpool``           attrs ``dims``, ``kernel``, ``stride``, ``padding`` (pairs;
                       padded positions never win), ``dilation``, ``ceil_mode``.
@@ -6,12 +6,19 @@
                       ``ceil_mode``, ``count_include_pad``, ``divisor_override``.
 ``adaptive_avgpool``  attrs ``dims``, ``output_size``; a global average pool is
                       ``output_size = (1,) * dims``.
+``upsample``          attrs ``dims``, ``size`` (output spatial size), ``mode``
+                      (``"nearest"`` or ``"linear"``: bilinear in 2-d),
+                      ``align_corners``, ``scale`` (per axis: the input/output
+                      coordinate ratio, None for ``in / out``; PyTorch uses
+                      ``1 / scale_factor`` when a scale factor is given).
 
 Max pooling routes relevance to each window's first arg-max (PyTorch's
 gradient) or, with the Norm rule, to every input of the window in proportion to
-its value. Average pooling is a per-channel linear map, separable per axis
-(:func:`avgpool_matrices`): the Norm rule gives each input its share of each
-average, and relevance never crosses channels.
+its value. Average pooling and upsampling are per-channel linear maps,
+separable per axis (:func:`separable_matrices`): the Norm rule gives each input
+its share of each output (for upsampling, the epsilon rule on the interpolation
+weights), Flat spreads relevance over each output's taps, and relevance never
+crosses channels.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ import numpy as np
 from ..errors import GraphError
 from .spec import OpSpec, need_inputs, pass_keeps_shape, register_op, stabilize
 
-__all__ = ["Pool2dGeometry", "avgpool_matrices", "pool2d_geometry", "pool_output_length", "window_table"]
+__all__ = ["Pool2dGeometry", "avgpool_matrices", "pool2d_geometry", "pool_output_length", "separable_matrices",
+           "upsample_matrix", "window_table"]
 
 
 def pool_output_length(length: int, kernel: int, stride: int, pad: tuple, dilation: int, ceil_mode: bool) -> int:
@@ -96,6 +104,37 @@ def avgpool_matrices(in_shape: tuple, node) -> list:
     return mats
 
 
+def upsample_matrix(length, out_len, mode, align_corners, scale=None):
+    """PyTorch's interpolation along one axis as a matrix (out_len, length)."""
+    S = np.zeros((out_len, length))
+    dst = np.arange(out_len, dtype=np.float64)
+    if align_corners and mode == "linear":
+        src = dst * ((length - 1) / (out_len - 1) if out_len > 1 else 0.0)
+    else:
+        ratio = length / out_len if scale is None else float(scale)
+        src = np.floor(dst * ratio) if mode == "nearest" else np.maximum((dst + 0.5) * ratio - 0.5, 0.0)
+    if mode == "nearest":
+        S[np.arange(out_len), np.minimum(src.astype(np.int64), length - 1)] = 1.0
+        return S
+    i0 = np.minimum(np.floor(src).astype(np.int64), length - 1)
+    i1 = np.minimum(i0 + 1, length - 1)
+    w1 = src - i0
+    np.add.at(S, (np.arange(out_len), i0), 1.0 - w1)
+    np.add.at(S, (np.arange(out_len), i1), w1)
+    return S
+
+
+def separable_matrices(in_shape: tuple, node) -> list:
+    """The per-axis matrices of a per-channel separable linear map: an average pool
+    (:func:`avgpool_matrices`) or an upsampling (:func:`upsample_matrix`)."""
+    if node.op != "upsample":
+        return avgpool_matrices(in_shape, node)
+    a = node.attrs
+    scales = a.get("scale") or (None,) * a["dims"]
+    return [upsample_matrix(in_shape[1 + i], node.shape[1 + i], a["mode"], bool(a.get("align_corners")), scales[i])
+            for i in range(a["dims"])]
+
+
 @dataclass(frozen=True)
 class Pool2dGeometry:
     """A 1-d or 2-d max pool as a 2-d window over (C, H, W) images (left/top padding only:
@@ -132,7 +171,7 @@ class AvgPoolReference:
 
     def __init__(self, graph, node, rule):
         self.node, self.rule = node, rule
-        self.mats = avgpool_matrices(graph[node.inputs[0]].shape, node)
+        self.mats = separable_matrices(graph[node.inputs[0]].shape, node)
 
     def _apply(self, x, transpose=False):
         mats = [m.T if transpose else m for m in self.mats]
@@ -328,6 +367,40 @@ class AdaptiveAvgPoolSpec(_AvgSpec, OpSpec):
         return all(inputs_nonneg)
 
 
+class UpsampleSpec(OpSpec):
+    name = "upsample"
+    rules = ("norm", "flat")
+    doc = "nearest / (bi)linear upsampling, per channel; Norm (the epsilon rule on the weights, default) or Flat"
+
+    def infer(self, node, in_shapes):
+        need_inputs(node, in_shapes, 1)
+        a = node.attrs
+        d = int(a["dims"])
+        _need_spatial(node, in_shapes[0], d)
+        if a.get("mode") not in ("nearest", "linear"):
+            raise GraphError(f"{node.describe()}: mode must be 'nearest' or 'linear', got {a.get('mode')!r}")
+        size = tuple(int(v) for v in a["size"])
+        if len(size) != d or any(v < 1 for v in size):
+            raise GraphError(f"{node.describe()}: size {a['size']} must be {d} positive lengths")
+        scale = a.get("scale")
+        if scale is not None and (len(scale) != d or any(v is not None and not float(v) > 0 for v in scale)):
+            raise GraphError(f"{node.describe()}: scale {scale} must be {d} positive ratios (or None)")
+        a["size"] = size
+        return (in_shapes[0][0], *size)
+
+    def default_rule(self, graph, node, stabilizer):
+        from ..rules import Norm
+
+        return Norm(stabilizer)
+
+    def nonnegative(self, node, inputs_nonneg):
+        return all(inputs_nonneg)
+
+    def reference(self, graph, node, rule):
+        return AvgPoolReference(graph, node, rule)
+
+
 register_op(MaxPoolSpec())
 register_op(AvgPoolSpec())
 register_op(AdaptiveAvgPoolSpec())
+register_op(UpsampleSpec())
