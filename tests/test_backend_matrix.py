@@ -308,6 +308,18 @@ CASES = {
         _case("clipped_relu", (2, 3, 4), lambda gb, h: gb.activation(
             h, "clipped_relu", max_value=0.8, threshold=0.2, negative_slope=0.3, name="op")),
     ],
+    "conv_transpose": [  # the fallback on every float32 backend (no kernel yet)
+        Case("2d-s2-op1", (3, 4, 5), lambda gb, h, rng: gb.add_node("conv_transpose", h, {
+            "dims": 2, "stride": (2, 2), "padding": ((1, 2), (1, 2)), "dilation": (1, 1), "groups": 1,
+            "output_size": (8, 10)}, {"weight": signed(rng, (3, 2, 3, 3)), "bias": signed(rng, (2,))}, name="op"),
+            kinds=LINEAR_KINDS),
+        Case("1d-groups", (4, 6), lambda gb, h, rng: gb.add_node("conv_transpose", h, {
+            "dims": 1, "stride": (3,), "padding": ((0, 0),), "dilation": (2,), "groups": 2, "output_size": (20,)},
+            {"weight": signed(rng, (4, 1, 3))}, name="op"), kinds=LINEAR_KINDS, mode="relu"),
+        Case("pass-1x1", (3, 4, 5), lambda gb, h, rng: gb.add_node("conv_transpose", h, {
+            "dims": 2, "stride": (1, 1), "padding": ((0, 0), (0, 0)), "dilation": (1, 1), "groups": 1,
+            "output_size": (4, 5)}, {"weight": signed(rng, (3, 3, 1, 1))}, name="op"), kinds=("pass",)),
+    ],
     "upsample": [
         _case("bilinear", (2, 3, 4), lambda gb, h: gb.add_node("upsample", h, {
             "dims": 2, "size": (7, 9), "mode": "linear", "align_corners": False}, name="op"), mode="positive"),

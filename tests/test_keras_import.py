@@ -598,8 +598,8 @@ def _raises_naming(model, name, cls, match=None):
 @pytest.mark.parametrize(
     "make,cls",
     [
-        (lambda: layers.Conv2DTranspose(2, 3, name="bad"), "Conv2DTranspose"),
-        (lambda: layers.UpSampling2D(name="bad"), "UpSampling2D"),
+        (lambda: layers.UnitNormalization(name="bad"), "UnitNormalization"),
+        (lambda: layers.UpSampling2D(interpolation="bicubic", name="bad"), "UpSampling2D"),
         (lambda: layers.GroupNormalization(groups=1, name="bad"), "GroupNormalization"),
         (lambda: layers.PReLU(name="bad"), "PReLU"),
         (lambda: layers.Conv2D(2, 3, activation="selu", name="bad"), "Conv2D"),

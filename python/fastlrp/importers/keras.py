@@ -388,6 +388,9 @@ class _Importer:
                 return (h, cf)
             return (self.emit(f"{name}/squeeze", "reshape", [h], {"shape": (shape[0],)}, None, (shape[0],), src), (0,))
 
+        if cls in ("Conv1DTranspose", "Conv2DTranspose"):
+            return self.conv_transpose(layer, ins[0], kshape, name, src, cls)
+
         if cls in ("UpSampling1D", "UpSampling2D"):
             d = int(cls[-2])
             x, cf = self.spatial_in(layer, ins[0], d)
@@ -528,6 +531,29 @@ class _Importer:
                       "bias": param(layer.beta if layer.center else None)}
         attrs = {"axes": tuple(sorted(perm.index(a) for a in kaxes)), "eps": float(layer.epsilon), "rms": rms}
         return (self.emit(name, "layernorm", [x], attrs, params, self.shapes[x], src), perm)
+
+    def conv_transpose(self, layer, held, kshape, name, src, cls):
+        """Conv1DTranspose / Conv2DTranspose: the conv it transposes pads by what TensorFlow's
+        'same' / 'valid' output lengths imply (output_padding included)."""
+        d = int(cls[4])
+        x, cf = self.spatial_in(layer, held, d)
+        if int(getattr(layer, "groups", 1)) != 1:
+            raise _unsupported(layer, "groups != 1")
+        k = _np(layer.kernel)  # (*kernel, out, in)
+        w = k.transpose((d + 1, d) + tuple(range(d)))  # (in, out, *kernel): PyTorch's layout
+        out = self.out_spatial(kshape, cf, d)
+        s = tuple(int(v) for v in layer.strides)
+        dil = tuple(int(v) for v in layer.dilation_rate)
+        pads = []
+        for i in range(d):
+            full = (self.shapes[x][1 + i] - 1) * s[i] + dil[i] * (w.shape[2 + i] - 1) + 1
+            before = max(full - out[1 + i], 0) // 2 if layer.padding == "same" else 0
+            pads.append((before, max(full - out[1 + i] - before, 0)))
+        attrs = {"dims": d, "stride": s, "padding": tuple(pads), "dilation": dil, "groups": 1,
+                 "output_size": tuple(out[1:])}
+        b = _np(layer.bias) if layer.use_bias else None
+        h = self.emit(name, "conv_transpose", [x], attrs, {"weight": w, "bias": b}, out, src)
+        return self.with_activation(layer, (h, cf), name, src)
 
     # -- constants and arithmetic -----------------------------------------------------
     def const(self, value, perm, name, layer) -> str:

@@ -135,7 +135,8 @@ class _AtenConverter(Converter):
         reg("constant_pad", "constant_pad_nd")
         # ops needing the weights or special handling: convert_aten
         reg("dropout", "dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "native_dropout")
-        reg("conv", "conv1d", "conv1d.padding", "conv2d", "conv2d.padding", "convolution", "_convolution")
+        reg("conv", "conv1d", "conv1d.padding", "conv2d", "conv2d.padding", "convolution", "_convolution",
+            "conv_transpose1d", "conv_transpose2d.input")
         reg("linear", "linear")
         reg("addmm", "addmm")
         reg("mm", "mm", "matmul")
@@ -272,10 +273,13 @@ class _AtenConverter(Converter):
             d = w.ndim - 2
             if d not in (1, 2):
                 raise unsup(f"{d}-D convolution (only 1-D and 2-D are supported)")
-            if a.get("transposed"):
-                raise unsup("transposed convolution")
             if len(self.sample_shape(a["input"])) != d + 1:
                 raise unsup(f"input of per-sample shape {self.sample_shape(a['input'])}; expected {d + 1} axes")
+            if a.get("transposed") or "conv_transpose" in n.target._schema.name:
+                self.add_conv_transpose(n, x, to_numpy(w), None if b is None else to_numpy(b), a["stride"],
+                                        a["padding"], a.get("output_padding", 0), a["dilation"], a["groups"],
+                                        name=self.owner(a["weight"], "weight"), source=src, unsup=unsup)
+                return
             self.add_conv(n, x, d, w, b, a["stride"], a["padding"], a["dilation"], a["groups"],
                           name=self.owner(a["weight"], "weight"), source=src, unsup=unsup)
             return

@@ -184,6 +184,7 @@ class Converter:
         reg("rms_norm", g(F, "rms_norm"))
         reg("linear", F.linear)
         reg("conv", F.conv1d, F.conv2d)
+        reg("conv_transpose", F.conv_transpose1d, F.conv_transpose2d)
         reg("batch_norm", F.batch_norm)
         self.fn_dims = {F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2, F.max_pool1d: 1, F.max_pool2d: 2,
                         F.avg_pool1d: 1, F.avg_pool2d: 2}
@@ -350,6 +351,15 @@ class Converter:
                 raise unsup(f"padding_mode='{mod.padding_mode}' (only 'zeros' is supported)")
             self.add_conv(n, x, d, mod.weight, mod.bias, mod.stride, mod.padding, mod.dilation, mod.groups,
                           name=path, source=src, unsup=unsup)
+            return
+        if isinstance(mod, (nn.ConvTranspose1d, nn.ConvTranspose2d)) and type(mod).forward in (
+                nn.ConvTranspose1d.forward, nn.ConvTranspose2d.forward):
+            x = inp()
+            if mod.padding_mode != "zeros":
+                raise unsup(f"padding_mode='{mod.padding_mode}' (only 'zeros' is supported)")
+            self.add_conv_transpose(n, x, to_numpy(mod.weight), None if mod.bias is None else to_numpy(mod.bias),
+                                    mod.stride, mod.padding, mod.output_padding, mod.dilation, mod.groups,
+                                    name=path, source=src, unsup=unsup)
             return
         if isinstance(mod, (nn.MaxPool1d, nn.MaxPool2d)):
             x = inp()
@@ -650,6 +660,14 @@ class Converter:
             self.add_conv(n, x, d, w, b, _arg(n, 3, "stride", 1), _arg(n, 4, "padding", 0), _arg(n, 5, "dilation", 1),
                           _arg(n, 6, "groups", 1), name=None, source=f"{n.name} ({what})", unsup=unsup)
             return
+        if kind == "conv_transpose":
+            x = x0()
+            w = self.const_value(n, _arg(n, 1, "weight"), what, "weight")
+            b = self.const_value(n, _arg(n, 2, "bias", None), what, "bias")
+            self.add_conv_transpose(n, x, w, b, _arg(n, 3, "stride", 1), _arg(n, 4, "padding", 0),
+                                    _arg(n, 5, "output_padding", 0), _arg(n, 7, "dilation", 1), _arg(n, 6, "groups", 1),
+                                    source=f"{n.name} ({what})", unsup=unsup)
+            return
         if kind == "batch_norm":
             x = x0()
             if _arg(n, 5, "training", False):
@@ -929,6 +947,19 @@ class Converter:
         attrs = {"dims": d, "stride": stride, "padding": pads, "dilation": dilation, "groups": int(groups)}
         self.add(n, "conv", [x], attrs, {"weight": to_numpy(weight), "bias": None if bias is None else to_numpy(bias)},
                  name=name, source=source)
+
+    def add_conv_transpose(self, n, x, weight, bias, stride, padding, output_padding, dilation, groups, name=None,
+                           source="", unsup=None):
+        """A transposed convolution: the pairs (p, p + output_padding) of the conv it transposes."""
+        d = weight.ndim - 2
+        if d not in (1, 2):
+            raise unsup(f"{d}-D transposed convolution (only 1-D and 2-D are supported)")
+        if isinstance(padding, str):
+            raise unsup(f"padding='{padding}'")
+        pads = tuple((p, p + o) for p, o in zip(_tup(padding, d), _tup(output_padding, d)))
+        attrs = {"dims": d, "stride": _tup(stride, d), "padding": pads, "dilation": _tup(dilation, d),
+                 "groups": int(groups), "output_size": tuple(self.sample_shape(n)[1:])}
+        self.add(n, "conv_transpose", [x], attrs, {"weight": weight, "bias": bias}, name=name, source=source)
 
     def add_maxpool(self, n, x, d, kernel, stride, padding, dilation, ceil_mode, name=None, source="", unsup=None):
         kernel = _tup(kernel, d)

@@ -7,6 +7,13 @@
            dims), ``padding`` (one ``(before, after)`` pair per spatial dim),
            ``groups``; params ``weight`` (out, in/groups, *kernel), optional
            ``bias`` (out,).
+``conv_transpose``  the transposed convolution (U-Net decoders): the input-gradient
+           of the ``conv`` with the same attrs and ``weight`` (in, out/groups,
+           *kernel), PyTorch's layout; ``padding`` holds the pairs of that conv
+           (PyTorch's ``(p, p + output_padding)``), ``output_size`` the spatial
+           output; optional ``bias`` (out,).
+           The same rules as ``conv`` (composites map it by ``"conv"`` too, as
+           zennit does).
 
 The reference writes every rule once, in terms of two functions of the layer:
 ``fwd(x, W, b)`` (the layer applied with modified inputs/weights) and
@@ -141,7 +148,26 @@ def _neg(a):
     return np.minimum(a, 0)
 
 
+def _transposed_conv_fns(node, in_shape: tuple):
+    """fwd / bwd of a conv_transpose node: conv_backward of its virtual conv, and the
+    virtual conv (cropped to the input: PyTorch's output_padding adds positions
+    that no input reaches back to)."""
+    out_shape = tuple(node.shape)
+    crop = (slice(None), slice(None)) + tuple(slice(0, s) for s in in_shape[1:])
+
+    def fwd(x, W, b):
+        y = conv_backward(x, W, node.attrs, out_shape)
+        return y if b is None else y + np.asarray(b).reshape((1, -1) + (1,) * (y.ndim - 2))
+
+    def bwd(g, W):
+        return conv_forward(g, W, None, node.attrs)[crop]
+
+    return fwd, bwd
+
+
 def _linear_fns(node, in_shape: tuple):
+    if node.op == "conv_transpose":
+        return _transposed_conv_fns(node, in_shape)
     if node.op == "dense":
         def fwd(x, W, b):
             z = x @ W.T
@@ -184,7 +210,7 @@ class LinearReference:
         W, fwd, bwd = self.W, self.fwd, self.bwd
         b = self.b
         if getattr(r, "zero_bias", False) or b is None:
-            b = np.zeros(W.shape[0])
+            b = np.zeros(self.node.shape[-1] if self.node.op == "dense" else self.node.shape[0])
         k = r.kind
         if k == "pass":
             return [R]
@@ -355,5 +381,42 @@ class ConvSpec(_LinearSpec):
         return (f"conv{node.attrs['dims']}d", "conv", "linear")
 
 
+class ConvTransposeSpec(_LinearSpec):
+    name = "conv_transpose"
+    doc = "1-d / 2-d transposed convolution (stride, padding pairs, dilation, groups)"
+
+    def infer(self, node, in_shapes):
+        need_inputs(node, in_shapes, 1)
+        a = node.attrs
+        d = int(a["dims"])
+        w = node.params["weight"]
+        g = int(a.get("groups", 1))
+        ins = in_shapes[0]
+        if w.ndim != d + 2:
+            raise GraphError(f"{node.describe()}: weight must be {d + 2}-D (in, out/groups, *kernel), got {w.shape}")
+        if len(ins) != d + 1 or ins[0] != w.shape[0] or w.shape[0] % g:
+            raise GraphError(f"{node.describe()}: input {ins} does not match weight {w.shape} with groups={g}")
+        out_c = w.shape[1] * g
+        _check_bias(node, out_c)
+        pads = tuple((int(p), int(q)) for p, q in a["padding"])
+        if any(p < 0 or q < 0 for p, q in pads):
+            raise GraphError(f"{node.describe()}: padding {pads} must be >= 0")
+        size = tuple(int(v) for v in a["output_size"])
+        if len(size) != d:
+            raise GraphError(f"{node.describe()}: output_size {size} must have {d} lengths")
+        for i, n in enumerate(size):
+            k, st, dil = w.shape[2 + i], a["stride"][i], a["dilation"][i]
+            reach = conv_output_length(n, k, st, pads[i], dil)  # what the conv it transposes maps back to
+            if n < 1 or reach < ins[1 + i]:
+                raise GraphError(f"{node.describe()}: output length {n} along spatial axis {i} does not fit an input "
+                                 f"of {ins[1 + i]} (kernel {k}, stride {st}, dilation {dil}, padding {pads[i]})")
+        a["output_size"] = size
+        return (out_c, *size)
+
+    def type_keys(self, node):
+        return (f"conv_transpose{node.attrs['dims']}d", "conv_transpose", "conv", "linear")
+
+
 register_op(DenseSpec())
 register_op(ConvSpec())
+register_op(ConvTransposeSpec())
