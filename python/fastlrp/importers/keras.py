@@ -441,6 +441,11 @@ class _Importer:
             shape = tuple(np.broadcast_shapes(*[self.shapes[x] for x in xs]))
             return (self.emit(name, "add", xs, {}, None, shape, src), want)
 
+        if cls == "LayerScale" and hasattr(layer, "gamma"):  # ConvNeXt's learned per-channel scale
+            x, perm = ins[0]
+            c = self.const(layer.gamma, perm, f"{name}/gamma", layer)
+            return (self.emit(name, "mul", [x, c], {}, None, self.shapes[x], src), perm)
+
         if cls == "Rescaling":
             x, perm = ins[0]
             h = self.emit(f"{name}/scale", "mul", [x, self.const(layer.scale, perm, f"{name}/scale_value", layer)],

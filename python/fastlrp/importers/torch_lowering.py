@@ -441,10 +441,27 @@ class Converter:
         raise UnsupportedLayerError(f"unsupported module '{path}' ({tname})")
 
     # -- functions ------------------------------------------------------------------------
+    def from_constants(self, n, what) -> bool:
+        """A call whose tensor operands are all constants (parameters, numbers) computes a
+        constant: it becomes one (e.g. a layer-scale ``gamma.reshape(1, -1, 1, 1)``)."""
+        ins = n.all_input_nodes
+        if ins and n.name in self.consts and all(isinstance(self.env.get(a), Meta) for a in ins):
+            self.env[n] = Meta(self.consts[n.name], f"{what} of constants at '{n.name}'")
+            return True
+        return False
+
     def convert_function(self, n, target, fname):
         torch = self.torch
         kind = self.fn_kind.get(target) if not isinstance(target, str) else None
         what = f"function {fname}"
+        if "stochastic_depth" in fname or fname.endswith("drop_path"):
+            # torchvision's StochasticDepth / timm's DropPath: the identity at inference
+            if _arg(n, 3, "training", False) and "stochastic_depth" in fname:
+                raise self.unsupported(n, what, "training=True (put the model in eval mode)")
+            self.env[n] = self.tensor_input(n, n.args[0] if n.args else n.kwargs.get("input"), what)
+            return
+        if kind is None and not isinstance(target, str) and self.from_constants(n, what):
+            return
         if target is getattr and len(n.args) >= 2:
             base = n.args[0]
             if n.args[1] in ("shape", "ndim", "dtype", "device") and isinstance(base, torch.fx.Node):
@@ -476,6 +493,8 @@ class Converter:
     def convert_method(self, n):
         kind = self.method_kind.get(n.target)
         what = f"method Tensor.{n.target}"
+        if self.from_constants(n, what):
+            return
         if kind is None:
             raise self.unsupported(n, what)
         if kind == "meta":
