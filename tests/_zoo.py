@@ -1,23 +1,24 @@
-"""Importing the model zoos (torchvision, timm) for the zoo tests, skipping when absent.
+"""The model zoos (torchvision, timm, keras.applications) for tests/test_zoo.py.
 
 torchvision's wheels on PyPI are CUDA builds. Installed with ``pip install --no-deps``
 beside the CPU build of torch (so that pip does not replace torch), their compiled
 extension does not load, and ``import torchvision`` then fails in its Python-side
 registrations with "operator torchvision::nms does not exist". The models need none
-of those compiled ops: :func:`import_torchvision` declares the two schemas the import
+of those compiled ops: :func:`load_torchvision` declares the two schemas the import
 looks up (``torchvision::nms`` and ``torchvision::qnms``, no kernels) and imports
 again. Ops that need the compiled kernels (nms, roi_align, ...) still fail when run.
+A torchvision whose extension loads (a CPU build) is imported as it is. ``load_*`` need
+no pytest (for scripts such as the benchmarks); ``import_*`` skip the calling test.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 import importlib.util
+import os
 import sys
 
 import numpy as np
-import pytest
 
 #: The torch.library.Library holding the declared schemas; it must stay alive, as a
 #: Library removes its registrations when it is garbage collected.
@@ -31,35 +32,60 @@ def _declare_torchvision_schemas(torch):
     _SCHEMAS.append(lib)
 
 
-def import_torchvision():
-    """torchvision, or skip the test with the reason it cannot be imported."""
-    torch = pytest.importorskip("torch")
+def load_torchvision():
+    """Import torchvision (declaring its nms schemas when a CUDA build sits beside CPU
+    torch); ImportError with the reason when it cannot be imported."""
+    import torch
+
     if importlib.util.find_spec("torchvision") is None:
-        pytest.skip("torchvision is not installed (pip install --no-deps 'torchvision==<the match of torch>')")
+        raise ImportError("torchvision is not installed (pip install --no-deps 'torchvision==<the match of torch>')")
     try:
         return importlib.import_module("torchvision")
     except RuntimeError as e:
         if "torchvision::nms does not exist" not in str(e) or _SCHEMAS:
-            pytest.skip(f"torchvision does not import: {e}")
+            raise ImportError(f"torchvision does not import: {e}") from e
     # The failed import left the submodules it had loaded; start again from nothing.
     for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
         del sys.modules[name]
     _declare_torchvision_schemas(torch)
     try:
         return importlib.import_module("torchvision")
-    except Exception as e:  # noqa: BLE001 - any failure is a reason to skip, reported
-        pytest.skip(f"torchvision does not import even with its nms schemas declared: {type(e).__name__}: {e}")
+    except Exception as e:  # noqa: BLE001 - any failure is the reason reported
+        raise ImportError(f"torchvision does not import even with its nms schemas declared: "
+                          f"{type(e).__name__}: {e}") from e
+
+
+def load_timm():
+    """Import timm (after torchvision, which it imports); ImportError with the reason."""
+    load_torchvision()
+    if importlib.util.find_spec("timm") is None:
+        raise ImportError("timm is not installed (pip install --no-deps timm)")
+    try:
+        return importlib.import_module("timm")
+    except Exception as e:  # noqa: BLE001 - any failure is the reason reported
+        raise ImportError(f"timm does not import: {type(e).__name__}: {e}") from e
+
+
+def import_torchvision():
+    """torchvision, or skip the test with the reason it cannot be imported."""
+    import pytest
+
+    pytest.importorskip("torch")
+    try:
+        return load_torchvision()
+    except ImportError as e:
+        pytest.skip(str(e))
 
 
 def import_timm():
-    """timm (after torchvision, which it imports), or skip the test with the reason."""
-    import_torchvision()
-    if importlib.util.find_spec("timm") is None:
-        pytest.skip("timm is not installed (pip install --no-deps timm)")
+    """timm, or skip the test with the reason it cannot be imported."""
+    import pytest
+
+    pytest.importorskip("torch")
     try:
-        return importlib.import_module("timm")
-    except Exception as e:  # noqa: BLE001 - any failure is a reason to skip, reported
-        pytest.skip(f"timm does not import: {type(e).__name__}: {e}")
+        return load_timm()
+    except ImportError as e:
+        pytest.skip(str(e))
 
 
 # ----------------------------------------------------------------------------- random weights
@@ -69,10 +95,11 @@ def randomize_torch_batchnorm(model, seed=0):
     enough that deep networks keep activations of order one. Returns the model in eval mode."""
     import torch
 
+    batchnorms = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)  # timm's subclass them
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            if isinstance(m, batchnorms) and m.running_mean is not None:
                 c = m.num_features
                 m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
                 m.running_var.copy_(0.75 + 0.5 * torch.rand(c, generator=g))
