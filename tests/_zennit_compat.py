@@ -67,6 +67,11 @@ def import_zennit():
     if "zennit" not in sys.modules:
         if importlib.util.find_spec("torchvision") is None and "torchvision" not in sys.modules:
             _install_torchvision_stub(torch)
+        elif "torchvision" not in sys.modules:
+            # a torchvision build beside a CPU torch needs its operator schemas declared first
+            from _zoo import load_torchvision
+
+            load_torchvision()
         if importlib.util.find_spec("PIL") is None and "PIL" not in sys.modules:
             _install_pil_stub()
     return importlib.import_module("zennit")
