@@ -37,7 +37,11 @@ def load_torchvision():
     torch); ImportError with the reason when it cannot be imported."""
     import torch
 
-    if importlib.util.find_spec("torchvision") is None:
+    loaded = sys.modules.get("torchvision")
+    if loaded is not None and getattr(loaded, "__spec__", None) is None:
+        # tests/_zennit_compat.py's stand-in (zennit imports torchvision): no real one here
+        raise ImportError("torchvision is not installed (a stand-in for zennit's import is loaded)")
+    if loaded is None and importlib.util.find_spec("torchvision") is None:
         raise ImportError("torchvision is not installed (pip install --no-deps 'torchvision==<the match of torch>')")
     try:
         return importlib.import_module("torchvision")
