@@ -118,6 +118,49 @@ class ResNet18(nn.Module):
         return self.fc(self.flat(self.avg(x)))
 
 
+class _SqueezeExcite(nn.Module):
+    """x * hardsigmoid(W2 relu(W1 mean(x))): the gate of MobileNetV3 / EfficientNet."""
+
+    def __init__(self, c: int, r: int = 4):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1, self.relu = nn.Conv2d(c, c // r, 1), nn.ReLU()
+        self.fc2, self.gate = nn.Conv2d(c // r, c, 1), nn.Hardsigmoid()
+
+    def forward(self, x):
+        return x * self.gate(self.fc2(self.relu(self.fc1(self.pool(x)))))
+
+
+class _InvertedResidual(nn.Module):
+    """MobileNetV3's block: expand 1x1, depthwise 3x3, squeeze-excitation, project 1x1 (+ x)."""
+
+    def __init__(self, cin: int, cexp: int, cout: int, stride: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv2d(cin, cexp, 1, bias=False), nn.BatchNorm2d(cexp), nn.Hardswish(),
+            nn.Conv2d(cexp, cexp, 3, stride, 1, groups=cexp, bias=False), nn.BatchNorm2d(cexp), nn.Hardswish(),
+            _SqueezeExcite(cexp),
+            nn.Conv2d(cexp, cout, 1, bias=False), nn.BatchNorm2d(cout),
+        )
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = self.block(x)
+        return x + y if self.residual else y
+
+
+def mobilenet_se(num_classes: int = 10) -> nn.Module:
+    """A MobileNetV3-like network in plain torch (hardswish, squeeze-excitation with a
+    hard-sigmoid gate, inverted residuals), for 3x64x64 inputs."""
+    cfg = [(16, 64, 24, 2), (24, 72, 24, 1), (24, 96, 40, 2), (40, 240, 40, 1), (40, 240, 80, 2), (80, 480, 80, 1)]
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish(),
+        *[_InvertedResidual(*c) for c in cfg],
+        nn.Conv2d(80, 320, 1, bias=False), nn.BatchNorm2d(320), nn.Hardswish(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(320, num_classes),
+    )
+
+
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give BatchNorm layers non-trivial statistics so folding is exercised."""
     g = torch.Generator().manual_seed(seed)
@@ -136,6 +179,9 @@ MODELS = {
     "mnist_cnn": (lambda zs=False: mnist_cnn(), (1, 28, 28)),
     "vgg16": (lambda zs=False: vgg16(), (3, 64, 64)),
     "resnet18": (lambda zs=False: randomize_batchnorm(ResNet18(zennit_sum=zs)), (3, 64, 64)),
+    # squeeze-excitation: zennit passes the product's gradient (relevance scaled by the gate)
+    # where fastlrp's Gate rule hands relevance through, so their relevance differs by design
+    "mobilenet_se": (lambda zs=False: randomize_batchnorm(mobilenet_se()), (3, 64, 64)),
 }
 
 
