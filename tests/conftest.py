@@ -32,3 +32,13 @@ def import_zennit():
     from _zennit_compat import import_zennit as _import
 
     return _import()
+
+
+@pytest.fixture(scope="session")
+def keras():
+    """Keras on its torch backend (the test modules set KERAS_BACKEND=torch before any
+    import of keras); skips when keras is missing or was imported with another backend."""
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "torch":
+        pytest.skip(f"these tests run Keras on the torch backend, found {keras.backend.backend()}")
+    return keras

@@ -122,10 +122,7 @@ def test_torch_hard_activations_import():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_keras_hard_activations_import():
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip(f"these tests run Keras on the torch backend, found {keras.backend.backend()}")
+def test_keras_hard_activations_import(keras):
     L = keras.layers
     inp = keras.Input((8, 8, 3))
     h = L.Conv2D(6, 3, padding="same", activation="relu6")(inp)

@@ -134,10 +134,7 @@ def test_unet_block_imports_and_explains_a_region():
 
 @pytest.mark.parametrize("padding", ["valid", "same"])
 @pytest.mark.parametrize("stride", [1, 2, 3])
-def test_keras_conv_transpose(padding, stride):
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip(f"these tests run Keras on the torch backend, found {keras.backend.backend()}")
+def test_keras_conv_transpose(padding, stride, keras):
     L = keras.layers
     inp = keras.Input((5, 6, 3))
     h = L.Conv2DTranspose(4, 3, strides=stride, padding=padding, activation="relu")(inp)

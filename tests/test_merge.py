@@ -203,10 +203,7 @@ def test_torch_division_by_a_tensor_is_refused_with_the_call_named():
         fastlrp.from_torch(Div(), torch.randn(2, 3))
 
 
-def test_keras_se_rescaling_normalization_and_constant_arithmetic():
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip(f"these tests run Keras on the torch backend, found {keras.backend.backend()}")
+def test_keras_se_rescaling_normalization_and_constant_arithmetic(keras):
     L = keras.layers
     inp = keras.Input((6, 6, 3))
     h = L.Rescaling(1 / 255.0, offset=-1)(inp)

@@ -160,10 +160,7 @@ def test_torch_layer_norms_import():
 
 
 @pytest.mark.parametrize("axis", [-1, [1, 2, 3], [2, 3]], ids=str)
-def test_keras_layer_normalization(axis):
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip(f"these tests run Keras on the torch backend, found {keras.backend.backend()}")
+def test_keras_layer_normalization(axis, keras):
     L = keras.layers
     inp = keras.Input((5, 4, 6))
     ln = L.LayerNormalization(axis=axis, epsilon=1e-5, name="ln")
@@ -177,10 +174,7 @@ def test_keras_layer_normalization(axis):
     np.testing.assert_allclose(got, model(x, training=False).detach().cpu().numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_keras_rms_scaling_is_refused_with_the_layer_named():
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip(f"these tests run Keras on the torch backend, found {keras.backend.backend()}")
+def test_keras_rms_scaling_is_refused_with_the_layer_named(keras):
     inp = keras.Input((6,))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Keras deprecates rms_scaling itself
@@ -189,10 +183,7 @@ def test_keras_rms_scaling_is_refused_with_the_layer_named():
         fastlrp.from_keras(model)
 
 
-def test_keras_rms_normalization():
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip(f"these tests run Keras on the torch backend, found {keras.backend.backend()}")
+def test_keras_rms_normalization(keras):
     inp = keras.Input((4, 6))
     rn = keras.layers.RMSNormalization(epsilon=1e-5)
     model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(rn(inp))))

@@ -147,10 +147,7 @@ def test_torch_unsupported_padding_mode_names_the_call():
 
 
 @pytest.mark.parametrize("fmt", ["channels_last", "channels_first"])
-def test_keras_zero_padding_and_cropping_2d(fmt):
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip(f"these tests run Keras on the torch backend, found {keras.backend.backend()}")
+def test_keras_zero_padding_and_cropping_2d(fmt, keras):
     L = keras.layers
     inp = keras.Input((9, 8, 3) if fmt == "channels_last" else (3, 9, 8))
     h = L.ZeroPadding2D(((1, 2), (0, 3)), data_format=fmt)(inp)
@@ -166,10 +163,7 @@ def test_keras_zero_padding_and_cropping_2d(fmt):
     assert R.shape == x.shape and np.abs(R).sum() > 0
 
 
-def test_keras_padding_and_cropping_1d():
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip(f"these tests run Keras on the torch backend, found {keras.backend.backend()}")
+def test_keras_padding_and_cropping_1d(keras):
     L = keras.layers
     inp = keras.Input((10, 3))
     h = L.Conv1D(2, 3)(L.Cropping1D((1, 3))(L.ZeroPadding1D((2, 1))(inp)))

@@ -100,10 +100,7 @@ def test_torch_unsupported_mode_names_the_call():
 
 
 @pytest.mark.parametrize("interp", ["nearest", "bilinear"])
-def test_keras_upsampling(interp):
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip(f"these tests run Keras on the torch backend, found {keras.backend.backend()}")
+def test_keras_upsampling(interp, keras):
     L = keras.layers
     inp = keras.Input((4, 5, 3))
     h = L.Conv2D(2, 3)(L.UpSampling2D((2, 3), interpolation=interp)(inp))

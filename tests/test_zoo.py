@@ -224,14 +224,6 @@ def test_timm(case, cpu_backend):
     check_torch(case, timm.create_model(case.name, pretrained=False, **dict(case.kwargs)))
 
 
-@pytest.fixture(scope="module")
-def keras():
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":  # keras was imported earlier with another backend
-        pytest.skip(f"these tests run Keras on the torch backend, found {keras.backend.backend()}")
-    return keras
-
-
 @pytest.mark.parametrize("case", [_param(c) for c in KERAS])
 def test_keras_applications(case, keras, cpu_backend, tmp_path):
     if case.name == "NASNetMobile":  # Keras refuses to build it on the torch backend

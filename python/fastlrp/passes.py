@@ -109,9 +109,9 @@ def fold_constants(graph: Graph) -> Graph:
     for n in list(w.nodes):
         if not n.inputs or not all(w.by_name[i].op == "const" for i in n.inputs):
             continue
-        sp = ops.spec(n.op)
-        rule = Pass() if "pass" in sp.rules else sp.default_rule(w.graph(), n, 1e-6)
-        ref = sp.reference(w.graph(), n, rule)
+        sp, g = ops.spec(n.op), w.graph()
+        rule = Pass() if "pass" in sp.rules else sp.default_rule(g, n, 1e-6)
+        ref = sp.reference(g, n, rule)
         ins = [np.asarray(w.by_name[i].params["value"], np.float64)[None] for i in n.inputs]
         value = np.asarray(ref.forward(ins)[0])[0]
         n.op, n.inputs, n.attrs, n.params = "const", [], {}, {"value": value}

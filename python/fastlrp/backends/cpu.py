@@ -78,16 +78,8 @@ class _LinearOp:
         self.epi = dict(core.epilogues)
         self.rule_code = dict(core.rule_kinds)[p.kind]
         self.implicit_bwd = tuple(p.stride) == (1, 1)
-        pk = self._pack
-        self.A_fwd_pos = None if p.fwd_pos is None else pk(p.fwd_pos)
-        self.A_fwd = None if p.fwd is None else pk(p.fwd)
-        self.A_pos = None if p.pos is None else pk(p.pos)
-        self.A_posneg = None if p.posneg is None else pk(p.posneg)
-        self.bwd_pos = [self._bwd_term(*t) for t in p.pos_terms]
-        if p.signed_terms is p.pos_terms:
-            self.bwd_signed = self.bwd_pos
-        else:
-            self.bwd_signed = None if p.signed_terms is None else [self._bwd_term(*t) for t in p.signed_terms]
+        (self.A_fwd_pos, self.A_fwd, self.A_pos, self.A_posneg, self.bwd_pos,
+         self.bwd_signed) = p.operands(self._pack, self._bwd_term)
 
     # -- prepare helpers -------------------------------------------------------------
     def _pack(self, A2d):

@@ -388,16 +388,8 @@ class _LinearOp:
         self.rule_code = dict(be.mod.rule_kinds)[p.kind]
         self.bias = None if p.b is None else be.upload(p.b)
         self.zc = None if p.zc is None else be.upload(p.zc)
-        up = self._upload
-        self.A_fwd_pos = None if p.fwd_pos is None else up(p.fwd_pos)
-        self.A_fwd = None if p.fwd is None else up(p.fwd)
-        self.A_pos = None if p.pos is None else up(p.pos)
-        self.A_posneg = None if p.posneg is None else up(p.posneg)
-        self.bwd_pos = [self._bwd_term(*t) for t in p.pos_terms]
-        if p.signed_terms is p.pos_terms:
-            self.bwd_signed = self.bwd_pos
-        else:
-            self.bwd_signed = None if p.signed_terms is None else [self._bwd_term(*t) for t in p.signed_terms]
+        (self.A_fwd_pos, self.A_fwd, self.A_pos, self.A_posneg, self.bwd_pos,
+         self.bwd_signed) = p.operands(self._upload, self._bwd_term)
 
     def _upload(self, A2d):
         A2d = np.ascontiguousarray(A2d, dtype=np.float32)

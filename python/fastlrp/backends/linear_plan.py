@@ -119,6 +119,19 @@ class LinearPlan:
             signed_terms = pos_terms
         self.signed_terms = signed_terms if (signed_terms is pos_terms or not nonneg) else None
 
+    def operands(self, matrix, term) -> tuple:
+        """The plan's operands laid out by a backend: ``matrix(A2d)`` for each forward matrix
+        (None stays None), ``term(Wst, epi, off)`` for each backward term. Returns
+        ``(fwd_pos, fwd, pos, posneg, bwd_pos, bwd_signed)``; ``bwd_signed is bwd_pos``
+        when the sign of x does not matter, None when the input is known non-negative."""
+        fwd = [None if A is None else matrix(A) for A in (self.fwd_pos, self.fwd, self.pos, self.posneg)]
+        bwd_pos = [term(*t) for t in self.pos_terms]
+        if self.signed_terms is self.pos_terms:
+            bwd_signed = bwd_pos
+        else:
+            bwd_signed = None if self.signed_terms is None else [term(*t) for t in self.signed_terms]
+        return (*fwd, bwd_pos, bwd_signed)
+
     @staticmethod
     def supported(graph, node, rule) -> bool:
         """Whether the kernels run this node: ZBox on a dense layer over several positions

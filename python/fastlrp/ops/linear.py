@@ -352,19 +352,23 @@ class DenseSpec(_LinearSpec):
         return ("dense", "linear")
 
 
+def _conv_parts(node, in_shapes, layout: str):
+    """attrs, dims, weight, groups and input shape of a (transposed) conv, the weight's rank checked."""
+    need_inputs(node, in_shapes, 1)
+    a = node.attrs
+    d = int(a["dims"])
+    w = node.params["weight"]
+    if w.ndim != d + 2:
+        raise GraphError(f"{node.describe()}: weight must be {d + 2}-D {layout}, got shape {w.shape}")
+    return a, d, w, int(a.get("groups", 1)), in_shapes[0]
+
+
 class ConvSpec(_LinearSpec):
     name = "conv"
     doc = "1-d / 2-d convolution (stride, padding pairs, dilation, groups)"
 
     def infer(self, node, in_shapes):
-        need_inputs(node, in_shapes, 1)
-        a = node.attrs
-        d = int(a["dims"])
-        w = node.params["weight"]
-        g = int(a.get("groups", 1))
-        ins = in_shapes[0]
-        if w.ndim != d + 2:
-            raise GraphError(f"{node.describe()}: weight must be {d + 2}-D, got shape {w.shape}")
+        a, d, w, g, ins = _conv_parts(node, in_shapes, "(out, in/groups, *kernel)")
         if len(ins) != d + 1:
             raise GraphError(f"{node.describe()}: input must have {d + 1} axes (C, spatial...), got {ins}")
         if ins[0] != w.shape[1] * g or w.shape[0] % g:
@@ -386,14 +390,7 @@ class ConvTransposeSpec(_LinearSpec):
     doc = "1-d / 2-d transposed convolution (stride, padding pairs, dilation, groups)"
 
     def infer(self, node, in_shapes):
-        need_inputs(node, in_shapes, 1)
-        a = node.attrs
-        d = int(a["dims"])
-        w = node.params["weight"]
-        g = int(a.get("groups", 1))
-        ins = in_shapes[0]
-        if w.ndim != d + 2:
-            raise GraphError(f"{node.describe()}: weight must be {d + 2}-D (in, out/groups, *kernel), got {w.shape}")
+        a, d, w, g, ins = _conv_parts(node, in_shapes, "(in, out/groups, *kernel)")
         if len(ins) != d + 1 or ins[0] != w.shape[0] or w.shape[0] % g:
             raise GraphError(f"{node.describe()}: input {ins} does not match weight {w.shape} with groups={g}")
         out_c = w.shape[1] * g

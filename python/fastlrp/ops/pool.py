@@ -344,6 +344,9 @@ class _AvgSpec:
     def check_rule(self, graph, node, rule):
         pass_keeps_shape(graph, node, rule)
 
+    def nonnegative(self, node, inputs_nonneg):
+        return all(inputs_nonneg)
+
     def reference(self, graph, node, rule):
         return AvgPoolReference(graph, node, rule)
 
@@ -363,11 +366,10 @@ class AdaptiveAvgPoolSpec(_AvgSpec, OpSpec):
         _need_spatial(node, in_shapes[0], d)
         return (in_shapes[0][0], *node.attrs["output_size"])
 
-    def nonnegative(self, node, inputs_nonneg):
-        return all(inputs_nonneg)
 
+class UpsampleSpec(_AvgSpec, OpSpec):
+    """The same per-channel separable map as the average pools (its own matrices)."""
 
-class UpsampleSpec(OpSpec):
     name = "upsample"
     rules = ("norm", "flat")
     doc = "nearest / (bi)linear upsampling, per channel; Norm (the epsilon rule on the weights, default) or Flat"
@@ -388,16 +390,8 @@ class UpsampleSpec(OpSpec):
         a["size"] = size
         return (in_shapes[0][0], *size)
 
-    def default_rule(self, graph, node, stabilizer):
-        from ..rules import Norm
-
-        return Norm(stabilizer)
-
-    def nonnegative(self, node, inputs_nonneg):
-        return all(inputs_nonneg)
-
-    def reference(self, graph, node, rule):
-        return AvgPoolReference(graph, node, rule)
+    def type_keys(self, node):
+        return ("upsample",)  # not an average pool for composites
 
 
 register_op(MaxPoolSpec())
