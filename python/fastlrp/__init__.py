@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 from . import composites, innvestigate, ops, passes, rules  # innvestigate registers the lrp.* composites
 from .composites import Composite, get_composite, register_composite
 from .explain import Explainer, InputError, RelevanceReport, get_backend
-from .errors import UnsupportedLayerError
+from .errors import GraphFileError, UnsupportedLayerError
 from .graph import Graph, GraphBuilder, GraphError, Node
 from .rules import RuleError
 
@@ -28,6 +28,7 @@ __all__ = [
     "Graph",
     "GraphBuilder",
     "GraphError",
+    "GraphFileError",
     "InputError",
     "Node",
     "RelevanceReport",

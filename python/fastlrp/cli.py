@@ -153,7 +153,40 @@ def load_model(path: str, example=None, keep_output_activation: bool = False):
                      "torch.export .pt2, TorchScript .pt)")
 
 
+CHECKPOINT_ADVICE = (
+    "fastlrp needs a model program, and a torch.save checkpoint (a state_dict or a pickled module) holds only "
+    "weights or objects whose code lives in your project. In Python, rebuild the model, load the weights and "
+    "convert it once: model.load_state_dict(torch.load(path)); fastlrp.from_torch(model.eval(), x).save('m.npz'), "
+    "then pass m.npz (or save a program: torch.export.save(torch.export.export(model.eval(), (x,)), 'm.pt2'))")
+
+
+def torch_file_kind(path: str) -> str:
+    """What a PyTorch file holds, from its archive listing alone (no unpickling):
+    ``"export"`` (torch.export.save), ``"torchscript"`` (torch.jit.save),
+    ``"checkpoint"`` (torch.save of a state_dict or a module) or ``"unknown"``."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            if not zipfile.is_zipfile(f):
+                f.seek(0)
+                return "checkpoint" if f.read(2)[:1] == b"\x80" else "unknown"  # a legacy pickle
+            f.seek(0)
+            names = zipfile.ZipFile(f).namelist()
+    except (OSError, zipfile.BadZipFile):
+        return "unknown"
+    parts = {p for n in names for p in n.split("/")[1:-1]}
+    if "models" in parts or any(n.endswith("archive_format") for n in names):
+        return "export"
+    if "code" in parts or any(n.endswith("constants.pkl") for n in names):
+        return "torchscript"
+    return "checkpoint" if any(n.endswith("data.pkl") for n in names) else "unknown"
+
+
 def _load_torch(path, example, keep_output_activation):
+    kind = torch_file_kind(path)
+    if kind == "checkpoint":
+        raise ValueError(f"{path} is a torch.save checkpoint, not a model program. {CHECKPOINT_ADVICE}")
     try:
         import torch
     except ImportError as e:
@@ -169,7 +202,7 @@ def _load_torch(path, example, keep_output_activation):
             return torch.jit.load(path, map_location="cpu")
 
     loaders = [("torch.export", load_export), ("TorchScript", load_script)]
-    if not path.lower().endswith(".pt2"):
+    if kind == "torchscript" or (kind == "unknown" and not path.lower().endswith(".pt2")):
         loaders.reverse()
     model, how, errors = None, None, []
     for name, fn in loaders:
@@ -250,26 +283,28 @@ def _add_explain(p: argparse.ArgumentParser):
 
 
 def cmd_explain(args) -> int:
-    from .dataset import StoreMismatchError, explain_dataset, open_source
+    from .dataset import explain_dataset, open_source
     from .explain import Explainer
 
+    src = open_source(args.data, key=args.key)
     try:
-        src = open_source(args.data, key=args.key)
         example = src.read(0, 1) if getattr(src, "random_access", False) else None
         graph = load_model(args.model, example)
         if args.save_graph:
+            _ensure_parent(args.save_graph, "explain")
             graph.save(args.save_graph)
         ex = Explainer(graph, args.composite, backend=args.backend)
         target = _parse_target(args.target, getattr(src, "n", None))
+        _ensure_parent(args.out, "explain")
         res = explain_dataset(ex, src, args.out, target=target, batch_size=args.batch_size,
                               chunk_size=args.chunk_size, memory_budget=args.memory_budget,
                               nonfinite=args.nonfinite, overwrite=args.overwrite, quiet=args.quiet)
-    except (InputError, StoreMismatchError, ValueError, OSError, ImportError) as e:
-        print(f"fastlrp explain: error: {e}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        print(f"fastlrp explain: interrupted; {args.out} keeps the finished chunks: run the same command again "
+              "to resume", file=sys.stderr)
+        return 130
     finally:
-        if "src" in locals():
-            src.close()
+        src.close()
     print(f"{res.path}: {res.n_samples} samples, {res.computed} explained now ({res.reused_chunks} chunks were "
           f"done already) in {res.seconds:.2f} s ({res.samples_per_s:.1f} samples/s); "
           f"{len(res.nonfinite)} skipped for NaN/Inf")
@@ -293,47 +328,52 @@ def _add_heatmap(p: argparse.ArgumentParser):
 
 
 def _parse_samples(text: str, n: int) -> np.ndarray:
-    if ":" in text:
-        a, _, b = text.partition(":")
-        return np.arange(n)[slice(int(a) if a else None, int(b) if b else None)]
-    return np.array([int(v) for v in text.split(",") if v.strip()], dtype=np.int64)
+    try:
+        if ":" in text:
+            a, _, b = text.partition(":")
+            return np.arange(n)[slice(int(a) if a else None, int(b) if b else None)]
+        return np.array([int(v) for v in text.split(",") if v.strip()], dtype=np.int64)
+    except ValueError:
+        raise ValueError(f"--samples must be a range 'a:b' or a comma list of sample indices, got {text!r}") from None
 
 
 def cmd_heatmap(args) -> int:
     from . import heatmap as hm
     from .dataset import load_store, open_source
 
-    try:
-        path = args.relevance
-        if path.lower().endswith(".npy") and not os.path.exists(path[:-4] + ".json"):
-            rel = np.load(path, mmap_mode="r")
-            multi = False
-        else:
-            store = load_store(path)
-            rel = store["relevance"]
-            multi = bool(store["meta"].get("multi_target"))
-        idx = _parse_samples(args.samples, rel.shape[0])
-        if idx.size == 0:
-            raise ValueError("no samples selected")
-        if idx.max() >= rel.shape[0] or idx.min() < 0:
-            raise ValueError(f"sample index out of range: the store has {rel.shape[0]} samples")
-        R = np.stack([np.asarray(rel[int(i)]) for i in idx])
-        if multi:
-            R = R[:, args.target_index]
-        images = None
-        if args.input:
-            src = open_source(args.input, key=args.key)
-            images = np.stack([src.read(int(i), int(i) + 1)[0] for i in idx])
-            src.close()
-        h = hm.reduce_channels(R[0]).shape
-        scale = args.scale if args.scale else max(1, 64 // max(h))
-        grid = hm.heatmap_grid(R, images=images, ncols=args.ncols, cmap=args.cmap, level=args.level,
-                               symmetric=not args.unsymmetric, shared_norm=args.shared_norm, scale=scale,
-                               side_by_side=args.side_by_side)
-        hm.save_png(grid, args.out)
-    except (ValueError, OSError, ImportError) as e:
-        print(f"fastlrp heatmap: error: {e}", file=sys.stderr)
-        return 1
+    path = args.relevance
+    if path.lower().endswith(".npy") and not os.path.exists(path[:-4] + ".json"):
+        rel = np.load(path, mmap_mode="r")
+        multi = False
+    else:
+        store = load_store(path)
+        rel = store["relevance"]
+        multi = bool(store["meta"].get("multi_target"))
+    idx = _parse_samples(args.samples, rel.shape[0])
+    if idx.size == 0:
+        raise ValueError("no samples selected")
+    if idx.max() >= rel.shape[0] or idx.min() < 0:
+        raise ValueError(f"sample index out of range: the store has {rel.shape[0]} samples")
+    n_targets = rel.shape[1] if multi else 1
+    if not 0 <= args.target_index < n_targets:
+        raise ValueError(f"--target-index {args.target_index} is out of range: {path} holds "
+                         + (f"{n_targets} targets per sample (use 0..{n_targets - 1})" if multi
+                            else "one target per sample (leave -k/--target-index at 0)"))
+    R = np.stack([np.asarray(rel[int(i)]) for i in idx])
+    if multi:
+        R = R[:, args.target_index]
+    images = None
+    if args.input:
+        src = open_source(args.input, key=args.key)
+        images = np.stack([src.read(int(i), int(i) + 1)[0] for i in idx])
+        src.close()
+    h = hm.reduce_channels(R[0]).shape
+    scale = args.scale if args.scale else max(1, 64 // max(h))
+    grid = hm.heatmap_grid(R, images=images, ncols=args.ncols, cmap=args.cmap, level=args.level,
+                           symmetric=not args.unsymmetric, shared_norm=args.shared_norm, scale=scale,
+                           side_by_side=args.side_by_side)
+    _ensure_parent(args.out, "heatmap")
+    hm.save_png(grid, args.out)
     print(f"wrote {args.out} ({grid.shape[1]}x{grid.shape[0]} pixels, {len(idx)} heatmaps)")
     return 0
 
@@ -486,7 +526,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 2
-    return int(args.handler(args) or 0)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print(f"fastlrp {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - a message, not a traceback (FASTLRP_DEBUG=1 shows it)
+        if os.environ.get("FASTLRP_DEBUG"):
+            raise
+        print(f"fastlrp {args.command}: error: {describe_error(e)}", file=sys.stderr)
+        return 1
+
+
+def describe_error(e: BaseException) -> str:
+    """One message for an error: the user's mistakes (bad files, flags, data, models)
+    as they are; anything else marked as unexpected, with how to see the traceback."""
+    from .backends.base import BackendError
+    from .dataset import StoreMismatchError
+    from .errors import GraphError
+    from .rules import RuleError
+
+    user = (GraphError, InputError, RuleError, StoreMismatchError, BackendError, ValueError, OSError, ImportError)
+    if isinstance(e, user):
+        return str(e) or type(e).__name__
+    return (f"{type(e).__name__}: {e} (unexpected: rerun with FASTLRP_DEBUG=1 to see the traceback, and please "
+            "report it)")
+
+
+def _ensure_parent(path: str, command: str) -> None:
+    """Create the directory an output file goes into, saying so."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.exists(parent):  # (a file in the way is reported by the writer)
+        os.makedirs(parent, exist_ok=True)
+        print(f"fastlrp {command}: created directory {parent}", file=sys.stderr)
 
 
 if __name__ == "__main__":

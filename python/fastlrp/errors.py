@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-__all__ = ["GraphError", "InputError", "UnsupportedLayerError"]
+__all__ = ["GraphError", "GraphFileError", "InputError", "UnsupportedLayerError"]
 
 
 class GraphError(ValueError):
     """A graph is malformed: names the node and what is wrong."""
+
+
+class GraphFileError(GraphError):
+    """A graph file cannot be loaded: the message names the file and what is wrong
+    with it (not a graph file, truncated or damaged, a malformed header, a node
+    that does not check, a format newer than this fastlrp)."""
 
 
 class UnsupportedLayerError(GraphError):

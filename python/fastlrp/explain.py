@@ -132,6 +132,7 @@ class Explainer:
         self.backend = get_backend(backend)
         self.dtype = np.dtype(self.backend.dtype)
         self._nodes = graph.live_nodes()  # only nodes the output depends on are run
+        graph.check_finite(self._nodes)
         self._plan = make_plan(self.backend, graph, self._nodes, self.rules)
         self._channels_last = graph.meta.get("layout") == "channels_last" and len(graph.input_shape) > 1
 

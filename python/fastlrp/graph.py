@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from . import ops
-from .errors import GraphError
+from .errors import GraphError, GraphFileError
 from .ops.elementwise import ACTIVATIONS
 from .ops.linear import conv_output_length, same_padding
 from .ops.pool import pool_output_length
@@ -35,6 +38,7 @@ __all__ = [
     "PARAMETRIC_OPS",
     "Graph",
     "GraphError",
+    "GraphFileError",
     "Node",
     "conv_output_length",
     "pool_output_length",
@@ -175,6 +179,21 @@ class Graph:
         """The dense/conv nodes, in execution order."""
         return [n for n in self.nodes if n.op in PARAMETRIC_OPS]
 
+    def check_finite(self, nodes=None) -> None:
+        """Raise :class:`GraphError` naming each node and parameter (of ``nodes``,
+        default all) that holds NaN or Inf values: such a model has no relevance."""
+        bad = []
+        for n in self.nodes if nodes is None else nodes:
+            for k, v in n.params.items():
+                if v is None or not np.issubdtype(np.asarray(v).dtype, np.inexact):
+                    continue
+                count = int(np.count_nonzero(~np.isfinite(v)))
+                if count:
+                    bad.append(f"{n.describe()}: parameter '{k}' has {count} NaN/Inf value(s) of {np.size(v)}")
+        if bad:
+            more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+            raise GraphError("the model's parameters are not finite: " + "; ".join(bad[:5]) + more)
+
     def __repr__(self):
         lines = [f"Graph({len(self.nodes)} nodes, input {self.input_shape} -> output {self.output_shape})"]
         for n in self.nodes:
@@ -193,7 +212,7 @@ class Graph:
                 n.shape = tuple(int(s) for s in self._infer(n))
             except GraphError:
                 raise
-            except (KeyError, TypeError, ValueError, IndexError) as e:
+            except (KeyError, TypeError, ValueError, IndexError, ArithmeticError) as e:
                 raise GraphError(f"{n.describe()}: invalid attributes or parameters: {e}") from e
             if any(s <= 0 for s in n.shape):
                 raise GraphError(f"{n.describe()}: output shape {n.shape} has an empty axis")
@@ -232,28 +251,35 @@ class Graph:
 
     @classmethod
     def load(cls, path) -> "Graph":
-        """Load a graph written by :meth:`save`; needs NumPy only."""
-        with np.load(path, allow_pickle=False) as z:
-            if "__graph__" not in z.files:
-                raise GraphError(f"{path}: not a fastlrp graph file (no '__graph__' entry)")
-            header = json.loads(bytes(z["__graph__"]).decode("utf-8"))
-            if header.get("format") != "fastlrp.graph":
-                raise GraphError(f"{path}: not a fastlrp graph file")
-            if header.get("version", 0) > FORMAT_VERSION:
-                raise GraphError(f"{path}: graph format version {header['version']} is newer than this fastlrp supports")
-            nodes = [
-                Node(
-                    name=d["name"],
-                    op=d["op"],
-                    inputs=list(d["inputs"]),
-                    attrs=_from_json(d["attrs"]),
-                    params={k: np.array(z[key]) for k, key in d["params"].items()},
-                    shape=tuple(d["shape"]),
-                    source=d.get("source", ""),
-                )
-                for d in header["nodes"]
-            ]
-        return cls(nodes, output=header["output"], meta=header.get("meta"))
+        """Load a graph written by :meth:`save`; needs NumPy only.
+
+        Every problem with the file (missing, not a graph file, truncated or damaged,
+        a malformed header, a node that does not check, a newer format) raises
+        :class:`GraphFileError` naming the file."""
+        path = os.fspath(path)
+        try:
+            with open(path, "rb") as f:
+                is_zip = zipfile.is_zipfile(f)
+        except OSError as e:
+            raise GraphFileError(f"{path}: cannot read the graph file: {e.strerror or e}") from e
+        if not is_zip:
+            raise GraphFileError(f"{path}: not a fastlrp graph file (graph files are .npz archives written by "
+                                 "Graph.save or `fastlrp explain --save-graph`; this one is not a zip archive or is "
+                                 "truncated)")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if "__graph__" not in z.files:
+                    raise GraphFileError(f"{path}: not a fastlrp graph file (no '__graph__' entry)")
+                header = _read_header(path, z["__graph__"])
+                nodes = [_read_node(path, i, d, z) for i, d in enumerate(header["nodes"])]
+        except GraphFileError:
+            raise
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:
+            raise GraphFileError(f"{path}: the graph file is damaged or truncated ({type(e).__name__}: {e})") from e
+        try:
+            return cls(nodes, output=header["output"], meta=header.get("meta"))
+        except GraphError as e:
+            raise GraphFileError(f"{path}: {e}") from e
 
     def fingerprint(self) -> str:
         """A hash of the structure and parameters (to tie stored results to a model)."""
@@ -294,6 +320,54 @@ def _from_json(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_from_json(v) for v in obj]
     return obj
+
+
+def _read_header(path: str, raw: np.ndarray) -> dict:
+    """The JSON header of a graph file, its structure checked."""
+    try:
+        header = json.loads(bytes(np.asarray(raw, dtype=np.uint8)).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as e:
+        raise GraphFileError(f"{path}: the graph header is not valid JSON ({e})") from e
+    if not isinstance(header, dict) or header.get("format") != "fastlrp.graph":
+        raise GraphFileError(f"{path}: not a fastlrp graph file (the header does not say format 'fastlrp.graph')")
+    version = header.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise GraphFileError(f"{path}: the graph header's version must be a positive integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise GraphFileError(f"{path}: graph format version {version} is newer than this fastlrp reads "
+                             f"(version {FORMAT_VERSION}); upgrade fastlrp to load it")
+    if not isinstance(header.get("nodes"), list) or not header["nodes"]:
+        raise GraphFileError(f"{path}: the graph header has no list of nodes")
+    if not isinstance(header.get("output"), str):
+        raise GraphFileError(f"{path}: the graph header does not name its output node")
+    if not isinstance(header.get("meta", {}), dict):
+        raise GraphFileError(f"{path}: the graph header's meta must be a mapping")
+    return header
+
+
+_NODE_FIELDS = {"name": str, "op": str, "inputs": list, "attrs": dict, "params": dict}
+
+
+def _read_node(path: str, i: int, d: Any, z) -> Node:
+    """Node ``i`` of a graph file's header, its fields and parameter arrays checked."""
+    if not isinstance(d, dict):
+        raise GraphFileError(f"{path}: node {i} of the header is not a mapping")
+    for key, typ in _NODE_FIELDS.items():
+        if not isinstance(d.get(key), typ):
+            raise GraphFileError(f"{path}: node {i} ({d.get('name', '?')!r}): field '{key}' must be a "
+                                 f"{typ.__name__}, got {type(d.get(key)).__name__}")
+    if not all(isinstance(v, str) for v in d["inputs"]) or not all(isinstance(v, str) for v in d["params"].values()):
+        raise GraphFileError(f"{path}: node {i} ({d['name']!r}): inputs and parameter keys must be strings")
+    params = {}
+    for k, key in d["params"].items():
+        if key not in z.files:
+            raise GraphFileError(f"{path}: node {i} ({d['name']!r}): parameter '{k}' (array '{key}') is missing")
+        arr = np.array(z[key])
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+            raise GraphFileError(f"{path}: node {i} ({d['name']!r}): parameter '{k}' has dtype {arr.dtype}")
+        params[k] = arr
+    return Node(name=d["name"], op=d["op"], inputs=list(d["inputs"]), attrs=_from_json(d["attrs"]), params=params,
+                shape=(), source=str(d.get("source", "")))
 
 
 def unique_name(name: str, used: set) -> str:

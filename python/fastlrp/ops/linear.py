@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import GraphError
-from .spec import OpSpec, need_inputs, pass_keeps_shape, register_op, stabilize
+from .spec import OpSpec, check_window, need_inputs, pass_keeps_shape, register_op, stabilize
 
 __all__ = [
     "PARAMETRIC_RULES",
@@ -357,6 +357,7 @@ def _conv_parts(node, in_shapes, layout: str):
     need_inputs(node, in_shapes, 1)
     a = node.attrs
     d = int(a["dims"])
+    check_window(node, d)
     w = node.params["weight"]
     if w.ndim != d + 2:
         raise GraphError(f"{node.describe()}: weight must be {d + 2}-D {layout}, got shape {w.shape}")

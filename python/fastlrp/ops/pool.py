@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import GraphError
-from .spec import OpSpec, need_inputs, pass_keeps_shape, register_op, stabilize
+from .spec import OpSpec, check_window, need_inputs, pass_keeps_shape, register_op, stabilize
 
 __all__ = ["Pool2dGeometry", "avgpool_matrices", "pool2d_geometry", "pool_output_length", "separable_matrices",
            "upsample_matrix", "window_table"]
@@ -292,6 +292,7 @@ class _WindowPoolSpec(OpSpec):
         a = node.attrs
         ins = in_shapes[0]
         d = int(a["dims"])
+        check_window(node, d, a["kernel"])
         _need_spatial(node, ins, d)
         pads = tuple((int(p), int(q)) for p, q in a["padding"])
         dil = a.get("dilation", (1,) * d)

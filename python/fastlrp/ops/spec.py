@@ -23,7 +23,8 @@ import numpy as np
 
 from ..errors import GraphError
 
-__all__ = ["OpSpec", "RefOp", "register_op", "spec", "names", "stabilize", "need_inputs", "pass_keeps_shape"]
+__all__ = ["OpSpec", "RefOp", "register_op", "spec", "names", "stabilize", "need_inputs", "pass_keeps_shape",
+           "check_window"]
 
 
 class RefOp(Protocol):
@@ -116,6 +117,33 @@ def names() -> tuple:
 def need_inputs(node, in_shapes: list, k: int) -> None:
     if len(in_shapes) != k:
         raise GraphError(f"{node.describe()}: expects {k} input(s), got {len(in_shapes)}")
+
+
+def check_window(node, d: int, kernel=None) -> None:
+    """Check a window op's geometry attributes (``stride``, ``dilation``, ``padding``
+    pairs and, for pools, ``kernel``): ``d`` integers each, strides, dilations and
+    kernel sizes >= 1, paddings >= 0; the error names the node and the attribute."""
+    a = node.attrs
+    if d not in (1, 2):
+        raise GraphError(f"{node.describe()}: dims must be 1 or 2, got {d!r}")
+
+    def ints(key, values, low, pairs=False):
+        try:
+            shaped = len(values) == d and (not pairs or all(len(p) == 2 for p in values))
+            flat = [v for p in values for v in p] if pairs else list(values)
+        except TypeError:
+            shaped, flat = False, []
+        if not shaped or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in flat):
+            what = f"{d} (before, after) pairs of integers" if pairs else f"{d} integers"
+            raise GraphError(f"{node.describe()}: {key} must be {what}, got {values!r}")
+        if any(v < low for v in flat):
+            raise GraphError(f"{node.describe()}: {key} {tuple(values)!r} must be >= {low}")
+
+    ints("stride", a.get("stride", (1,) * d), 1)
+    ints("dilation", a.get("dilation", (1,) * d), 1)
+    ints("padding", a.get("padding", ((0, 0),) * d), 0, pairs=True)
+    if kernel is not None:
+        ints("kernel", kernel, 1)
 
 
 def pass_keeps_shape(graph, node, rule) -> None:
