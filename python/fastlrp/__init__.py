@@ -44,6 +44,7 @@ __all__ = [
     "get_composite",
     "register_composite",
     "rules",
+    "max_threads",
     "set_num_threads",
 ]
 
@@ -55,11 +56,18 @@ def set_num_threads(n: int) -> None:
     backend, ``NUMBA_NUM_THREADS`` for Numba (else all cores). NumPy's BLAS, used by
     the Numba backend for its GEMMs, follows ``OPENBLAS_NUM_THREADS``.
     """
+    import operator
+    import os
     import sys
 
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"set_num_threads needs n >= 1, got {n}")
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"set_num_threads needs a whole number of threads, got {n!r}") from None
+    limit = max_threads()
+    if not 1 <= n <= limit:
+        raise ValueError(f"set_num_threads needs 1 <= n <= {limit} (8 threads per CPU core of this machine, "
+                         f"{os.cpu_count()} cores, at least 64), got {n}")
     from . import _ext
 
     if _ext.core is not None:
@@ -70,6 +78,15 @@ def set_num_threads(n: int) -> None:
         except ImportError:
             return
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
+def max_threads() -> int:
+    """The most threads :func:`set_num_threads` accepts: 8 per CPU core, at least 64
+    and at most 1024 (far more threads than cores only slows the kernels down, and
+    thread creation fails, ending the process, long before the OS's limit)."""
+    import os
+
+    return min(1024, max(64, 8 * (os.cpu_count() or 1)))
 
 
 def explain_dataset(explainer, source, out, **kwargs):

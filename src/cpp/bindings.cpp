@@ -59,8 +59,15 @@ PYBIND11_MODULE(_core, m) {
     m.doc() = "fastlrp compiled CPU kernels: GEMM core, conv/dense relevance epilogues, pooling.";
 
     m.def("build_info", &build_info, "Compiler, OpenMP, SIMD paths and thread count of this build.");
-    m.def("set_num_threads", &fastlrp::cpu::set_num_threads, py::arg("n"),
-          "Threads used by the kernels; n <= 0 restores OpenMP's default.");
+    m.def(
+        "set_num_threads",
+        [](int n) {
+            if (n > fastlrp::cpu::kMaxThreads)
+                throw py::value_error("set_num_threads: " + std::to_string(n) + " threads is more than the " +
+                                      std::to_string(fastlrp::cpu::kMaxThreads) + " the kernels allow");
+            fastlrp::cpu::set_num_threads(n);
+        },
+        py::arg("n"), "Threads used by the kernels (at most kMaxThreads); n <= 0 restores OpenMP's default.");
     m.def("get_num_threads", &fastlrp::cpu::get_num_threads);
     fastlrp::binding::def_code_tables(m);
 

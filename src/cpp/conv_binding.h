@@ -43,7 +43,8 @@ void def_conv_functions(py::module_& m, Threads threads) {
             if (R.ndim() < 2) throw py::value_error("rule_g: R must be (n, O, ...)");
             a.n = R.shape(0);
             a.O = R.shape(1);
-            a.P = a.O ? R.size() / (a.n * a.O) : 0;
+            a.P = 1;  // from the shape, not R.size() / (n * O): an empty batch has no rows to divide by
+            for (py::ssize_t d = 2; d < R.ndim(); ++d) a.P *= R.shape(d);
             if (groups < 1 || a.O % groups) throw py::value_error("rule_g: O not divisible by groups");
             a.groups = groups;
             py::array ko, kp, kb, kz;
@@ -83,6 +84,8 @@ void def_conv_functions(py::module_& m, Threads threads) {
             a.c = c, a.h = chw_hw[0], a.w = chw_hw[1];
             a.kh = kernel[0], a.kw = kernel[1], a.sh = stride[0], a.sw = stride[1], a.ph = pad[0], a.pw = pad[1];
             a.dh = dil[0], a.dw = dil[1], a.oh = out_hw[0], a.ow = out_hw[1];
+            check_window(fn, kernel, stride, pad, dil, out_hw);
+            if (c < 0 || a.h < 0 || a.w < 0) throw py::value_error("col2im: negative image size");
             if (col_groups < 0 || (col_groups > 0 && c % col_groups))
                 throw py::value_error("col2im: col_groups must divide the channels");
             a.col_groups = col_groups;
@@ -128,6 +131,7 @@ void def_conv_functions(py::module_& m, Threads threads) {
             a.h = x.shape(2), a.w = x.shape(3);
             a.kh = kernel[0], a.kw = kernel[1], a.sh = stride[0], a.sw = stride[1], a.ph = pad[0], a.pw = pad[1];
             a.dh = dil[0], a.dw = dil[1], a.oh = out_hw[0], a.ow = out_hw[1];
+            check_window(fn, kernel, stride, pad, dil, out_hw);
             py::array_t<float> y({x.shape(0), x.shape(1), (py::ssize_t)a.oh, (py::ssize_t)a.ow});
             py::array_t<int32_t> idx({x.shape(0), x.shape(1), (py::ssize_t)a.oh, (py::ssize_t)a.ow});
             a.y = y.mutable_data();
@@ -147,6 +151,7 @@ void def_conv_functions(py::module_& m, Threads threads) {
         [threads](const py::array& R, const py::array& idx, Pair in_hw) {
             const char* fn = "maxpool_backward";
             const float* r = f32_ptr(R, "R", fn, 4);
+            if (in_hw[0] < 0 || in_hw[1] < 0) throw py::value_error("maxpool_backward: negative input size");
             if (!idx.dtype().equal(py::dtype::of<int32_t>()) || idx.size() != R.size() ||
                 !(idx.flags() & py::array::c_style))
                 throw py::value_error("maxpool_backward: idx must be int32, C-contiguous, shaped like R");

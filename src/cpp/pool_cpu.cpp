@@ -70,7 +70,7 @@ void maxpool_backward(const float* R, const int32_t* idx, float* r_in, int64_t p
         const float* __restrict r = R + pl * out_size;
         const int32_t* __restrict id = idx + pl * out_size;
         for (int64_t o = 0; o < out_size; ++o)
-            if (id[o] >= 0) ri[id[o]] += r[o];
+            if (id[o] >= 0 && id[o] < in_size) ri[id[o]] += r[o];  // (padding never wins: -1)
     }
 }
 
