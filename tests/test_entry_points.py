@@ -123,3 +123,28 @@ def test_empty_batch_is_a_clear_error_on_every_backend():
         ex = fastlrp.Explainer(g, "epsilon_plus", backend=backend)
         with pytest.raises(fastlrp.InputError, match="empty batch"):
             ex.explain(np.zeros((0, 1, 6, 6), np.float32))
+
+
+@pytest.mark.parametrize("raw, driver, runtime, expected", [
+    ("CUDA driver version is insufficient for CUDA runtime version", 0, 13000, "has no NVIDIA GPU driver, so no GPU"),
+    ("CUDA driver version is insufficient for CUDA runtime version", 12040, 13000,
+     "supports CUDA up to 12.4, older than the CUDA 13.0 fastlrp was built with: update the driver"),
+    ("no CUDA-capable device is detected", 13000, 13000, "the NVIDIA driver finds no GPU"),
+    ("out of memory", 13000, 13000, "out of memory"),
+])
+def test_no_gpu_messages_say_so_plainly(raw, driver, runtime, expected, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    msg = _ext.plain_cuda_reason(raw, driver, runtime)
+    assert expected in msg and raw in msg
+
+
+def test_cuda_backend_error_on_this_machine_is_plain():
+    """Where the CUDA module is built but no GPU is usable, the backend's error says why plainly."""
+    if _ext.cuda is None or _ext.cuda_available():
+        pytest.skip("needs fastlrp._cuda built on a machine without a usable GPU")
+    from fastlrp.backends.base import BackendError
+
+    with pytest.raises(BackendError) as e:
+        fastlrp.get_backend("cuda")
+    if _ext.cuda.driver_version() == 0:
+        assert "no NVIDIA GPU driver" in str(e.value)

@@ -27,6 +27,7 @@ __all__ = [
     "cuda_emu",
     "cuda_error",
     "cuda_unavailable_reason",
+    "plain_cuda_reason",
 ]
 
 _log = logging.getLogger("fastlrp")
@@ -64,13 +65,40 @@ def cuda_available() -> bool:
 
 
 def cuda_unavailable_reason() -> str:
-    """Why the CUDA backend cannot run ('' when it can)."""
+    """Why the CUDA backend cannot run ('' when it can), in plain words."""
     if cuda is None:
         return cuda_error
     try:
-        return "" if cuda.available() else (cuda.why_unavailable() or "no CUDA device")
+        if cuda.available():
+            return ""
+        return plain_cuda_reason(cuda.why_unavailable() or "no CUDA device", cuda.driver_version(),
+                                 cuda.runtime_version())
     except Exception as e:
         return f"{type(e).__name__}: {e}"
+
+
+def _cuda_version(v: int) -> str:
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
+def plain_cuda_reason(raw: str, driver: int, runtime: int) -> str:
+    """CUDA's reason for having no device, said plainly: CUDA reports a machine
+    without any NVIDIA driver as "CUDA driver version is insufficient for CUDA
+    runtime version" (driver version 0), which reads like an update is needed."""
+    use_cpu = "the cuda backend cannot run here (use backend='cpu')"
+    if not driver:
+        return f"this machine has no NVIDIA GPU driver, so no GPU: {use_cpu}; CUDA says: {raw}"
+    if runtime and driver < runtime:
+        return (f"the NVIDIA driver supports CUDA up to {_cuda_version(driver)}, older than the CUDA "
+                f"{_cuda_version(runtime)} fastlrp was built with: update the driver, or use backend='cpu'; "
+                f"CUDA says: {raw}")
+    if "no CUDA-capable device" in raw or "no CUDA device" in raw:
+        import os
+
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        hidden = f" (CUDA_VISIBLE_DEVICES={visible!r} hides the others)" if visible is not None else ""
+        return f"the NVIDIA driver finds no GPU{hidden}: {use_cpu}; CUDA says: {raw}"
+    return raw
 
 
 CUDA_EMU_BUILD_HINT = (
