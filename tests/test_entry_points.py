@@ -58,8 +58,10 @@ CORE_CASES = {
                                     "(1, 1), (3, 3))"),
     "conv_gemm dilation 0": ("error", "c.conv_gemm(f(1, 2, 5, 5), c.pack_weights(f(3, 18)), (3, 3), (1, 1), (0, 0), "
                                       "(0, 1), (3, 3))"),
-    "conv_gemm negative padding": ("error", "c.conv_gemm(f(1, 2, 5, 5), c.pack_weights(f(3, 18)), (3, 3), (1, 1), "
-                                            "(-1, 0), (1, 1), (3, 3))"),
+    "conv_gemm negative padding crops": ("ok", "c.conv_gemm(f(1, 2, 5, 5), c.pack_weights(f(3, 18)), (3, 3), (1, 1), "
+                                               "(-1, 0), (1, 1), (3, 3))", (1, 3, 3, 3)),
+    "conv_gemm padding beyond the image": ("ok", "c.conv_gemm(f(1, 2, 5, 5), c.pack_weights(f(3, 18)), (3, 3), (1, 1), "
+                                                 "(-9, 40), (1, 1), (3, 3))", (1, 3, 3, 3)),
     "conv_gemm negative output": ("error", "c.conv_gemm(f(1, 2, 5, 5), c.pack_weights(f(3, 18)), (3, 3), (1, 1), "
                                            "(0, 0), (1, 1), (-3, 3))"),
     "conv_gemm empty batch": ("ok", "c.conv_gemm(f(0, 2, 5, 5), c.pack_weights(f(3, 18)), (3, 3), (1, 1), (0, 0), "

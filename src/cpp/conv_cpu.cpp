@@ -18,6 +18,56 @@ inline float neg(float v) { return v < 0.0f ? v : 0.0f; }
 
 int rule_g_halves(RuleKind kind) { return rule_g_num_halves(kind); }
 
+namespace {
+
+// rule_g of sample n of a dense layer (P == 1, one group): g[n, h*O + o].
+template <bool HasBias, bool ZeroBias>
+void rule_g_dense(const RuleGArgs& a, int64_t n, float e, float al, float be, float gm, int64_t H) {
+    const int64_t O = a.O;
+    const float* __restrict R = a.R + n * O;
+    const float* __restrict out = a.out ? a.out + n * O : nullptr;
+    const float* __restrict ps = a.psum ? a.psum + n * O : nullptr;
+    const float* __restrict zc = a.zc;
+    const float* __restrict bias = a.bias;
+    float* __restrict g0 = a.g + n * H * O;
+    float* __restrict g1 = g0 + O;
+#define FASTLRP_BIAS(o) rule_g_bias(HasBias ? bias[o] : 0.0f, ZeroBias, gm)
+    switch (a.kind) {
+        case RuleKind::Epsilon:
+            for (int64_t o = 0; o < O; ++o) g0[o] = rule_g_epsilon(R[o], out[o], FASTLRP_BIAS(o), e);
+            break;
+        case RuleKind::ZPlus:
+            for (int64_t o = 0; o < O; ++o) g0[o] = rule_g_zplus(R[o], ps[o], FASTLRP_BIAS(o), e);
+            break;
+        case RuleKind::AlphaBeta:
+            for (int64_t o = 0; o < O; ++o) rule_g_alphabeta(R[o], out[o], ps[o], FASTLRP_BIAS(o), e, al, be, g0 + o, g1 + o);
+            break;
+        case RuleKind::Gamma:
+            for (int64_t o = 0; o < O; ++o) rule_g_gamma(R[o], out[o], ps[o], FASTLRP_BIAS(o), e, gm, g0 + o, g1 + o);
+            break;
+        case RuleKind::ZBox:
+            for (int64_t o = 0; o < O; ++o) g0[o] = rule_g_zbox(R[o], out[o], zc[o], FASTLRP_BIAS(o), e);
+            break;
+        case RuleKind::Flat:  // (with flat_group_sum, handled before)
+        case RuleKind::WSquare:
+            for (int64_t o = 0; o < O; ++o) g0[o] = rule_g_const(R[o], zc[o], e);
+            break;
+    }
+#undef FASTLRP_BIAS
+}
+
+void rule_g_dense_row(const RuleGArgs& a, int64_t n, float e, float al, float be, float gm, int64_t H) {
+    // the bias's presence and zero_bias as template arguments: branch-free, vectorised inner loops
+    if (!a.bias)
+        rule_g_dense<false, false>(a, n, e, al, be, gm, H);
+    else if (a.zero_bias)
+        rule_g_dense<true, true>(a, n, e, al, be, gm, H);
+    else
+        rule_g_dense<true, false>(a, n, e, al, be, gm, H);
+}
+
+}  // namespace
+
 // The per-element math is rules.h's rule_g_* (shared with the GPU kernel); the
 // switch on the kind is per row, so each inner loop is one straight-line,
 // vectorisable expression.
@@ -40,6 +90,13 @@ void rule_g(const RuleGArgs& a, int threads) {
                 for (int64_t p = 0; p < P; ++p) gs[p] += rule_g_const(R[p], zc[p], e);
             }
         }
+        return;
+    }
+    if (P == 1 && G == 1) {
+        // dense layers: one value per output, so the per-output constants vary along
+        // the inner loop; one row per sample keeps it long and vectorisable
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && a.n * O > 32768)
+        for (int64_t n = 0; n < a.n; ++n) rule_g_dense_row(a, n, e, al, be, gm, H);
         return;
     }
     const int64_t rows = a.n * O;

@@ -33,12 +33,15 @@ inline const float* f32_ptr(const py::array& a, const char* name, const char* fn
 // Image geometry of a conv GEMM: (kh, kw), (sh, sw), (ph, pw) before, (dh, dw), (oh, ow).
 using Pair = std::array<int64_t, 2>;
 
-// Window geometry from Python: kernel sizes, strides and dilations >= 1, paddings and output sizes >= 0.
-inline void check_window(const char* fn, Pair kernel, Pair stride, Pair pad, Pair dil, Pair out_hw) {
+// Window geometry from Python: kernel sizes, strides and dilations >= 1, output sizes >= 0 and
+// paddings >= 0 unless crop (conv_gemm: the implicit backward of a conv padded by more than
+// its kernel's reach crops; every tap is bounds-checked, so any padding is memory-safe there).
+inline void check_window(const char* fn, Pair kernel, Pair stride, Pair pad, Pair dil, Pair out_hw,
+                         bool crop = false) {
     for (int i = 0; i < 2; ++i) {
         if (kernel[i] < 1 || stride[i] < 1 || dil[i] < 1)
             throw py::value_error(std::string(fn) + ": kernel sizes, strides and dilations must be >= 1");
-        if (pad[i] < 0) throw py::value_error(std::string(fn) + ": paddings must be >= 0");
+        if (pad[i] < 0 && !crop) throw py::value_error(std::string(fn) + ": paddings must be >= 0");
         if (out_hw[i] < 0) throw py::value_error(std::string(fn) + ": negative output size");
     }
 }
@@ -55,7 +58,7 @@ inline py::object run_conv_gemm(const py::array& x, const PackedA& A, Pair kerne
     a.w = x.shape(3);
     a.kh = kernel[0], a.kw = kernel[1], a.sh = stride[0], a.sw = stride[1];
     a.ph = pad[0], a.pw = pad[1], a.dh = dil[0], a.dw = dil[1], a.oh = out_hw[0], a.ow = out_hw[1];
-    check_window(fn, kernel, stride, pad, dil, out_hw);
+    check_window(fn, kernel, stride, pad, dil, out_hw, /*crop=*/true);
     a.sign = cpu::Sign(sign);
     a.A = &A;
     a.epi = Epi(epi);  // checked by cpu::conv_gemm
