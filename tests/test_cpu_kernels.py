@@ -102,6 +102,64 @@ def test_conv_gemm_split_output():
         core.conv_gemm(x, A, (3, 3), (1, 1), (1, 1), (1, 1), (6, 7), 0, 0, None, None, None, 10)
 
 
+def _grouped_conv64(x, W, groups, stride, pad, dil, out_hw, sign):
+    """float64 conv GEMM of conv_gemm's definition: W (O, halves * Cg * KH * KW) per group."""
+    N, C, H, Wd = x.shape
+    O, K = W.shape
+    Cg, halves = C // groups, 2 if sign else 1
+    KH = KW = int(round(np.sqrt(K // (halves * Cg))))
+    x64 = x.astype(np.float64)
+    parts = [np.maximum(x64, 0), np.minimum(x64, 0)] if sign else [x64]
+    y = np.zeros((N, O) + tuple(out_hw))
+    for g in range(groups):
+        for i in range(O // groups):
+            o = g * (O // groups) + i
+            w = W[o].astype(np.float64).reshape(halves, Cg, KH, KW)
+            for h, xs in enumerate(parts):
+                for ci in range(Cg):
+                    for kh in range(KH):
+                        for kw in range(KW):
+                            for oh in range(out_hw[0]):
+                                ih = oh * stride - pad + kh * dil
+                                if not 0 <= ih < H:
+                                    continue
+                                for ow in range(out_hw[1]):
+                                    iw = ow * stride - pad + kw * dil
+                                    if 0 <= iw < Wd:
+                                        y[:, o, oh, ow] += w[h, ci, kh, kw] * xs[:, g * Cg + ci, ih, iw]
+    return y
+
+
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("C,mult,cg,k,stride,pad,dil,sign,epi", [
+    (6, 1, 1, 3, 1, 1, 1, 0, "bias"), (5, 2, 1, 3, 2, 1, 1, 1, "none"), (4, 1, 2, 3, 1, 2, 2, 0, "mulx"),
+    (3, 1, 1, 5, 2, 0, 1, 1, "mulxoff"), (4, 3, 1, 1, 1, 0, 1, 0, "mulpos"), (6, 1, 3, 3, 3, 1, 1, 1, "mulneg")])
+def test_grouped_conv_gemm_direct_path(isa, C, mult, cg, k, stride, pad, dil, sign, epi):
+    """Grouped GEMMs with few rows per group (depthwise convs and their backward
+    products) run as direct loops (PackedA keeps A row-major): against float64, every
+    epilogue and the sign split, odd sizes, every ISA this CPU runs."""
+    assert core.set_isa({"generic": 0, "avx2": 1, "avx512": 2}[isa])
+    rng = np.random.default_rng(C * 100 + k)
+    G = C // cg
+    N, H, Wd = 2, 11, 9
+    x = rng.standard_normal((N, C, H, Wd)).astype(np.float32)
+    O = G * mult
+    W = rng.standard_normal((O, (2 if sign else 1) * cg * k * k)).astype(np.float32)
+    out_hw = tuple((n + 2 * pad - dil * (k - 1) - 1) // stride + 1 for n in (H, Wd))
+    b = rng.standard_normal(O).astype(np.float32)
+    m = rng.standard_normal((N, O) + out_hw).astype(np.float32)
+    off = rng.standard_normal((O,) + out_hw).astype(np.float32)
+    E = core.epilogues
+    y = core.conv_gemm(x, core.pack_weights(W, G), (k, k), (stride, stride), (pad, pad), (dil, dil), out_hw, sign,
+                       E[epi], b if epi == "bias" else None, m if epi.startswith("mul") else None,
+                       off if epi == "mulxoff" else None)
+    z = _grouped_conv64(x, W, G, stride, pad, dil, out_hw, sign)
+    m64 = m.astype(np.float64)
+    want = {"none": z, "bias": z + b[None, :, None, None], "mulx": z * m64, "mulpos": z * np.maximum(m64, 0),
+            "mulneg": z * np.minimum(m64, 0), "mulxoff": z * (m64 - off[None])}[epi]
+    assert y.shape == want.shape and rel_err(y, want) < 1e-5
+
+
 def test_conv_gemm_rejects_bad_arguments():
     A = core.pack_weights(np.ones((4, 6), np.float32), 1)
     x = np.ones((2, 3, 5, 5), np.float32)

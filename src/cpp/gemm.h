@@ -71,10 +71,17 @@ struct PackedA {
     int64_t mp = 0;       // m rounded up to mr
     int64_t gstride = 0;  // floats between groups
     AlignedBuf data;
+    // Grouped operands with few rows and a short K per group (depthwise convs and
+    // their backward products) also keep A row-major: conv_gemm runs them as direct
+    // loops, since micro-panels of mr rows would be mostly padding.
+    AlignedBuf raw;
     const float* panel(int64_t g, int64_t k0, int64_t kl, int64_t ip) const {
         return data.get() + g * gstride + k0 * mp + ip * mr * kl;
     }
 };
+
+// The grouped GEMMs that run as direct loops (PackedA::raw): groups > 1, m and k at most these.
+constexpr int64_t kDirectMaxM = 16, kDirectMaxK = 64;
 
 // A: (groups * m) x k row-major; packs for the active ISA.
 std::shared_ptr<PackedA> pack_a(const float* A, int64_t groups, int64_t m, int64_t k);

@@ -154,6 +154,10 @@ std::shared_ptr<PackedA> pack_a(const float* A, int64_t groups, int64_t m, int64
     P->mp = (m + b.mr - 1) / b.mr * b.mr;
     P->gstride = (P->mp * k + 15) / 16 * 16;
     P->data = aligned_floats(size_t(std::max<int64_t>(1, groups * P->gstride)));
+    if (groups > 1 && m <= kDirectMaxM && k <= kDirectMaxK) {
+        P->raw = aligned_floats(size_t(std::max<int64_t>(1, groups * m * k)));
+        std::copy(A, A + groups * m * k, P->raw.get());
+    }
     switch (isa) {
 #ifdef FASTLRP_HAVE_AVX2
         case Isa::Avx2:

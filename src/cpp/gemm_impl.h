@@ -185,6 +185,36 @@ inline void pack_b_block(const ConvGemmArgs& a, int64_t cg, int64_t g, const KEn
     }
 }
 
+// The epilogue on len outputs yp of row o: y at flat index off (mul's index), off's
+// index (one sample) loff.
+inline void apply_epilogue(const ConvGemmArgs& a, int64_t o, int64_t off, int64_t loff, float* __restrict yp,
+                           int64_t len) {
+    const float* __restrict m = a.mul + off;
+    switch (a.epi) {
+        case Epi::None:
+            break;
+        case Epi::Bias: {
+            const float b = a.bias[o];
+            for (int64_t q = 0; q < len; ++q) yp[q] += b;
+            break;
+        }
+        case Epi::MulX:
+            for (int64_t q = 0; q < len; ++q) yp[q] *= m[q];
+            break;
+        case Epi::MulPos:
+            for (int64_t q = 0; q < len; ++q) yp[q] *= (m[q] > 0.0f ? m[q] : 0.0f);
+            break;
+        case Epi::MulNeg:
+            for (int64_t q = 0; q < len; ++q) yp[q] *= (m[q] < 0.0f ? m[q] : 0.0f);
+            break;
+        case Epi::MulXOff: {
+            const float* __restrict l = a.off + loff;
+            for (int64_t q = 0; q < len; ++q) yp[q] *= (m[q] - l[q]);
+            break;
+        }
+    }
+}
+
 // Adds a finished micro-tile to y; after the last K block applies the epilogue.
 inline void sink(const ConvGemmArgs& a, int64_t O, int64_t P, int64_t row0, int mr, int64_t j, int nr,
                  const float* ct, bool first, bool last) {
@@ -205,30 +235,7 @@ inline void sink(const ConvGemmArgs& a, int64_t O, int64_t P, int64_t row0, int 
                 for (int q = 0; q < len; ++q) yp[q] += t[q];
             }
             if (!last || second) continue;
-            const float* __restrict m = a.mul + off;
-            switch (a.epi) {
-                case Epi::None:
-                    break;
-                case Epi::Bias: {
-                    const float b = a.bias[o];
-                    for (int q = 0; q < len; ++q) yp[q] += b;
-                    break;
-                }
-                case Epi::MulX:
-                    for (int q = 0; q < len; ++q) yp[q] *= m[q];
-                    break;
-                case Epi::MulPos:
-                    for (int q = 0; q < len; ++q) yp[q] *= (m[q] > 0.0f ? m[q] : 0.0f);
-                    break;
-                case Epi::MulNeg:
-                    for (int q = 0; q < len; ++q) yp[q] *= (m[q] < 0.0f ? m[q] : 0.0f);
-                    break;
-                case Epi::MulXOff: {
-                    const float* __restrict l = a.off + o * P + p;
-                    for (int q = 0; q < len; ++q) yp[q] *= (m[q] - l[q]);
-                    break;
-                }
-            }
+            apply_epilogue(a, o, off, o * P + p, yp, len);
         }
         c += len;
     }
@@ -248,7 +255,68 @@ struct ThreadBuffers {
     }
 };
 
+// y_row[lo..hi) += w * T(x_row[ow * sw + iw0]).
+template <int Mode>
+inline void accumulate_tap(float* __restrict yr, const float* __restrict xr, float w, int64_t lo, int64_t hi,
+                           int64_t sw, int64_t iw0) {
+    if (sw == 1) {
+        const float* __restrict xs = xr + iw0;
+        for (int64_t ow = lo; ow < hi; ++ow) yr[ow] += w * tf<Mode>(xs[ow]);
+    } else {
+        for (int64_t ow = lo; ow < hi; ++ow) yr[ow] += w * tf<Mode>(xr[ow * sw + iw0]);
+    }
+}
+
+// A grouped conv GEMM with few rows and a short K per group (A.raw kept: depthwise
+// convs, their backward products), as direct loops: per (sample, group) plane and
+// output row, the taps in K order, each a vectorised pass along the output row.
+// The same sums in the same order as the micro-kernel (taps outside the image add
+// nothing here, zeros there).
+inline void grouped_direct_impl(const ConvGemmArgs& a, int threads) {
+    const PackedA& A = *a.A;
+    const int64_t G = A.groups, Mg = A.m, K = A.k, O = G * Mg;
+    const int64_t KK = a.kh * a.kw, cg = a.c / G, Kc = cg * KK;
+    const int64_t P = a.oh * a.ow, HW = a.h * a.w, planes = a.n * G;
+    if (threads < 1 || double(planes) * double(O / G) * double(K) * double(P) < 2e5) threads = 1;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (int64_t pl = 0; pl < planes; ++pl) {
+        const int64_t n = pl / G, g = pl - n * G;
+        for (int64_t i = 0; i < Mg; ++i) {
+            const int64_t o = g * Mg + i;
+            const float* __restrict wrow = A.raw.get() + o * K;
+            float* __restrict yo = a.y + (n * O + o) * P;
+            for (int64_t oh = 0; oh < a.oh; ++oh) {
+                float* __restrict yr = yo + oh * a.ow;
+                for (int64_t q = 0; q < a.ow; ++q) yr[q] = 0.0f;
+                for (int64_t k = 0; k < K; ++k) {
+                    const int64_t half = k / Kc, kr = k - half * Kc, ci = kr / KK, t = kr - ci * KK;
+                    const int64_t ih = oh * a.sh - a.ph + (t / a.kw) * a.dh;
+                    if (ih < 0 || ih >= a.h) continue;
+                    const int64_t iw0 = (t % a.kw) * a.dw - a.pw;
+                    // output columns whose tap lies inside the image: 0 <= ow * sw + iw0 < w
+                    const int64_t lo = iw0 >= 0 ? 0 : (-iw0 + a.sw - 1) / a.sw;
+                    const int64_t hi = iw0 < a.w ? imin(a.ow, (a.w - 1 - iw0) / a.sw + 1) : 0;
+                    if (lo >= hi) continue;
+                    const float* __restrict xr = a.x + (n * a.c + g * cg + ci) * HW + ih * a.w;
+                    const float wk = wrow[k];
+                    if (a.sign == Sign::Id)
+                        accumulate_tap<0>(yr, xr, wk, lo, hi, a.sw, iw0);
+                    else if (half == 0)
+                        accumulate_tap<1>(yr, xr, wk, lo, hi, a.sw, iw0);
+                    else
+                        accumulate_tap<2>(yr, xr, wk, lo, hi, a.sw, iw0);
+                }
+                apply_epilogue(a, o, (n * O + o) * P + oh * a.ow, o * P + oh * a.ow, yr, a.ow);
+            }
+        }
+    }
+}
+
 inline void conv_gemm_impl(const ConvGemmArgs& a, int threads) {
+    if (a.A->raw && !a.y2) {
+        grouped_direct_impl(a, threads);
+        return;
+    }
     const PackedA& A = *a.A;
     const int64_t G = A.groups, Mg = A.m, K = A.k, O = G * Mg;
     const int64_t KKs = a.kh * a.kw, halves = a.sign == Sign::PosNeg ? 2 : 1;
