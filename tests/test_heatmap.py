@@ -279,7 +279,8 @@ def test_heatmap_command_labels_and_colorbar(tmp_path, capsys):
     assert lab.shape == (plain.shape[0] + 2 * 11 + (8 + 2 + 1 + 11) + 2, 3 * cw + 4 * 2, 3)
     # a bare relevance array: the sample indices
     np.save(tmp_path / "bare.npy", R)
-    assert cli.main(["heatmap", str(tmp_path / "bare.npy"), "-s", "1,4", "-o", str(tmp_path / "b.png"), "--labels"]) == 0
+    assert cli.main(["heatmap", str(tmp_path / "bare.npy"), "-s", "1,4", "-o", str(tmp_path / "b.png"),
+                     "--labels"]) == 0
     with Image.open(tmp_path / "b.png") as im:
         np.testing.assert_array_equal(np.asarray(im), hm.heatmap_grid(R[[1, 4]], scale=10, labels=["#1", "#4"]))
 

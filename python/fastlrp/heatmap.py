@@ -582,12 +582,12 @@ def heatmap_grid(relevances, images=None, ncols: Optional[int] = None, pad: int 
             tiles.append(np.concatenate([base, gap, hm], axis=1))
         else:
             tiles.append(heatmap(r, image=img, **kw))
-    k = int(text_scale) if text_scale else auto_text_scale(tiles[0].shape[1])
-    grid = image_grid(tiles, ncols=ncols, pad=pad, labels=labels, text_scale=k)
+    grid = image_grid(tiles, ncols=ncols, pad=pad, labels=labels, text_scale=text_scale)
     if not colorbar:
         return grid
+    k = int(text_scale) if text_scale else auto_text_scale(tiles[0].shape[1])
     bar = colorbar_strip(grid.shape[1], kw.get("cmap", "bwr"), kw.get("level", 1.0), kw.get("vmin"), kw.get("vmax"),
-                    symmetric, k, margin=max(pad, 2))
+                         symmetric, k, margin=max(pad, 2))
     out = np.full((grid.shape[0] + bar.shape[0] + pad, max(grid.shape[1], bar.shape[1]), 3), 255, dtype=np.uint8)
     out[:grid.shape[0], :grid.shape[1]] = grid
     out[grid.shape[0]:grid.shape[0] + bar.shape[0], :bar.shape[1]] = bar
