@@ -57,7 +57,8 @@ def test_demo(tmp_path):
     assert png.stat().st_size > 5000
     with Image.open(png) as im:
         assert im.format == "PNG" and im.mode == "RGB"
-        assert im.size == (10 * (64 + 4 + 64) + 11 * 4, 4 * 64 + 5 * 4)
+        # 4 rows of (an 11-pixel label strip over the 64-pixel panels), then a 32-pixel colour bar and its pad
+        assert im.size == (10 * (64 + 4 + 64) + 11 * 4, 4 * (11 + 64) + 5 * 4 + 32 + 4)
         a = np.asarray(im).astype(int)
     assert a.std() > 30 and len(np.unique(a.reshape(-1, 3), axis=0)) > 200  # not blank
     red = (a[..., 0] > 200) & (a[..., 2] < 120) & (a[..., 1] < 120)

@@ -325,6 +325,12 @@ def _add_heatmap(p: argparse.ArgumentParser):
     p.add_argument("--input", help="the input data file, to show under (or beside, --side-by-side) the heatmaps")
     p.add_argument("--key", help="array name in the --input file")
     p.add_argument("--side-by-side", action="store_true")
+    p.add_argument("--labels", action="store_true",
+                   help="write each sample's index above its heatmap, with the explained (t=) and predicted (p=, "
+                        "the arg-max output) class when the relevance is a store")
+    p.add_argument("--colorbar", action="store_true",
+                   help="add a colour bar with the value range (numbers with --shared-norm, else -max..+max of "
+                        "each panel)")
 
 
 def _parse_samples(text: str, n: int) -> np.ndarray:
@@ -342,6 +348,7 @@ def cmd_heatmap(args) -> int:
     from .dataset import load_store, open_source
 
     path = args.relevance
+    store = None
     if path.lower().endswith(".npy") and not os.path.exists(path[:-4] + ".json"):
         rel = np.load(path, mmap_mode="r")
         multi = False
@@ -369,9 +376,12 @@ def cmd_heatmap(args) -> int:
         src.close()
     h = hm.reduce_channels(R[0]).shape
     scale = args.scale if args.scale else max(1, 64 // max(h))
+    labels = None
+    if args.labels:
+        labels = [f"#{i}" for i in idx] if store is None else hm.store_labels(store, idx, args.target_index)
     grid = hm.heatmap_grid(R, images=images, ncols=args.ncols, cmap=args.cmap, level=args.level,
                            symmetric=not args.unsymmetric, shared_norm=args.shared_norm, scale=scale,
-                           side_by_side=args.side_by_side)
+                           side_by_side=args.side_by_side, labels=labels, colorbar=args.colorbar)
     _ensure_parent(args.out, "heatmap")
     hm.save_png(grid, args.out)
     print(f"wrote {args.out} ({grid.shape[1]}x{grid.shape[0]} pixels, {len(idx)} heatmaps)")
@@ -436,11 +446,14 @@ def run_demo(out: str = "fastlrp-demo", composite: str = "epsilon_plus", backend
     # grid: 4 examples of each digit, input beside its heatmap
     picks = np.concatenate([np.flatnonzero(labels == d)[:4] for d in range(10)])
     picks = picks.reshape(10, 4).T.reshape(-1)  # rows of 0..9
-    grid = hm.heatmap_grid(R[picks], images=x[picks], ncols=10, scale=8, side_by_side=True, cmap=cmap, pad=4)
+    names = [f"#{i} y={labels[i]} p={T[i]}" for i in picks]
+    grid = hm.heatmap_grid(R[picks], images=x[picks], ncols=10, scale=8, side_by_side=True, cmap=cmap, pad=4,
+                           labels=names, colorbar=True)
     png = os.path.join(out, "heatmaps.png")
     hm.save_png(grid, png)
     print(f"wrote {store_path} (relevance, output, target, valid) and {png} "
-          f"(4 x 10 digits: input | heatmap, red = evidence for the predicted digit, blue = against)")
+          f"(4 x 10 digits: input | heatmap, red = evidence for the predicted digit, blue = against; "
+          f"above each: #sample index, y = true digit, p = predicted digit, the one explained)")
     return {"store": store_path, "png": png, "result": res, "accuracy": acc, "ratio": ratio}
 
 

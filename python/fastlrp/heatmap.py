@@ -15,6 +15,11 @@ middle of the map (white for ``bwr``) -- then quantised to 256 steps and looked
 up in the map's 256-entry palette. ``level`` steepens (> 1) or flattens (< 1)
 the map around its centre.
 
+Grids can carry a label above each panel (:func:`store_labels` makes "#12 t=3 p=5"
+from a relevance store: sample index, explained class, predicted class) and a
+colour bar with the value range under them; the text is drawn in a small built-in
+5x7 bitmap font (:func:`text_mask`), so no font files or libraries are needed.
+
 NumPy alone is needed; :func:`save_png` uses Pillow when it is installed and a
 small built-in PNG writer otherwise.
 """
@@ -31,16 +36,23 @@ import numpy as np
 __all__ = [
     "COLORMAPS",
     "ColorMap",
+    "auto_text_scale",
+    "colorbar_strip",
+    "draw_text",
     "get_cmap",
     "heatmap",
     "heatmap_grid",
     "image_grid",
     "input_image",
+    "label_strip",
     "normalize",
     "palette",
     "reduce_channels",
     "save_heatmap",
     "save_png",
+    "store_labels",
+    "text_mask",
+    "text_size",
 ]
 
 #: Colour-map definitions (colour stops) under zennit's names.
@@ -226,6 +238,151 @@ def input_image(x, channel_axis="auto") -> np.ndarray:
     return normalize(a, symmetric=False)
 
 
+# ------------------------------------------------------------------------------------------
+# text: a built-in 5x7 bitmap font (drawn for fastlrp), for labels and colour-bar ticks
+
+#: Glyphs of 5 columns: 7 rows from the cap line to the baseline, then (g, j, p, q, y, comma)
+#: two rows below the baseline; '#' is ink. Characters not here are drawn as '?'.
+_GLYPHS = {
+    " ": "..... ..... ..... ..... ..... ..... .....",
+    "0": ".###. #...# #..## #.#.# ##..# #...# .###.",
+    "1": "..#.. .##.. ..#.. ..#.. ..#.. ..#.. .###.",
+    "2": ".###. #...# ....# ...#. ..#.. .#... #####",
+    "3": ".###. #...# ....# ..##. ....# #...# .###.",
+    "4": "...#. ..##. .#.#. #..#. ##### ...#. ...#.",
+    "5": "##### #.... ####. ....# ....# #...# .###.",
+    "6": "..##. .#... #.... ####. #...# #...# .###.",
+    "7": "##### ....# ...#. ..#.. .#... .#... .#...",
+    "8": ".###. #...# #...# .###. #...# #...# .###.",
+    "9": ".###. #...# #...# .#### ....# ...#. .##..",
+    "A": ".###. #...# #...# ##### #...# #...# #...#",
+    "B": "####. #...# #...# ####. #...# #...# ####.",
+    "C": ".###. #...# #.... #.... #.... #...# .###.",
+    "D": "####. #...# #...# #...# #...# #...# ####.",
+    "E": "##### #.... #.... ####. #.... #.... #####",
+    "F": "##### #.... #.... ####. #.... #.... #....",
+    "G": ".###. #...# #.... #.### #...# #...# .####",
+    "H": "#...# #...# #...# ##### #...# #...# #...#",
+    "I": ".###. ..#.. ..#.. ..#.. ..#.. ..#.. .###.",
+    "J": "..### ...#. ...#. ...#. ...#. #..#. .##..",
+    "K": "#...# #..#. #.#.. ##... #.#.. #..#. #...#",
+    "L": "#.... #.... #.... #.... #.... #.... #####",
+    "M": "#...# ##.## #.#.# #.#.# #...# #...# #...#",
+    "N": "#...# #...# ##..# #.#.# #..## #...# #...#",
+    "O": ".###. #...# #...# #...# #...# #...# .###.",
+    "P": "####. #...# #...# ####. #.... #.... #....",
+    "Q": ".###. #...# #...# #...# #.#.# #..#. .##.#",
+    "R": "####. #...# #...# ####. #.#.. #..#. #...#",
+    "S": ".###. #...# #.... .###. ....# #...# .###.",
+    "T": "##### ..#.. ..#.. ..#.. ..#.. ..#.. ..#..",
+    "U": "#...# #...# #...# #...# #...# #...# .###.",
+    "V": "#...# #...# #...# #...# #...# .#.#. ..#..",
+    "W": "#...# #...# #...# #.#.# #.#.# #.#.# .#.#.",
+    "X": "#...# #...# .#.#. ..#.. .#.#. #...# #...#",
+    "Y": "#...# #...# .#.#. ..#.. ..#.. ..#.. ..#..",
+    "Z": "##### ....# ...#. ..#.. .#... #.... #####",
+    "a": "..... ..... .###. ....# .#### #...# .####",
+    "b": "#.... #.... ####. #...# #...# #...# ####.",
+    "c": "..... ..... .###. #.... #.... #...# .###.",
+    "d": "....# ....# .#### #...# #...# #...# .####",
+    "e": "..... ..... .###. #...# ##### #.... .###.",
+    "f": "..##. .#..# .#... ###.. .#... .#... .#...",
+    "g": "..... ..... .#### #...# #...# #...# .#### ....# .###.",
+    "h": "#.... #.... ####. #...# #...# #...# #...#",
+    "i": "..#.. ..... .##.. ..#.. ..#.. ..#.. .###.",
+    "j": "...#. ..... ..##. ...#. ...#. ...#. ...#. #..#. .##..",
+    "k": "#.... #.... #..#. #.#.. ##... #.#.. #..#.",
+    "l": ".##.. ..#.. ..#.. ..#.. ..#.. ..#.. .###.",
+    "m": "..... ..... ##.#. #.#.# #.#.# #.#.# #.#.#",
+    "n": "..... ..... ####. #...# #...# #...# #...#",
+    "o": "..... ..... .###. #...# #...# #...# .###.",
+    "p": "..... ..... ####. #...# #...# #...# ####. #.... #....",
+    "q": "..... ..... .#### #...# #...# #...# .#### ....# ....#",
+    "r": "..... ..... #.##. ##..# #.... #.... #....",
+    "s": "..... ..... .#### #.... .###. ....# ####.",
+    "t": ".#... .#... ###.. .#... .#... .#..# ..##.",
+    "u": "..... ..... #...# #...# #...# #..## .##.#",
+    "v": "..... ..... #...# #...# #...# .#.#. ..#..",
+    "w": "..... ..... #...# #...# #.#.# #.#.# .#.#.",
+    "x": "..... ..... #...# .#.#. ..#.. .#.#. #...#",
+    "y": "..... ..... #...# #...# #...# #...# .#### ....# .###.",
+    "z": "..... ..... ##### ...#. ..#.. .#... #####",
+    "-": "..... ..... ..... ##### ..... ..... .....",
+    "+": "..... ..#.. ..#.. ##### ..#.. ..#.. .....",
+    "=": "..... ..... ##### ..... ##### ..... .....",
+    ".": "..... ..... ..... ..... ..... .##.. .##..",
+    ",": "..... ..... ..... ..... ..... .##.. .##.. ..#.. .#...",
+    ":": "..... .##.. .##.. ..... .##.. .##.. .....",
+    "#": ".#.#. .#.#. ##### .#.#. ##### .#.#. .#.#.",
+    "/": "....# ....# ...#. ..#.. .#... #.... #....",
+    "(": "...#. ..#.. .#... .#... .#... ..#.. ...#.",
+    ")": ".#... ..#.. ...#. ...#. ...#. ..#.. .#...",
+    "[": ".###. .#... .#... .#... .#... .#... .###.",
+    "]": ".###. ...#. ...#. ...#. ...#. ...#. .###.",
+    "<": "...#. ..#.. .#... #.... .#... ..#.. ...#.",
+    ">": ".#... ..#.. ...#. ....# ...#. ..#.. .#...",
+    "|": "..#.. ..#.. ..#.. ..#.. ..#.. ..#.. ..#..",
+    "_": "..... ..... ..... ..... ..... ..... #####",
+    "%": "##... ##..# ...#. ..#.. .#... #..## ...##",
+    "*": "..... ..#.. #.#.# .###. #.#.# ..#.. .....",
+    "!": "..#.. ..#.. ..#.. ..#.. ..#.. ..... ..#..",
+    "?": ".###. #...# ....# ...#. ..#.. ..... ..#..",
+    "'": "..#.. ..#.. .#... ..... ..... ..... .....",
+}
+
+_CELL_W, _CELL_H = 5, 9          # glyph cell (with two rows below the baseline)
+_ADVANCE, _LINE = _CELL_W + 1, _CELL_H + 1
+
+
+def _glyph_table() -> dict:
+    table = {}
+    for ch, rows in _GLYPHS.items():
+        g = np.zeros((_CELL_H, _CELL_W), dtype=bool)
+        for y, row in enumerate(rows.split()):
+            g[y] = [c == "#" for c in row]
+        table[ch] = g
+    return table
+
+
+_FONT = _glyph_table()
+
+
+def text_size(text: str, scale: int = 1) -> tuple:
+    """``(height, width)`` in pixels of ``text`` (lines split at ``\\n``) drawn by :func:`draw_text`."""
+    lines = str(text).split("\n")
+    w = max(len(s) for s in lines) * _ADVANCE - 1 if any(lines) else 0
+    return (len(lines) * _LINE - 1) * int(scale), max(w, 0) * int(scale)
+
+
+def text_mask(text: str, scale: int = 1) -> np.ndarray:
+    """A boolean ink mask of ``text`` in the built-in 5x7 font, each pixel enlarged ``scale`` times.
+
+    Glyphs are 5 pixels wide with one pixel between characters; a line is 9 pixels
+    high (7 above the baseline, 2 below) with one pixel between lines.
+    """
+    lines = str(text).split("\n")
+    h, w = text_size(text, 1)
+    mask = np.zeros((h, w), dtype=bool)
+    for i, line in enumerate(lines):
+        for j, ch in enumerate(line):
+            y, x = i * _LINE, j * _ADVANCE
+            mask[y:y + _CELL_H, x:x + _CELL_W] = _FONT.get(ch, _FONT["?"])
+    return _upscale(mask, scale)
+
+
+def draw_text(img: np.ndarray, text: str, x: int, y: int, color=(0, 0, 0), scale: int = 1) -> np.ndarray:
+    """Draw ``text`` into the RGB uint8 array ``img`` (in place) with its top-left corner at
+    ``(x, y)``; what falls outside the image is clipped. Returns ``img``."""
+    m = text_mask(text, scale)
+    H, W = img.shape[:2]
+    y0, x0 = max(0, -y), max(0, -x)
+    y1, x1 = min(m.shape[0], H - y), min(m.shape[1], W - x)
+    if y1 > y0 and x1 > x0:
+        region = img[y + y0:y + y1, x + x0:x + x1]
+        region[m[y0:y1, x0:x1]] = np.asarray(color, dtype=np.uint8)
+    return img
+
+
 def heatmap(relevance, cmap="bwr", symmetric: bool = True, level: float = 1.0, vmin=None, vmax=None,
             image=None, alpha: float = 0.7, scale: int = 1, channel_axis="auto", reduce: str = "sum",
             nan_color=(128, 128, 128)) -> np.ndarray:
@@ -267,16 +424,65 @@ def heatmap(relevance, cmap="bwr", symmetric: bool = True, level: float = 1.0, v
     return _upscale(np.clip(np.round(rgb), 0, 255).astype(np.uint8), scale)
 
 
+def auto_text_scale(width: int) -> int:
+    """The font enlargement used for a tile ``width`` pixels wide: one step per 100
+    pixels, 1 to 3."""
+    return max(1, min(3, int(width) // 100))
+
+
+def label_strip(text: str, width: int, lines: Optional[int] = None, scale: int = 1,
+                fill=(255, 255, 255), color=(0, 0, 0)) -> np.ndarray:
+    """``text`` (lines split at ``\\n``) centred in a strip ``width`` pixels wide and ``lines``
+    lines high (default: as many as the text has) with one font pixel above:
+    height ``(lines * 10 + 1) * scale``. Text wider than the strip is clipped."""
+    rows = str(text).split("\n")
+    n = len(rows) if lines is None else int(lines)
+    out = np.empty(((n * _LINE + 1) * scale, int(width), 3), dtype=np.uint8)
+    out[...] = np.asarray(fill, dtype=np.uint8)
+    for i, row in enumerate(rows[:n]):
+        w = text_size(row, scale)[1]
+        draw_text(out, row, (out.shape[1] - w) // 2, (1 + i * _LINE) * scale, color, scale)
+    return out
+
+
 def image_grid(tiles: Sequence[np.ndarray], ncols: Optional[int] = None, pad: int = 2,
-               fill=(255, 255, 255)) -> np.ndarray:
-    """Arrange RGB uint8 tiles of one size into a grid (row-major), ``pad`` pixels apart."""
+               fill=(255, 255, 255), labels: Optional[Sequence[str]] = None,
+               text_scale: Optional[int] = None) -> np.ndarray:
+    """Arrange RGB uint8 tiles of one size into a grid (row-major), ``pad`` pixels apart.
+
+    ``labels`` (one string per tile, ``None`` or ``""`` for none; ``\\n`` starts a new
+    line) are written above their tiles in the built-in font (:func:`label_strip`):
+    every cell gets a strip as high as the label with the most lines needs, and cells
+    are widened to the widest label plus one space where that is wider than a tile
+    (the tile is then centred). ``text_scale`` enlarges the font (default :func:`auto_text_scale` of the
+    tile width).
+    """
     tiles = [np.asarray(t) for t in tiles]
     if not tiles:
         raise ValueError("no images to put in a grid")
-    h, w = tiles[0].shape[:2]
+    tiles = [t if t.ndim == 3 else np.repeat(t[..., None], 3, axis=-1) for t in tiles]
     for t in tiles:
         if t.shape != tiles[0].shape:
             raise ValueError(f"grid tiles must share one shape, got {t.shape} and {tiles[0].shape}")
+    if labels is not None:
+        labels = ["" if s is None else str(s) for s in labels]
+        if len(labels) != len(tiles):
+            raise ValueError(f"{len(labels)} labels for {len(tiles)} grid tiles")
+        h, w = tiles[0].shape[:2]
+        k = int(text_scale) if text_scale else auto_text_scale(w)
+        n = max(s.count("\n") + 1 for s in labels)
+        cw = max([w] + [text_size(s, k)[1] + _ADVANCE * k for s in labels])  # a space between labels
+        x = (cw - w) // 2
+
+        def cell(text, tile):
+            out = label_strip(text, cw, n, k, fill)
+            body = np.empty((h, cw, 3), dtype=np.uint8)
+            body[...] = np.asarray(fill, dtype=np.uint8)
+            body[:, x:x + w] = tile
+            return np.concatenate([out, body])
+
+        tiles = [cell(s, t) for s, t in zip(labels, tiles)]
+    h, w = tiles[0].shape[:2]
     n = len(tiles)
     if ncols is None:
         ncols = int(math.ceil(math.sqrt(n)))
@@ -287,25 +493,84 @@ def image_grid(tiles: Sequence[np.ndarray], ncols: Optional[int] = None, pad: in
     for i, t in enumerate(tiles):
         r, c = divmod(i, ncols)
         y, x = pad + r * (h + pad), pad + c * (w + pad)
-        out[y:y + h, x:x + w] = t if t.ndim == 3 else t[..., None]
+        out[y:y + h, x:x + w] = t
+    return out
+
+
+def _tick(v: float) -> str:
+    return "0" if v == 0 else f"{v:+.3g}"
+
+
+def colorbar_strip(width: int, cmap="bwr", level: float = 1.0, vmin=None, vmax=None, symmetric: bool = True,
+                   scale: int = 1, margin: int = 2, fill=(255, 255, 255)) -> np.ndarray:
+    """A colour bar: the palette as a left-to-right gradient in a gray frame, ``8 * scale``
+    pixels high inside, with the value range written under its ends and centre.
+
+    With ``vmin`` and ``vmax`` the ticks are those values and their middle (e.g.
+    ``-0.12  0  +0.12``); without, each panel was normalised on its own and the ticks
+    read ``-max  0  +max`` (``min  max`` when not ``symmetric``) over the caption
+    "each panel scaled to its own max |R|" ("min..max"). The strip is at least as wide
+    as its text needs (``margin`` pixels each side). Height ``8 * scale + 2 + 1 + (10 *
+    lines + 1) * scale`` where lines is 1 (values) or 2 (with the caption).
+    """
+    k = int(scale)
+    if vmin is not None and vmax is not None:
+        lo, hi = float(vmin), float(vmax)
+        ticks, caption = (_tick(lo), _tick((lo + hi) / 2), _tick(hi)), None
+    elif symmetric:
+        ticks, caption = ("-max", "0", "+max"), "each panel scaled to its own max |R|"
+    else:
+        ticks, caption = ("min", "", "max"), "each panel scaled to its own min..max"
+    gap = 2 * _ADVANCE * k
+    need = max(sum(text_size(t, k)[1] for t in ticks) + 2 * gap,
+               text_size(caption, k)[1] if caption else 0) + 2 * margin
+    width = max(int(width), need)
+    bar_w, bar_h = width - 2 * margin, 8 * k + 2
+    text_h = ((2 if caption else 1) * _LINE + 1) * k
+    out = np.empty((bar_h + 1 + text_h, width, 3), dtype=np.uint8)
+    out[...] = np.asarray(fill, dtype=np.uint8)
+    pal = get_cmap(cmap).palette(level)
+    inner = bar_w - 2
+    idx = np.round(np.arange(inner) * (255.0 / max(inner - 1, 1))).astype(np.int64)
+    out[0:bar_h, margin:margin + bar_w] = 128  # the frame
+    out[1:bar_h - 1, margin + 1:margin + 1 + inner] = pal[idx][None]
+    y = bar_h + 1 + k
+    left, mid, right = ticks
+    draw_text(out, left, margin, y, scale=k)
+    draw_text(out, mid, margin + (bar_w - text_size(mid, k)[1]) // 2, y, scale=k)
+    draw_text(out, right, margin + bar_w - text_size(right, k)[1], y, scale=k)
+    if caption:
+        draw_text(out, caption, (width - text_size(caption, k)[1]) // 2, y + _LINE * k, scale=k)
     return out
 
 
 def heatmap_grid(relevances, images=None, ncols: Optional[int] = None, pad: int = 2, shared_norm: bool = False,
-                 side_by_side: bool = False, **kw) -> np.ndarray:
+                 side_by_side: bool = False, labels: Optional[Sequence[str]] = None, colorbar: bool = False,
+                 text_scale: Optional[int] = None, **kw) -> np.ndarray:
     """Heatmaps of several samples ``(N, ...)`` in a grid (RGB uint8 array).
 
     Each heatmap is normalised on its own (as zennit's grids), or all with one
-    bound (``shared_norm=True``). ``images`` (the inputs, ``(N, ...)``) are laid
-    under the heatmaps, or shown next to each (``side_by_side=True``). Other
-    keywords go to :func:`heatmap`.
+    bound (``shared_norm=True``: ``[-max|R|, max|R|]`` over all samples, or their
+    ``[min, max]`` when not symmetric). ``images`` (the inputs, ``(N, ...)``) are laid
+    under the heatmaps, or shown next to each (``side_by_side=True``).
+
+    ``labels``: one text per sample written above its panel (e.g. from
+    :func:`store_labels`; see :func:`image_grid`). ``colorbar=True`` adds a colour bar
+    under the grid with the value range (:func:`colorbar_strip`); the image then grows by
+    the bar's height, and in width only where the grid is narrower than the bar's
+    text. ``text_scale`` enlarges the font of both (default by the panel width,
+    :func:`auto_text_scale`). Other keywords go to :func:`heatmap`.
     """
     R = [np.asarray(r) for r in relevances]
+    symmetric = kw.get("symmetric", True)
     if shared_norm and "vmin" not in kw and "vmax" not in kw:
-        m = max((float(np.nanmax(np.abs(reduce_channels(r, kw.get("channel_axis", "auto"))))) for r in R),
-                default=0.0)
-        if kw.get("symmetric", True):
+        maps = [reduce_channels(r, kw.get("channel_axis", "auto"), kw.get("reduce", "sum")) for r in R]
+        finite = np.concatenate([m[np.isfinite(m)].ravel() for m in maps]) if maps else np.zeros(0)
+        if finite.size and symmetric:
+            m = float(np.abs(finite).max())
             kw["vmin"], kw["vmax"] = -m, m
+        elif finite.size:
+            kw["vmin"], kw["vmax"] = float(finite.min()), float(finite.max())
     scale = kw.get("scale", 1)
     tiles = []
     for i, r in enumerate(R):
@@ -317,7 +582,48 @@ def heatmap_grid(relevances, images=None, ncols: Optional[int] = None, pad: int 
             tiles.append(np.concatenate([base, gap, hm], axis=1))
         else:
             tiles.append(heatmap(r, image=img, **kw))
-    return image_grid(tiles, ncols=ncols, pad=pad)
+    grid = image_grid(tiles, ncols=ncols, pad=pad, labels=labels, text_scale=text_scale)
+    if not colorbar:
+        return grid
+    k = int(text_scale) if text_scale else auto_text_scale(tiles[0].shape[1])
+    bar = colorbar_strip(grid.shape[1], kw.get("cmap", "bwr"), kw.get("level", 1.0), kw.get("vmin"), kw.get("vmax"),
+                         symmetric, k, margin=max(pad, 2))
+    out = np.full((grid.shape[0] + bar.shape[0] + pad, max(grid.shape[1], bar.shape[1]), 3), 255, dtype=np.uint8)
+    out[:grid.shape[0], :grid.shape[1]] = grid
+    out[grid.shape[0]:grid.shape[0] + bar.shape[0], :bar.shape[1]] = bar
+    return out
+
+
+def store_labels(store, indices=None, target_index: int = 0) -> list:
+    """Panel labels from a relevance store (the dict of :func:`fastlrp.dataset.load_store`,
+    or any mapping with its ``target`` and ``output`` arrays, optionally ``valid``
+    and ``meta``): ``"#12 t=3 p=5"`` for sample 12 explained for class 3 and
+    predicted as class 5 (the arg-max of its output). ``t=`` is left out where no
+    class was explained (a seed relevance, target -1) and ``p=`` where the output is
+    not finite; samples marked not valid read ``"#12 skipped"``. ``target_index``
+    picks the target of a multi-target store.
+    """
+    target, output = store["target"], store["output"]
+    valid = store.get("valid")
+    multi = bool((store.get("meta") or {}).get("multi_target")) or len(target.shape) > 1
+    if indices is None:
+        indices = range(target.shape[0])
+    out = []
+    for i in indices:
+        i = int(i)
+        if valid is not None and not int(np.asarray(valid[i])):
+            out.append(f"#{i} skipped")
+            continue
+        t = np.asarray(target[i])
+        t = int(t.reshape(-1)[target_index]) if multi else int(t)
+        o = np.asarray(output[i], dtype=np.float64).reshape(-1)
+        parts = [f"#{i}"]
+        if t >= 0:
+            parts.append(f"t={t}")
+        if o.size and np.isfinite(o).all():
+            parts.append(f"p={int(o.argmax())}")
+        out.append(" ".join(parts))
+    return out
 
 
 def save_png(rgb: np.ndarray, path) -> str:
