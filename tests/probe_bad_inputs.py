@@ -545,6 +545,104 @@ for _name, _fn in CLI_CASES.items():
 
 
 # ------------------------------------------------------------------------------------------
+# the dataset store: a week-long run left alone must end right or say it is not
+
+
+def _store_run(kind: str, x=None, chunk=8):
+    """A complete store of 32 samples in chunks of 8 (zarr or .npy), its explainer and data."""
+    from fastlrp.dataset import explain_dataset
+
+    x = data(32) if x is None else x
+    path = os.path.join(tmpdir(), "r.zarr" if kind == "zarr" else "r.npy")
+    ex = explainer("reference")
+    explain_dataset(ex, x, path, chunk_size=chunk, quiet=True)
+    return ex, x, path
+
+
+def _relevance_files(path: str) -> list:
+    """The files that hold relevance chunks (zarr), or the relevance array file (.npy)."""
+    if path.endswith(".npy"):
+        return [path]
+    root = os.path.join(path, "relevance")
+    return sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if not f.startswith(("zarr.", ".z")))
+
+
+def _damage(path: str, how: str) -> None:
+    files = _relevance_files(path)
+    f = files[len(files) // 2]
+    raw = bytearray(open(f, "rb").read())
+    if how == "delete":
+        os.remove(f)
+        return
+    if how == "flip":
+        raw[len(raw) - 17] ^= 0x5A
+    elif how == "truncate":
+        raw = raw[: len(raw) // 2]
+    with open(f, "wb") as fh:
+        fh.write(bytes(raw))
+
+
+def _resume_repairs(kind, how):
+    def run():
+        import warnings
+
+        from fastlrp.dataset import explain_dataset, load_store, verify_store
+
+        ex, x, path = _store_run(kind)
+        _damage(path, how)
+        report = verify_store(path)
+        expect(not report.ok, f"verify_store passed a store with a chunk {_PAST[how]}")
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            explain_dataset(ex, x, path, chunk_size=8, quiet=True)
+        st = load_store(path)
+        expect(close(np.asarray(st["relevance"][:]), ex.explain(x), rtol=1e-12, atol=1e-12),
+               f"after a chunk {_PAST[how]} the resumed store differs from the model's relevance")
+        expect(np.asarray(st["valid"][:]).all(), "samples not marked valid after the repair")
+        expect(verify_store(path).ok, "verify_store still reports problems after the repair")
+        return f"verify_store found it; the resume recomputed it ({report.problems[0][:80]})"
+    return run
+
+
+def _changed_source(kind, where):
+    def run():
+        from fastlrp.dataset import explain_dataset
+
+        ex, x, path = _store_run(kind)
+        y = x.copy()
+        y[{"first": 0, "later": 20, "last": 31}[where]] += 1.0
+        explain_dataset(ex, y, path, chunk_size=8, quiet=True)
+        raise Wrong(f"a source changed in its {where} chunk was resumed")
+    return run
+
+
+_PAST = {"delete": "deleted", "flip": "with a flipped byte", "truncate": "truncated"}
+for _kind in ("zarr", "npy"):
+    for _how in ("delete", "flip", "truncate"):
+        if not (_kind == "npy" and _how == "delete"):
+            case("store", f"{_kind}: a relevance chunk {_PAST[_how]}")(_resume_repairs(_kind, _how))
+    for _where in ("first", "later", "last"):
+        case("store", f"{_kind}: source changed in the {_where} chunk after a complete run")(
+            _changed_source(_kind, _where))
+
+
+@case("store", "verify a path that is not a store")
+def _verify_not_a_store():
+    from fastlrp.dataset import verify_store
+
+    report = verify_store(tmpdir())
+    expect(not report.ok, "an empty directory verified as a store")
+    return f"not ok: {report.problems[0][:80]}"
+
+
+@case("store", "fastlrp verify on a damaged store")
+def _cli_verify():
+    ex, x, path = _store_run("zarr")
+    _damage(path, "flip")
+    return _cli("verify", path)
+
+
+# ------------------------------------------------------------------------------------------
 # running
 
 
