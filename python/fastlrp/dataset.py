@@ -35,6 +35,7 @@ with :class:`StoreMismatchError` (``overwrite=True`` replaces it).
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import itertools
 import json
@@ -443,13 +444,13 @@ def _layout(meta, n) -> dict:
     K, C, dt = int(meta["n_targets"]), int(meta["chunk_size"]), np.dtype(meta["dtype"])
     multi = bool(meta["multi_target"])
     n_chunks = -(-n // C)
-    return {
+    return {  # the records first: a kill while the files are made leaves no data file without them
+        "done": ((n_chunks,), np.dtype(np.uint64), 1, 0),
+        "checksum": ((n_chunks,), np.dtype(np.uint64), 1, 0),
         "relevance": (((n, K) if multi else (n,)) + in_shape, dt, C, np.nan),
         "output": ((n,) + out_shape, dt, C, np.nan),
         "target": ((n, K) if multi else (n,), np.dtype(np.int64), C, -1),
         "valid": ((n,), np.dtype(np.uint8), C, 0),
-        "done": ((n_chunks,), np.dtype(np.uint64), 1, 0),
-        "checksum": ((n_chunks,), np.dtype(np.uint64), 1, 0),
     }
 
 
@@ -875,8 +876,8 @@ def _create(kind, path, meta) -> _Store:
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)  # a plain OSError when the place is not writable (zarr 2 says KeyError)
     tmp = f"{os.path.abspath(path)}.fastlrp-new-{os.getpid()}"
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)
+    for old in glob.glob(glob.escape(os.path.abspath(path)) + ".fastlrp-new-*"):  # left by a killed creation
+        shutil.rmtree(old, ignore_errors=True)
     g = zarr.open_group(tmp, mode="a")
     for name, (shape, dt, rows, fill) in _layout(meta, 0 if n is None else n).items():
         _zarr_create(g, name, shape, (rows,) + shape[1:], dt, fill)
@@ -889,9 +890,9 @@ def _create(kind, path, meta) -> _Store:
 
 
 def _open_arrays(kind, path, meta, repair: bool) -> tuple:
-    """(name -> array, problems found, the zarr group). A missing or damaged array
-    file is rebuilt empty when ``repair`` (its chunks then fail their checksums
-    and are recomputed), else left out (None)."""
+    """(name -> array, problems found: [(name, file, what is wrong)], the zarr
+    group). A missing or damaged array file is rebuilt empty when ``repair`` (its
+    chunks then fail their checksums and are recomputed), else left out (None)."""
     n = meta.get("n_samples")
     arrays, problems = {}, []
     if kind == "npy":
@@ -899,7 +900,7 @@ def _open_arrays(kind, path, meta, repair: bool) -> tuple:
         for name, (shape, dt, _, _) in _layout(meta, int(n)).items():
             arrays[name], why = _NpyFile.open(p[name], shape, dt, repair=repair)
             if why:
-                problems.append(f"{p[name]}: {why}")
+                problems.append((name, p[name], why))
         return arrays, problems, None
     zarr = _import_zarr()
     g = zarr.open_group(path, mode="r+" if repair else "r")
@@ -918,7 +919,7 @@ def _open_arrays(kind, path, meta, repair: bool) -> tuple:
         except Exception as e:  # noqa: BLE001 - missing or undecodable array metadata
             arr, why = None, f"missing or unreadable ({type(e).__name__})"
         if why:
-            problems.append(f"{os.path.join(path, name)}: {why}")
+            problems.append((name, os.path.join(path, name), why))
             arr = _zarr_create(g, name, shape, (rows,) + shape[1:], dt, fill) if repair else None
         arrays[name] = arr
     return arrays, problems, g
@@ -926,10 +927,16 @@ def _open_arrays(kind, path, meta, repair: bool) -> tuple:
 
 def _open_existing(kind, path, meta, fresh=False) -> _Store:
     arrays, problems, group = _open_arrays(kind, path, meta, repair=True)
-    if problems and not fresh:
+    store = _Store(kind, path, meta, arrays, group=group)
+    bad = {name: why for name, _, why in problems}
+    # a kill while the store was made leaves missing files but loses nothing: no computed chunk was recorded
+    lost = (np.count_nonzero(store.done_flags()) > 0) if "done" not in bad else \
+        any(bad.get(k) != "missing" for k in _DATA + ("checksum",))
+    if problems and lost and not fresh:
         warnings.warn(f"the store at {path} had damaged or missing files, rebuilt empty (the chunks they held are "
-                      f"recomputed): {'; '.join(problems)}", StoreDamageWarning, stacklevel=4)
-    return _Store(kind, path, meta, arrays, group=group)
+                      f"recomputed): {'; '.join(f'{f}: {why}' for _, f, why in problems)}", StoreDamageWarning,
+                      stacklevel=4)
+    return store
 
 
 def load_store(path: str) -> dict:
@@ -1449,7 +1456,7 @@ def verify_store(path, source=None, key: Optional[str] = None, quiet: bool = Tru
     except (StoreMismatchError, ImportError, OSError, ValueError, TypeError, KeyError) as e:
         rep.problems.append(str(e))
         return rep
-    rep.problems += [f"{p} (run the same explain_dataset call again to rebuild it)" for p in problems]
+    rep.problems += [f"{f}: {why} (run the same explain_dataset call again to rebuild it)" for _, f, why in problems]
     if arrays["done"] is None or arrays["checksum"] is None or arrays["relevance"] is None:
         return rep
     st = _Store(kind, path, meta, arrays)
