@@ -212,7 +212,8 @@ FS_CALLS = ("open", "pwrite", "replace", "rename", "mkdir", "posix_fallocate", "
 
 
 def _run_interrupted(monkeypatch, x, out, k):
-    """Run, raising Interrupt at the k-th file-system call (k=0: never); the calls made."""
+    """Run, raising Interrupt at the k-th file-system call (k=0: never); the calls made.
+    ``x`` is an array or a function giving an iterable."""
     calls = []
 
     def counting(name, fn):
@@ -228,26 +229,30 @@ def _run_interrupted(monkeypatch, x, out, k):
             if hasattr(os, name):
                 m.setattr(os, name, counting(name, getattr(os, name)))
         try:
-            run(x, out, chunk_size=8)
+            run(x() if callable(x) else x, out, chunk_size=8)
         except Interrupt:
             pass
     return calls
 
 
-@pytest.mark.parametrize("fmt", FMTS)
-def test_interrupted_at_every_filesystem_call_resumes(tmp_path, fmt, monkeypatch):
+@pytest.mark.parametrize("fmt,source", [("zarr", "array"), ("npy", "array"), ("zarr", "iterable")])
+def test_interrupted_at_every_filesystem_call_resumes(tmp_path, fmt, source, monkeypatch):
     """An interruption at the k-th file-system call of a run (creation included):
     the next run completes the store, bitwise as an uninterrupted run. Every call
     of the creation is tried (zarr: up to the rename into place), then every
-    third call while chunks are written."""
+    fourth call while chunks are written. An iterable of unknown length grows the
+    zarr store as it goes (every sixth call tried, then resumed from the array)."""
     x = data(12)
     ref = reference(tmp_path, x, fmt)
-    calls = _run_interrupted(monkeypatch, x, tmp_path / f"all.{fmt}", 0)
+    src = (lambda: (x[a:a + 5] for a in range(0, 12, 5))) if source == "iterable" else x
+    calls = _run_interrupted(monkeypatch, src, tmp_path / f"all.{fmt}", 0)
     made = calls.index("rename") + 1 if fmt == "zarr" else len(calls)
     assert made > 10
-    for k in [*range(1, made + 2), *range(made + 2, len(calls) + 1, 3)]:
+    points = [*range(1, made + 2), *range(made + 2, len(calls) + 1, 4)] if source == "array" else \
+        range(1, len(calls) + 1, 6)
+    for k in points:
         out = tmp_path / f"s{k}.{fmt}"
-        _run_interrupted(monkeypatch, x, out, k)
+        _run_interrupted(monkeypatch, src, out, k)
         run(x, out)
         same_store(ref, out)
 

@@ -643,12 +643,12 @@ class _Store:
             return
         if self.kind != "zarr":
             raise InputError(f"the .npy store at {self.path} holds {self.n} samples; the data has more")
-        for arr in (self.relevance, self.output, self.target, self.valid):
-            arr.resize((n,) + tuple(arr.shape[1:]))
         nc = -(-n // self.chunk)
-        for arr in (self.done, self.checksum):
-            if nc > arr.shape[0]:
-                arr.resize((nc,))
+        # each array on its own (a kill between them leaves some longer), the relevance (self.n) last
+        for arr, m in ((self.done, nc), (self.checksum, nc), (self.output, n), (self.target, n), (self.valid, n),
+                       (self.relevance, n)):
+            if arr.shape[0] < m:
+                arr.resize((m,) + tuple(arr.shape[1:]))
 
     # -- chunks ------------------------------------------------------------------------
     def read_chunk(self, c: int) -> tuple:
@@ -847,10 +847,11 @@ def open_store(path: str, meta: dict, overwrite: bool = False) -> _Store:
         old = _read_meta(path)
     if old is not None:
         _check_meta(path, old, meta)
-        merged = dict(old)
-        if merged.get("n_samples") is None and meta.get("n_samples") is not None:
-            merged["n_samples"] = meta["n_samples"]
-        return _open_existing(kind, path, merged)
+        store = _open_existing(kind, path, dict(old))
+        if old.get("n_samples") is None and meta.get("n_samples") is not None:  # a zarr store of unknown length
+            store.ensure_length(int(meta["n_samples"]))
+            store.meta["n_samples"] = int(meta["n_samples"])
+        return store
     try:
         return _create(kind, path, meta)
     except (PermissionError, FileNotFoundError, NotADirectoryError, IsADirectoryError, OSError) as e:
@@ -914,7 +915,8 @@ def _open_arrays(kind, path, meta, repair: bool) -> tuple:
         why = None
         try:
             arr = g[name]
-            if tuple(arr.shape) != shape or np.dtype(arr.dtype) != dt or tuple(arr.chunks) != (rows,) + shape[1:]:
+            got = tuple(arr.shape) if n is not None else (shape[0],) + tuple(arr.shape[1:])  # unknown length: any
+            if got != shape or np.dtype(arr.dtype) != dt or tuple(arr.chunks) != (rows,) + shape[1:]:
                 why = f"shape {tuple(arr.shape)} {np.dtype(arr.dtype)}, expected {shape} {dt}"
         except Exception as e:  # noqa: BLE001 - missing or undecodable array metadata
             arr, why = None, f"missing or unreadable ({type(e).__name__})"
