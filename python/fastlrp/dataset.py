@@ -11,25 +11,35 @@ chunk and writes each finished chunk to a store:
       output     (N, *output_shape)   the model's output (logits)
       target     (N,) or (N, K) int64 the explained output index (-1: a given seed, or skipped)
       valid      (N,) uint8           1 = explained, 0 = skipped (NaN/Inf in the input or output)
-      done       (n_chunks,) uint64   per-chunk done marker (0 = not done), chunked one per file
+      done       (n_chunks,) uint64   per chunk: hash of its input (0 = not done), one per file
+      checksum   (n_chunks,) uint64   per chunk: hash of ``done`` and of the rows stored, one per file
 
   and the group attribute ``"fastlrp"`` (graph fingerprint, composite, target
   spec, shapes, ...);
-- a set of **.npy** memory maps (``out`` ends in ``.npy``): ``out`` holds the
+- a set of **.npy** files (``out`` ends in ``.npy``): ``out`` holds the
   relevance, ``<stem>.output.npy``, ``<stem>.target.npy``, ``<stem>.valid.npy``,
-  ``<stem>.done.npy`` the rest and ``<stem>.json`` the metadata. Needs the number
-  of samples in advance.
+  ``<stem>.done.npy``, ``<stem>.checksum.npy`` the rest and ``<stem>.json`` the
+  metadata. Needs the number of samples in advance. The files are allocated to
+  their full size when the store is made and written with file I/O (never
+  through a memory map), so a full disk is an :class:`OSError` naming the file.
 
-Resuming. A chunk's done marker is written only after all of its data has been
-written (zarr writes each chunk file atomically; memory maps are flushed first),
-so a run killed at any moment leaves every chunk either marked and complete, or
-unmarked and recomputed by the next run. Running the same call again computes
-only the unmarked chunks. The marker is a 64-bit hash of the chunk's input
-values: when a store is resumed from an iterable, the chunks already done are
-checked against the data the iterable yields again (a shuffled DataLoader is
-refused, not silently mixed). A store made for another model (graph
-fingerprint), composite, target specification or number of samples is refused
-with :class:`StoreMismatchError` (``overwrite=True`` replaces it).
+Resuming and integrity. A chunk's record -- ``checksum`` then ``done`` -- is
+written after all of its rows, so a run killed at any moment leaves every chunk
+either recorded or recomputed by the next run. Every run on an existing store
+(a complete one included) checks every recorded chunk before computing
+anything: its stored rows must read back and hash to its checksum (a deleted,
+truncated or altered chunk file is recomputed, with a
+:class:`StoreDamageWarning`), and its input hash must match the source's samples
+(a changed source is refused with :class:`StoreMismatchError` naming the chunks
+and samples; ``overwrite=True``, on the command line ``--overwrite``, recomputes
+the store). For an iterable source the check happens as the iterable yields the
+chunk again (a shuffled DataLoader is refused, not silently mixed). The
+metadata are written atomically (temporary file, fsync, rename); a zarr store
+is made in a temporary directory and renamed into place; the .npy store writes
+its metadata first and remakes any array file that is missing or damaged. A
+store made for another model (graph fingerprint), composite, target
+specification or number of samples is refused with :class:`StoreMismatchError`.
+:func:`verify_store` (``fastlrp verify``) checks a store end to end.
 """
 
 from __future__ import annotations
