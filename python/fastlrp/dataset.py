@@ -714,9 +714,6 @@ class _Store:
         else:
             _write_json(_npy_paths(self.path)["meta"], self.meta)
 
-    def close(self):
-        pass
-
 
 def _npy_paths(path: str) -> dict:
     stem = path[:-4]
@@ -940,11 +937,13 @@ def _open_arrays(kind, path, meta, repair: bool) -> tuple:
 def _open_existing(kind, path, meta, fresh=False) -> _Store:
     arrays, problems, group = _open_arrays(kind, path, meta, repair=True)
     store = _Store(kind, path, meta, arrays, group=group)
+    if not problems or fresh:
+        return store
     bad = {name: why for name, _, why in problems}
     # a kill while the store was made leaves missing files but loses nothing: no computed chunk was recorded
     lost = (np.count_nonzero(store.done_flags()) > 0) if "done" not in bad else \
         any(bad.get(k) != "missing" for k in _DATA + ("checksum",))
-    if problems and lost and not fresh:
+    if lost:
         warnings.warn(f"the store at {path} had damaged or missing files, rebuilt empty (the chunks they held are "
                       f"recomputed): {'; '.join(f'{f}: {why}' for _, f, why in problems)}", StoreDamageWarning,
                       stacklevel=4)
@@ -1363,7 +1362,6 @@ def _run(explainer, src, out, target, batch_size, chunk_size, memory_budget, non
             if ok:
                 store.set_meta(complete=bool(np.count_nonzero(store.done_flags()[: -(-n // C)]) == -(-n // C)),
                                n_samples=int(n))
-            store.close()
     res = DatasetResult.from_store(store, n, computed, computed_chunks, reused, time.perf_counter() - t_start,
                                    damaged=[c for c, _, _ in damaged])
     if damaged:
