@@ -1419,8 +1419,9 @@ class StoreReport:
         return not self.problems
 
     def __str__(self):
-        head = (f"{self.path}: {self.done_chunks} of {self.n_chunks} chunks done, "
-                f"{'OK' if self.ok else f'{len(self.problems)} problem(s)'}")
+        state = "OK" if self.ok else f"{len(self.problems)} problem(s)"
+        head = f"{self.path}: {self.done_chunks} of {self.n_chunks} chunks done, {state}" if self.n_chunks else \
+            f"{self.path}: {state}"
         lines = [f"  - {p}" for p in self.problems[:50]]
         if len(self.problems) > 50:
             lines.append(f"  ... and {len(self.problems) - 50} more")
