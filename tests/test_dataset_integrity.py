@@ -21,7 +21,7 @@ import pytest
 
 import fastlrp
 from fastlrp import cli
-from fastlrp.dataset import StoreDamageWarning, StoreMismatchError, explain_dataset, load_store, verify_store
+from fastlrp.dataset import StoreDamageWarning, StoreMismatchError, explain_dataset, verify_store
 
 pytest.importorskip("zarr")
 
