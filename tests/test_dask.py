@@ -13,7 +13,7 @@ import fastlrp  # noqa: E402
 import fastlrp.dask as fdask  # noqa: E402
 from fastlrp.dataset import InputError, StoreMismatchError, explain_dataset, load_store  # noqa: E402
 
-ARRAYS = ("relevance", "output", "target", "valid", "done")
+ARRAYS = ("relevance", "output", "target", "valid", "done", "checksum")
 
 
 from _graphs import small_graph  # noqa: E402
@@ -91,3 +91,79 @@ def test_dask_resumes(tmp_path, client):
                            quiet=True)
     with pytest.raises(InputError, match="expects"):
         fdask.explain_dask(g, x[:, :, :5], tmp_path / "t.zarr", backend="reference", client=client, quiet=True)
+
+
+# ------------------------------------------------------------------------------------------
+# worker processes, and a worker killed mid-run
+
+
+def kill_worker_at(block, marker, at, always, block_id=None):
+    """The identity on source blocks, but the worker computing block ``at`` kills its
+    own process (SIGKILL: no cleanup) the first time (every time when ``always``)."""
+    import os
+    import signal
+
+    if block_id[0] == at and (always or not os.path.exists(marker)):
+        open(marker, "a").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return block
+
+
+@pytest.fixture(scope="module")
+def process_client():
+    import dask
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):  # a task may lose one worker
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                      silence_logs=50) as cluster, distributed.Client(cluster) as c:
+            yield c
+
+
+@pytest.fixture(scope="module")
+def proc_case(tmp_path_factory):
+    """A graph file, 60 samples and the single-process store of them."""
+    tmp = tmp_path_factory.mktemp("proc")
+    g = small_graph()
+    g.save(tmp / "g.npz")
+    x = np.random.default_rng(4).normal(size=(60, 1, 6, 6)).astype(np.float32)
+    ex = fastlrp.Explainer(g, "epsilon_plus", backend="reference")
+    explain_dataset(ex, x, tmp / "single.zarr", batch_size=8, quiet=True)
+    return tmp, x
+
+
+def test_worker_processes_and_a_killed_worker(tmp_path, process_client, proc_case):
+    """Two worker processes write one store; the worker explaining chunk 3 is killed
+    (SIGKILL) once: dask retries the task on a fresh worker, the store equals the
+    single-process one bitwise."""
+    da = pytest.importorskip("dask.array")
+    tmp, x = proc_case
+    res = fdask.explain_dask(str(tmp / "g.npz"), da.from_array(x, chunks=(8, 1, 6, 6)), tmp_path / "plain.zarr",
+                             "epsilon_plus", backend="reference", chunk_size=8, client=process_client, quiet=True)
+    assert res.computed == 60 and res.computed_chunks == 8
+    same_store(tmp / "single.zarr", tmp_path / "plain.zarr")
+    src = da.from_array(x, chunks=(8, 1, 6, 6)).map_blocks(kill_worker_at, str(tmp_path / "killed"), 3, False,
+                                                            dtype=x.dtype)
+    res = fdask.explain_dask(str(tmp / "g.npz"), src, tmp_path / "k.zarr", "epsilon_plus", backend="reference",
+                             chunk_size=8, client=process_client, quiet=True)
+    assert (tmp_path / "killed").exists() and res.computed == 60
+    same_store(tmp / "single.zarr", tmp_path / "k.zarr")
+    assert fastlrp.verify_store(tmp_path / "k.zarr", source=x).ok
+
+
+def test_run_that_loses_its_workers_is_resumed(tmp_path, process_client, proc_case):
+    """The worker explaining chunk 5 is killed on every try: the run fails
+    (KilledWorker), the chunks written are kept, a resume completes the store
+    bitwise as a single-process run."""
+    da = pytest.importorskip("dask.array")
+    tmp, x = proc_case
+    src = da.from_array(x, chunks=(8, 1, 6, 6)).map_blocks(kill_worker_at, str(tmp_path / "killed"), 5, True,
+                                                            dtype=x.dtype)
+    with pytest.raises(distributed.KilledWorker):
+        fdask.explain_dask(str(tmp / "g.npz"), src, tmp_path / "k.zarr", "epsilon_plus", backend="reference",
+                           chunk_size=8, client=process_client, quiet=True)
+    report = fastlrp.verify_store(tmp_path / "k.zarr", source=x)
+    assert 5 in report.missing_chunks and not report.damaged_chunks and not report.changed_chunks
+    res = fdask.explain_dask(str(tmp / "g.npz"), x, tmp_path / "k.zarr", "epsilon_plus", backend="reference",
+                             client=process_client, quiet=True)
+    assert res.computed == 60 - 8 * res.reused_chunks and res.reused_chunks == 8 - len(report.missing_chunks)
+    same_store(tmp / "single.zarr", tmp_path / "k.zarr")

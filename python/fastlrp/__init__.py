@@ -47,6 +47,7 @@ __all__ = [
     "rules",
     "max_threads",
     "set_num_threads",
+    "verify_store",
 ]
 
 
@@ -95,6 +96,13 @@ def explain_dataset(explainer, source, out, **kwargs):
     from .dataset import explain_dataset as _explain_dataset
 
     return _explain_dataset(explainer, source, out, **kwargs)
+
+
+def verify_store(path, source=None, **kwargs):
+    """Check a relevance store end to end (see :func:`fastlrp.dataset.verify_store`)."""
+    from .dataset import verify_store as _verify_store
+
+    return _verify_store(path, source, **kwargs)
 
 
 def from_torch(module, example_input=None, **kwargs) -> Graph:

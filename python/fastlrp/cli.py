@@ -1,7 +1,7 @@
 """The command line: ``fastlrp COMMAND`` (also ``python -m fastlrp`` and ``python -m fastlrp.cli``).
 
 Commands are argparse subcommands registered in :data:`COMMANDS` (``info``,
-``explain``, ``heatmap``, ``demo``, ``bench``): each adds its arguments and sets
+``explain``, ``verify``, ``heatmap``, ``demo``, ``bench``): each adds its arguments and sets
 ``handler``, a function of the parsed arguments returning the exit code.
 :func:`add_commands` adds them to any argparse sub-parser object;
 :func:`build_parser` and :func:`main` are the ``fastlrp`` program.
@@ -504,6 +504,26 @@ def cmd_bench(args) -> int:
     return subprocess.call(cmd, cwd=root, env=env)
 
 
+def _add_verify(p: argparse.ArgumentParser):
+    p.add_argument("store", help="a relevance store: a zarr directory, or the .npy file of a .npy store")
+    p.add_argument("--source", help="the data file the store was computed from, to check each chunk's input too")
+    p.add_argument("--key", help="array name inside the --source file")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_verify(args) -> int:
+    """Exit 0: the store is complete and intact; 1: problems found (listed); 2: no store to check."""
+    from .dataset import verify_store
+
+    try:
+        report = verify_store(args.store, source=args.source, key=args.key, quiet=args.quiet)
+    except (InputError, ValueError, OSError, ImportError) as e:
+        print(f"fastlrp verify: error: {e}", file=sys.stderr)
+        return 2
+    print(report)
+    return 0 if report.ok else 1
+
+
 #: name -> (help, add-arguments function or None, handler)
 COMMANDS = {
     "info": ("version, build and backend availability", None, cmd_info),
@@ -513,6 +533,8 @@ COMMANDS = {
     "demo": ("the built-in demo: explain 1797 handwritten digits with a small CNN, write heatmaps", _add_demo,
              cmd_demo),
     "bench": ("run the benchmark harness (bench/bench_NAME.py) from a source checkout", _add_bench, cmd_bench),
+    "verify": ("check a relevance store end to end (every chunk, optionally against its source)", _add_verify,
+               cmd_verify),
 }
 
 

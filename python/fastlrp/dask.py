@@ -28,8 +28,11 @@ from .dataset import (
     DatasetResult,
     NonFiniteSamplesWarning,
     Progress,
+    StoreDamageWarning,
     auto_batch_size,
+    changed_error,
     chunk_hash,
+    damaged_message,
     default_chunk_size,
     explain_chunk,
     open_store,
@@ -68,16 +71,39 @@ def worker_explainer(model, model_key: str, composite, backend: str) -> Explaine
 
 def _chunk_task(x, c, model, model_key, composite, backend, store_path, meta, targets, batch_size, nonfinite):
     """Explain chunk ``c`` (``targets``: the specification for its rows) and write it
-    (data, then the done marker). Returns (c, n, bad indices)."""
+    (data, checksum, then the done marker). Returns (c, n, bad indices)."""
     ex = worker_explainer(model, model_key, composite, backend)
     x = np.asarray(x)
     res = explain_chunk(ex, x, targets, start=c * int(meta["chunk_size"]), nonfinite=nonfinite,
                         batch_size=batch_size)
-    dt = np.dtype(meta["dtype"])
     store = open_store(store_path, meta)
-    store.write(c, res.relevance.astype(dt, copy=False), res.output.astype(dt, copy=False), res.target, res.valid)
-    store.mark_done(c, chunk_hash(x))
+    store.write_chunk(c, res.relevance, res.output, res.target, res.valid, chunk_hash(x))
     return c, int(x.shape[0]), res.nonfinite.tolist()
+
+
+def _check_task(x, c, store_path, meta, done, checksum):
+    """Chunk ``c``, marked done, against its input ``x``: (c, "ok" / "damaged" / "changed")."""
+    return c, open_store(store_path, meta).check(c, done, checksum, np.asarray(x))
+
+
+def _results(client, tasks):
+    """The results of the delayed ``tasks`` as they finish (on ``client``, else dask's threads)."""
+    import dask
+
+    if not tasks:
+        return
+    if client is None:
+        yield from dask.compute(*tasks, scheduler="threads")
+        return
+    from distributed import as_completed
+
+    futures = client.compute(tasks)
+    try:
+        for fut in as_completed(futures):
+            yield fut.result()
+    except BaseException:
+        client.cancel(futures)
+        raise
 
 
 def _as_dask_array(source, key, chunk):
@@ -182,10 +208,9 @@ def explain_dask(
     C = store.chunk
     meta = dict(store.meta)
     x = x.rechunk((C,) + tuple(-1 for _ in x.shape[1:]))
-    flags = store.done_flags()
+    flags, sums = store.done_flags(), store.checksums()
     n_chunks = -(-n // C) if n else 0
-    todo = [c for c in range(n_chunks) if not flags[c]]
-    reused = n_chunks - len(todo)
+    finished = [c for c in range(n_chunks) if flags[c]]
 
     if client is None:
         try:
@@ -198,8 +223,19 @@ def explain_dask(
     model_arg = model
     if client is not None and not isinstance(model, str):
         [model_arg] = client.scatter([graph], broadcast=True, hash=False)
-
     blocks = x.to_delayed().ravel()
+
+    # every finished chunk against the source and its checksum, before anything is computed
+    states = dict(_results(client, [dask.delayed(_check_task, pure=False)(
+        blocks[c], c, out, meta, int(flags[c]), int(sums[c])) for c in finished]))
+    spans = {c: (c, c * C, min(n, (c + 1) * C)) for c in finished}
+    changed = [spans[c] for c in finished if states[c] == "changed"]
+    if changed:
+        raise changed_error(out, changed)
+    damaged = [spans[c] for c in finished if states[c] == "damaged"]
+    todo = [c for c in range(n_chunks) if not flags[c] or states[c] == "damaged"]
+    reused = n_chunks - len(todo)
+
     tasks = [dask.delayed(_chunk_task, pure=False)(  # only its chunk's target rows travel with a task
         blocks[c], c, model_arg, model_key, comp_spec, backend, out, meta, targets.select(slice(c * C, (c + 1) * C)),
         int(batch_size), nonfinite) for c in todo]
@@ -207,30 +243,19 @@ def explain_dask(
     prog = Progress(n, n - sum(min(C, n - c * C) for c in todo), quiet, "explain (dask)")
     bad_all, computed = [], 0
     try:
-        if client is not None and tasks:
-            from distributed import as_completed
-
-            futures = client.compute(tasks)
-            try:
-                for fut in as_completed(futures):
-                    c, k, bad = fut.result()
-                    computed += k
-                    bad_all.extend(bad)
-                    prog.update(k)
-            except BaseException:
-                client.cancel(futures)
-                raise
-        elif tasks:
-            for c, k, bad in dask.compute(*tasks, scheduler="threads"):
-                computed += k
-                bad_all.extend(bad)
-                prog.update(k)
+        for c, k, bad in _results(client, tasks):
+            computed += k
+            bad_all.extend(bad)
+            prog.update(k)
     finally:
         prog.close()
     store = open_store(out, meta)
     all_done = bool(np.count_nonzero(store.done_flags()[:n_chunks]) == n_chunks)
     store.set_meta(complete=all_done, n_samples=n)
-    res = DatasetResult.from_store(store, n, computed, len(todo), reused, time.perf_counter() - t0)
+    res = DatasetResult.from_store(store, n, computed, len(todo), reused, time.perf_counter() - t0,
+                                   damaged=[c for c, _, _ in damaged])
+    if damaged:
+        warnings.warn(damaged_message(out, damaged), StoreDamageWarning, stacklevel=2)
     if bad_all:
         bad_all.sort()
         warnings.warn(f"{len(bad_all)} sample(s) with NaN or Inf values were skipped (relevance NaN, valid=0): "

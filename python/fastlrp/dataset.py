@@ -11,29 +11,41 @@ chunk and writes each finished chunk to a store:
       output     (N, *output_shape)   the model's output (logits)
       target     (N,) or (N, K) int64 the explained output index (-1: a given seed, or skipped)
       valid      (N,) uint8           1 = explained, 0 = skipped (NaN/Inf in the input or output)
-      done       (n_chunks,) uint64   per-chunk done marker (0 = not done), chunked one per file
+      done       (n_chunks,) uint64   per chunk: hash of its input (0 = not done), one per file
+      checksum   (n_chunks,) uint64   per chunk: hash of ``done`` and of the rows stored, one per file
 
   and the group attribute ``"fastlrp"`` (graph fingerprint, composite, target
   spec, shapes, ...);
-- a set of **.npy** memory maps (``out`` ends in ``.npy``): ``out`` holds the
+- a set of **.npy** files (``out`` ends in ``.npy``): ``out`` holds the
   relevance, ``<stem>.output.npy``, ``<stem>.target.npy``, ``<stem>.valid.npy``,
-  ``<stem>.done.npy`` the rest and ``<stem>.json`` the metadata. Needs the number
-  of samples in advance.
+  ``<stem>.done.npy``, ``<stem>.checksum.npy`` the rest and ``<stem>.json`` the
+  metadata. Needs the number of samples in advance. The files are allocated to
+  their full size when the store is made and written with file I/O (never
+  through a memory map), so a full disk is an :class:`OSError` naming the file.
 
-Resuming. A chunk's done marker is written only after all of its data has been
-written (zarr writes each chunk file atomically; memory maps are flushed first),
-so a run killed at any moment leaves every chunk either marked and complete, or
-unmarked and recomputed by the next run. Running the same call again computes
-only the unmarked chunks. The marker is a 64-bit hash of the chunk's input
-values: when a store is resumed from an iterable, the chunks already done are
-checked against the data the iterable yields again (a shuffled DataLoader is
-refused, not silently mixed). A store made for another model (graph
-fingerprint), composite, target specification or number of samples is refused
-with :class:`StoreMismatchError` (``overwrite=True`` replaces it).
+Resuming and integrity. A chunk's record -- ``checksum`` then ``done`` -- is
+written after all of its rows, so a run killed at any moment leaves every chunk
+either recorded or recomputed by the next run. Every run on an existing store
+(a complete one included) checks every recorded chunk before computing
+anything: its stored rows must read back and hash to its checksum (a deleted,
+truncated or altered chunk file is recomputed, with a
+:class:`StoreDamageWarning`), and its input hash must match the source's samples
+(a changed source is refused with :class:`StoreMismatchError` naming the chunks
+and samples; ``overwrite=True``, on the command line ``--overwrite``, recomputes
+the store). For an iterable source the check happens as the iterable yields the
+chunk again (a shuffled DataLoader is refused, not silently mixed). The
+metadata are written atomically (temporary file, fsync, rename); a zarr store
+is made in a temporary directory and renamed into place; the .npy store writes
+its metadata first and remakes any array file that is missing or damaged. A
+store made for another model (graph fingerprint), composite, target
+specification or number of samples is refused with :class:`StoreMismatchError`.
+:func:`verify_store` (``fastlrp verify``) checks a store end to end.
 """
 
 from __future__ import annotations
 
+import errno
+import glob
 import hashlib
 import itertools
 import json
@@ -57,9 +69,13 @@ __all__ = [
     "InputError",
     "NonFiniteSamplesWarning",
     "Progress",
+    "StoreDamageWarning",
     "StoreMismatchError",
+    "StoreReport",
     "auto_batch_size",
+    "changed_error",
     "chunk_hash",
+    "damaged_message",
     "default_chunk_size",
     "explain_chunk",
     "explain_dataset",
@@ -67,10 +83,13 @@ __all__ = [
     "open_source",
     "open_store",
     "run_meta",
+    "stored_hash",
+    "verify_store",
 ]
 
 STORE_FORMAT = "fastlrp.relevance"
-STORE_VERSION = 1
+#: 2: per-chunk checksums of the stored rows (version 1 stores are refused: they cannot be verified)
+STORE_VERSION = 2
 #: target for a relevance chunk: a few tens of MB keeps zarr efficient
 _CHUNK_BYTES = 32 * 2**20
 
@@ -140,9 +159,9 @@ def auto_batch_size(explainer, n_targets: int = 1, memory_budget=None, maximum: 
 def chunk_hash(x: np.ndarray) -> np.uint64:
     """A nonzero 64-bit hash of a chunk's input values (independent of the source dtype)."""
     a = np.ascontiguousarray(x, dtype=np.float64)
-    h = hashlib.blake2b(a.tobytes(), digest_size=8)
+    h = hashlib.sha256(a.reshape(-1).view(np.uint8))
     h.update(repr(a.shape).encode())
-    return np.uint64(int.from_bytes(h.digest(), "little") | 1)
+    return np.uint64(int.from_bytes(h.digest()[:8], "little") | 1)
 
 
 def composite_id(explainer) -> str:
@@ -409,6 +428,13 @@ def _import_zarr():
 # ------------------------------------------------------------------------------------------
 # stores
 
+#: how to say "replace the store" in both interfaces
+OVERWRITE_HINT = "overwrite=True (command line: --overwrite)"
+
+
+class StoreDamageWarning(RuntimeWarning):
+    """A store's file or chunk was missing, truncated or altered; it is rebuilt / recomputed."""
+
 
 def _zarr_create(group, name, shape, chunks, dtype, fill_value):
     if hasattr(group, "create_array"):  # zarr >= 3
@@ -418,15 +444,175 @@ def _zarr_create(group, name, shape, chunks, dtype, fill_value):
                                 overwrite=True)
 
 
-_NAMES = ("relevance", "output", "target", "valid", "done")
+_DATA = ("relevance", "output", "target", "valid")
+_NAMES = _DATA + ("done", "checksum")
+
+
+def _layout(meta, n) -> dict:
+    """name -> (shape, dtype, rows per zarr chunk, fill value) of a store of ``n`` samples."""
+    in_shape, out_shape = tuple(meta["input_shape"]), tuple(meta["output_shape"])
+    K, C, dt = int(meta["n_targets"]), int(meta["chunk_size"]), np.dtype(meta["dtype"])
+    multi = bool(meta["multi_target"])
+    n_chunks = -(-n // C)
+    return {  # the records first: a kill while the files are made leaves no data file without them
+        "done": ((n_chunks,), np.dtype(np.uint64), 1, 0),
+        "checksum": ((n_chunks,), np.dtype(np.uint64), 1, 0),
+        "relevance": (((n, K) if multi else (n,)) + in_shape, dt, C, np.nan),
+        "output": ((n,) + out_shape, dt, C, np.nan),
+        "target": ((n, K) if multi else (n,), np.dtype(np.int64), C, -1),
+        "valid": ((n,), np.dtype(np.uint8), C, 0),
+    }
+
+
+def stored_hash(input_hash, arrays) -> np.uint64:
+    """A nonzero 64-bit hash of a chunk's record: its input hash and the stored
+    arrays (their dtype, shape and bytes)."""
+    h = hashlib.sha256(np.uint64(input_hash).tobytes())
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.reshape(-1).view(np.uint8))
+    return np.uint64(int.from_bytes(h.digest()[:8], "little") | 1)
+
+
+def _os_error(e: OSError, path: str) -> OSError:
+    return OSError(e.errno, f"{e.strerror or e} while writing the relevance store file {path} "
+                            "(free some space, or fix the problem, and run the same call again: it resumes)")
+
+
+class _NpyFile:
+    """One ``.npy`` file of a store, read and written with file I/O at offsets,
+    never through a memory map: a full disk is an OSError naming the file, not
+    SIGBUS. The file is allocated to its full size when made."""
+
+    def __init__(self, path, shape, dtype, offset):
+        self.path, self.shape, self.dtype, self.offset = path, tuple(shape), np.dtype(dtype), offset
+        self.row = self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
+
+    @property
+    def nbytes(self):
+        return self.row * self.shape[0]
+
+    @classmethod
+    def create(cls, path, shape, dtype) -> "_NpyFile":
+        import io
+
+        head = io.BytesIO()
+        np.lib.format.write_array_header_1_0(head, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                    "fortran_order": False, "shape": tuple(shape)})
+        f = cls(path, shape, dtype, len(head.getvalue()))
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+            try:
+                _pwrite(fd, head.getvalue(), 0)
+                f._allocate(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise _os_error(e, path) from e
+        return f
+
+    def _allocate(self, fd):
+        size = self.offset + self.nbytes
+        try:
+            os.posix_fallocate(fd, 0, size)  # the blocks now, so that a full disk shows here
+        except (AttributeError, OSError) as e:
+            if isinstance(e, OSError) and e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+            os.ftruncate(fd, max(size, os.fstat(fd).st_size))
+
+    @classmethod
+    def open(cls, path, shape, dtype, repair=True):
+        """(the file, None) or (the file, what was wrong with it): with ``repair`` a
+        missing or unreadable file is made anew and a short one extended, else
+        (None, why) / (the short file, "truncated")."""
+        if not os.path.exists(path):
+            return (cls.create(path, shape, dtype) if repair else None), "missing"
+        try:
+            with open(path, "rb") as fh:
+                version = np.lib.format.read_magic(fh)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                got_shape, fortran, got_dtype = read(fh)
+                offset = fh.tell()
+            why = None
+            if tuple(got_shape) != tuple(shape) or np.dtype(got_dtype) != np.dtype(dtype) or fortran:
+                why = f"holds {tuple(got_shape)} {np.dtype(got_dtype)}, expected {tuple(shape)} {np.dtype(dtype)}"
+        except (ValueError, OSError, SyntaxError, TypeError) as e:
+            why = f"unreadable header ({e})"
+        if why:
+            return (cls.create(path, shape, dtype) if repair else None), why
+        f = cls(path, shape, dtype, offset)
+        if os.path.getsize(path) >= offset + f.nbytes:
+            return f, None
+        if repair:
+            try:
+                fd = os.open(path, os.O_RDWR)
+                try:
+                    f._allocate(fd)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                raise _os_error(e, path) from e
+        return f, "truncated"
+
+    def _rows(self, key):
+        if isinstance(key, (int, np.integer)):
+            return int(key), int(key) + 1, True
+        if isinstance(key, slice) and key.step in (None, 1):
+            a, b, _ = key.indices(self.shape[0])
+            return a, max(a, b), False
+        raise TypeError(f"a store .npy file is read by rows (an int or a slice), not {key!r}")
+
+    def read(self, a, b, strict=True) -> np.ndarray:
+        """Rows a:b; a short file is an error (``strict``) or reads as zeros."""
+        want = (b - a) * self.row
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset + a * self.row)
+            buf = fh.read(want)
+        if len(buf) < want:
+            if strict:
+                raise ValueError(f"{self.path} is truncated (rows {a}:{b} are past its end)")
+            buf = buf + bytes(want - len(buf))
+        return np.frombuffer(buf, dtype=self.dtype).reshape((b - a,) + self.shape[1:]).copy()
+
+    def __getitem__(self, key):
+        a, b, scalar = self._rows(key)
+        r = self.read(a, b, strict=False)
+        return r[0] if scalar else r
+
+    def __setitem__(self, key, value):
+        a, b, _ = self._rows(key)
+        data = np.ascontiguousarray(np.broadcast_to(np.asarray(value, dtype=self.dtype), (b - a,) + self.shape[1:]))
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+            try:
+                _pwrite(fd, data.reshape(-1).view(np.uint8), self.offset + a * self.row)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise _os_error(e, self.path) from e
+
+
+def _pwrite(fd, data, offset):
+    view = memoryview(data).cast("B")
+    while view.nbytes:
+        k = os.pwrite(fd, view, offset)
+        view, offset = view[k:], offset + k
 
 
 class _Store:
-    """A relevance store (zarr group or .npy memory maps) with per-chunk done markers."""
+    """A relevance store (a zarr group or .npy files) with per-chunk records.
+
+    Chunk c is done when ``done[c]`` (the hash of its input) is nonzero; it is
+    written after ``checksum[c]`` (:func:`stored_hash` of ``done[c]`` and the
+    chunk's stored rows), which is written after the rows, so a chunk whose
+    record is set and whose rows hash to its checksum is complete and unaltered.
+    """
 
     def __init__(self, kind, path, meta, arrays, group=None):
         self.kind, self.path, self.meta, self.group = kind, path, meta, group
-        self.relevance, self.output, self.target, self.valid, self.done = (arrays[k] for k in _NAMES)
+        self.relevance, self.output, self.target, self.valid, self.done, self.checksum = (arrays[k] for k in _NAMES)
         self.chunk = int(meta["chunk_size"])
         self.multi = bool(meta["multi_target"])
 
@@ -435,8 +621,31 @@ class _Store:
     def n(self):
         return int(self.relevance.shape[0])
 
+    @property
+    def n_chunks(self):
+        return -(-self.n // self.chunk)
+
+    def rows(self, c: int) -> tuple:
+        return c * self.chunk, min(self.n, (c + 1) * self.chunk)
+
+    def _records(self, arr) -> np.ndarray:
+        """A record array; a record that cannot be read counts as not done (0)."""
+        try:
+            return np.asarray(arr[:], dtype=np.uint64)
+        except Exception:  # noqa: BLE001 - a damaged record file: read what can be read
+            out = np.zeros(arr.shape[0], np.uint64)
+            for c in range(out.shape[0]):
+                try:
+                    out[c] = np.asarray(arr[c:c + 1])[0]
+                except Exception:  # noqa: BLE001
+                    pass
+            return out
+
     def done_flags(self) -> np.ndarray:
-        return np.asarray(self.done[:], dtype=np.uint64)
+        return self._records(self.done)
+
+    def checksums(self) -> np.ndarray:
+        return self._records(self.checksum)
 
     def ensure_length(self, n: int):
         """Grow the arrays to ``n`` samples (zarr stores of unknown length)."""
@@ -444,52 +653,102 @@ class _Store:
             return
         if self.kind != "zarr":
             raise InputError(f"the .npy store at {self.path} holds {self.n} samples; the data has more")
-        for arr in (self.relevance, self.output, self.target, self.valid):
-            arr.resize((n,) + tuple(arr.shape[1:]))
         nc = -(-n // self.chunk)
-        if nc > self.done.shape[0]:
-            self.done.resize((nc,))
+        # each array on its own (a kill between them leaves some longer), the relevance (self.n) last
+        for arr, m in ((self.done, nc), (self.checksum, nc), (self.output, n), (self.target, n), (self.valid, n),
+                       (self.relevance, n)):
+            if arr.shape[0] < m:
+                arr.resize((m,) + tuple(arr.shape[1:]))
 
-    def write(self, c: int, R, O, T, valid):
+    # -- chunks ------------------------------------------------------------------------
+    def read_chunk(self, c: int) -> tuple:
+        """The stored rows of chunk c: (relevance, output, target, valid); raises
+        when a file cannot be read or decoded."""
+        a, b = self.rows(c)
+        return tuple(arr.read(a, b) if self.kind == "npy" else np.asarray(arr[a:b])
+                     for arr in (self.relevance, self.output, self.target, self.valid))
+
+    def chunk_intact(self, c: int, done, checksum) -> bool:
+        """Whether chunk c's stored rows are readable and match its record."""
+        if not done or not checksum:
+            return False
+        try:
+            data = self.read_chunk(c)
+        except Exception:  # noqa: BLE001 - a missing, truncated or undecodable chunk file
+            return False
+        return stored_hash(done, data) == np.uint64(checksum)
+
+    def check(self, c: int, done, checksum, x) -> str:
+        """Chunk c (record ``done``, ``checksum``) against its input ``x``: "ok",
+        "damaged" (its stored rows are missing, unreadable or altered) or "changed"
+        (intact, but computed from other input)."""
+        if not self.chunk_intact(c, done, checksum):
+            return "damaged"
+        return "ok" if chunk_hash(x) == np.uint64(done) else "changed"
+
+    def write_chunk(self, c: int, R, O, T, V, input_hash):
+        """Write chunk c's rows (R: (n, K, ...), T: (n, K)), then its checksum, then its done marker."""
+        dt = np.dtype(self.meta["dtype"])
+        data = (np.ascontiguousarray((R if self.multi else R[:, 0]).astype(dt, copy=False)),
+                np.ascontiguousarray(O.astype(dt, copy=False)),
+                np.ascontiguousarray(T if self.multi else T[:, 0], dtype=np.int64),
+                np.ascontiguousarray(V, dtype=np.uint8))
         a = c * self.chunk
-        b = a + R.shape[0]
-        self.relevance[a:b] = R if self.multi else R[:, 0]
-        self.output[a:b] = O
-        self.target[a:b] = T if self.multi else T[:, 0]
-        self.valid[a:b] = valid
-        if self.kind == "npy":
-            for arr in (self.relevance, self.output, self.target, self.valid):
-                arr.flush()
-
-    def mark_done(self, c: int, h: np.uint64):
-        self.done[c] = h
-        if self.kind == "npy":
-            self.done.flush()
+        b = a + data[0].shape[0]
+        try:
+            for arr, d in zip((self.relevance, self.output, self.target, self.valid), data):
+                arr[a:b] = d
+            self.checksum[c] = stored_hash(input_hash, data)
+            self.done[c] = np.uint64(input_hash)
+        except OSError as e:
+            if self.kind == "npy":
+                raise
+            raise OSError(e.errno, f"cannot write chunk {c} (samples {a}-{b - 1}) of the relevance store at "
+                                   f"{self.path}: {e} (free some space, or fix the problem, and run the same call "
+                                   "again: it resumes)") from e
 
     def set_meta(self, **kw):
         self.meta.update(kw)
         if self.kind == "zarr":
-            self.group.attrs["fastlrp"] = self.meta
+            self.group.attrs["fastlrp"] = self.meta  # zarr writes its metadata files atomically
         else:
             _write_json(_npy_paths(self.path)["meta"], self.meta)
-
-    def close(self):
-        if self.kind == "npy":
-            for arr in (self.relevance, self.output, self.target, self.valid, self.done):
-                arr.flush()
 
 
 def _npy_paths(path: str) -> dict:
     stem = path[:-4]
     return {"relevance": path, "output": stem + ".output.npy", "target": stem + ".target.npy",
-            "valid": stem + ".valid.npy", "done": stem + ".done.npy", "meta": stem + ".json"}
+            "valid": stem + ".valid.npy", "done": stem + ".done.npy", "checksum": stem + ".checksum.npy",
+            "meta": stem + ".json"}
 
 
 def _write_json(path, obj):
+    """Atomically: a temporary file, flushed to disk, renamed over ``path``."""
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise _os_error(e, path) from e
+
+
+def _fsync_dir(d):
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _store_kind(path: str) -> str:
@@ -498,15 +757,20 @@ def _store_kind(path: str) -> str:
 
 def _read_meta(path: str) -> Optional[dict]:
     """The metadata of an existing store at ``path``; None when nothing is there;
-    raises StoreMismatchError for something that is not a fastlrp store."""
+    raises StoreMismatchError for something that is not a (readable, current) fastlrp store."""
     if _store_kind(path) == "npy":
         p = _npy_paths(path)
         if os.path.exists(p["meta"]):
-            with open(p["meta"]) as f:
-                meta = json.load(f)
+            try:
+                with open(p["meta"]) as f:
+                    meta = json.load(f)
+            except (ValueError, UnicodeDecodeError) as e:
+                raise StoreMismatchError(f"the metadata file {p['meta']} of the store at {path} is damaged ({e}); "
+                                         f"the store cannot be checked: pass {OVERWRITE_HINT} to recompute it, or "
+                                         "choose another path") from None
         elif os.path.exists(path):
             raise StoreMismatchError(f"{path} exists but is not a fastlrp relevance store (no {p['meta']}); "
-                                     "pass overwrite=True to replace it")
+                                     f"pass {OVERWRITE_HINT} to replace it")
         else:
             return None
     else:
@@ -521,22 +785,30 @@ def _read_meta(path: str) -> Optional[dict]:
         except Exception:  # noqa: BLE001 - not a zarr group at all
             meta = None
         if meta is None:
-            raise StoreMismatchError(f"{path} exists but is not a fastlrp relevance store; "
-                                     "pass overwrite=True to replace it, or choose another path")
-    if meta.get("format") != STORE_FORMAT:
+            raise StoreMismatchError(f"{path} exists but is not a fastlrp relevance store (or its metadata file "
+                                     f"zarr.json is damaged); pass {OVERWRITE_HINT} to replace it, or choose "
+                                     "another path")
+    if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
         raise StoreMismatchError(f"{path} is not a fastlrp relevance store")
-    if meta.get("version", 0) > STORE_VERSION:
-        raise StoreMismatchError(f"{path}: store format version {meta['version']} is newer than this fastlrp supports")
+    version = meta.get("version", 0)
+    if not isinstance(version, int) or version > STORE_VERSION:
+        raise StoreMismatchError(f"{path}: store format version {version!r} is newer than this fastlrp supports")
+    if version < STORE_VERSION:
+        raise StoreMismatchError(
+            f"{path} was written by an earlier fastlrp (store format {version}) that kept no checksums of the stored "
+            f"chunks, so its contents cannot be verified; pass {OVERWRITE_HINT} to recompute it")
     return meta
 
 
 def _remove_store(path: str):
     if _store_kind(path) == "npy":
-        for p in _npy_paths(path).values():
+        for k, p in sorted(_npy_paths(path).items(), key=lambda kv: kv[0] == "meta"):  # the metadata last
             if os.path.exists(p):
                 os.remove(p)
     elif os.path.isdir(path):
-        shutil.rmtree(path)
+        gone = f"{path}.fastlrp-removed-{os.getpid()}"
+        os.rename(path, gone)  # at once: no half-removed store is left at path
+        shutil.rmtree(gone)
     elif os.path.exists(path):
         os.remove(path)
 
@@ -557,22 +829,22 @@ def _check_meta(path, old: dict, new: dict):
         if key in ("input_shape", "output_shape"):
             a, b = list(a or []), list(b or [])
         if a != b:
-            extra = ""
             if key == "composite_id":
                 a, b = f"{old.get('composite')} [{a}]", f"{new.get('composite')} [{b}]"
             elif key == "graph_fingerprint":
                 a, b = f"{old.get('model')} [{str(a)[:12]}]", f"{new.get('model')} [{str(b)[:12]}]"
             raise StoreMismatchError(
-                f"the store at {path} was made for another {what}: {a} (store) vs {b} (this call){extra}; "
-                "it is not appended to. Use another output path, or overwrite=True to replace it")
+                f"the store at {path} was made for another {what}: {a} (store) vs {b} (this call); "
+                f"it is not appended to. Use another output path, or {OVERWRITE_HINT} to replace it")
     if old.get("n_samples") is not None and new.get("n_samples") is not None and old["n_samples"] != new["n_samples"]:
         raise StoreMismatchError(f"the store at {path} holds {old['n_samples']} samples, the data has "
-                                 f"{new['n_samples']}; use another output path or overwrite=True")
+                                 f"{new['n_samples']}; use another output path or {OVERWRITE_HINT}")
 
 
 def open_store(path: str, meta: dict, overwrite: bool = False) -> _Store:
     """Open the store at ``path`` for the run described by ``meta`` (checking it
-    matches), or create it. ``meta['n_samples']`` may be None (zarr only)."""
+    matches, and rebuilding missing or damaged array files), or create it.
+    ``meta['n_samples']`` may be None (zarr only)."""
     path = os.fspath(path)
     kind = _store_kind(path)
     if overwrite:
@@ -582,28 +854,23 @@ def open_store(path: str, meta: dict, overwrite: bool = False) -> _Store:
         old = _read_meta(path)
     if old is not None:
         _check_meta(path, old, meta)
-        merged = dict(old)
-        if merged.get("n_samples") is None and meta.get("n_samples") is not None:
-            merged["n_samples"] = meta["n_samples"]
-        return _open_existing(kind, path, merged)
+        store = _open_existing(kind, path, dict(old))
+        if old.get("n_samples") is None and meta.get("n_samples") is not None:  # a zarr store of unknown length
+            store.ensure_length(int(meta["n_samples"]))
+            store.meta["n_samples"] = int(meta["n_samples"])
+        return store
     try:
         return _create(kind, path, meta)
     except (PermissionError, FileNotFoundError, NotADirectoryError, IsADirectoryError, OSError) as e:
-        raise OSError(f"cannot write the relevance store at {path}: {e}") from e
-
-
-def _shapes(meta, n):
-    in_shape, out_shape = tuple(meta["input_shape"]), tuple(meta["output_shape"])
-    K = int(meta["n_targets"])
-    rel = (n, K) + in_shape if meta["multi_target"] else (n,) + in_shape
-    tgt = (n, K) if meta["multi_target"] else (n,)
-    return {"relevance": rel, "output": (n,) + out_shape, "target": tgt, "valid": (n,)}
+        raise OSError(e.errno, f"cannot write the relevance store at {path}: {e}") from e
 
 
 def _create(kind, path, meta) -> _Store:
+    """A new store. A kill at any moment leaves either nothing a later run
+    refuses, or a store whose metadata is complete and whose arrays the next
+    open rebuilds (.npy: the metadata file first; zarr: made in a temporary
+    directory, renamed into place)."""
     n = meta["n_samples"]
-    C = int(meta["chunk_size"])
-    dt = np.dtype(meta["dtype"])
     if kind == "npy":
         if n is None:
             raise InputError("a .npy store needs the number of samples in advance: give n_samples=, or write to "
@@ -611,50 +878,83 @@ def _create(kind, path, meta) -> _Store:
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             raise FileNotFoundError(f"directory {parent} does not exist")
-        p = _npy_paths(path)
-        shapes = _shapes(meta, n)
-        arrays = {}
-        dtypes = {"relevance": dt, "output": dt, "target": np.int64, "valid": np.uint8}
-        fills = {"relevance": np.nan, "output": np.nan, "target": -1, "valid": 0}
-        for k in ("relevance", "output", "target", "valid"):
-            a = np.lib.format.open_memmap(p[k], mode="w+", dtype=dtypes[k], shape=shapes[k])
-            a[...] = fills[k]
-            arrays[k] = a
-        arrays["done"] = np.lib.format.open_memmap(p["done"], mode="w+", dtype=np.uint64, shape=(-(-n // C),))
-        for a in arrays.values():
-            a.flush()
-        _write_json(p["meta"], meta)  # last: its presence means the store is initialised
-        return _Store(kind, path, dict(meta), arrays)
+        _write_json(_npy_paths(path)["meta"], meta)  # first: the files it describes are rebuilt when missing
+        return _open_existing(kind, path, dict(meta), fresh=True)
     zarr = _import_zarr()
-    os.makedirs(path, exist_ok=True)  # a plain OSError when the place is not writable (zarr 2 says KeyError)
-    g = zarr.open_group(path, mode="a")
-    n0 = 0 if n is None else n
-    shapes = _shapes(meta, n0)
-    arrays = {}
-    arrays["relevance"] = _zarr_create(g, "relevance", shapes["relevance"], (C,) + shapes["relevance"][1:], dt, np.nan)
-    arrays["output"] = _zarr_create(g, "output", shapes["output"], (C,) + shapes["output"][1:], dt, np.nan)
-    arrays["target"] = _zarr_create(g, "target", shapes["target"], (C,) + shapes["target"][1:], np.int64, -1)
-    arrays["valid"] = _zarr_create(g, "valid", (n0,), (C,), np.uint8, 0)
-    arrays["done"] = _zarr_create(g, "done", (-(-n0 // C),), (1,), np.uint64, 0)
-    g.attrs["fastlrp"] = meta  # last: its presence means the store is initialised
-    return _Store(kind, path, dict(meta), arrays, group=g)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)  # a plain OSError when the place is not writable (zarr 2 says KeyError)
+    tmp = f"{os.path.abspath(path)}.fastlrp-new-{os.getpid()}"
+    for old in glob.glob(glob.escape(os.path.abspath(path)) + ".fastlrp-new-*"):  # left by a killed creation
+        shutil.rmtree(old, ignore_errors=True)
+    g = zarr.open_group(tmp, mode="a")
+    for name, (shape, dt, rows, fill) in _layout(meta, 0 if n is None else n).items():
+        _zarr_create(g, name, shape, (rows,) + shape[1:], dt, fill)
+    g.attrs["fastlrp"] = meta
+    if os.path.isdir(path):
+        os.rmdir(path)  # an empty directory the user made (anything else was refused)
+    os.rename(tmp, path)
+    _fsync_dir(parent)
+    return _open_existing(kind, path, dict(meta), fresh=True)
 
 
-def _open_existing(kind, path, meta) -> _Store:
+def _open_arrays(kind, path, meta, repair: bool) -> tuple:
+    """(name -> array, problems found: [(name, file, what is wrong)], the zarr
+    group). A missing or damaged array file is rebuilt empty when ``repair`` (its
+    chunks then fail their checksums and are recomputed), else left out (None)."""
+    n = meta.get("n_samples")
+    arrays, problems = {}, []
     if kind == "npy":
         p = _npy_paths(path)
-        arrays = {k: np.lib.format.open_memmap(p[k], mode="r+") for k in _NAMES}
-        return _Store(kind, path, meta, arrays)
+        for name, (shape, dt, _, _) in _layout(meta, int(n)).items():
+            arrays[name], why = _NpyFile.open(p[name], shape, dt, repair=repair)
+            if why:
+                problems.append((name, p[name], why))
+        return arrays, problems, None
     zarr = _import_zarr()
-    g = zarr.open_group(path, mode="r+")
-    arrays = {k: g[k] for k in _NAMES}
-    return _Store(kind, path, meta, arrays, group=g)
+    g = zarr.open_group(path, mode="r+" if repair else "r")
+    layout = _layout(meta, 0 if n is None else int(n))
+    if n is None:  # a store of unknown length: the length its relevance array has
+        try:
+            layout = _layout(meta, int(g["relevance"].shape[0]))
+        except Exception:  # noqa: BLE001 - rebuilt below
+            pass
+    for name, (shape, dt, rows, fill) in layout.items():
+        why = None
+        try:
+            arr = g[name]
+            got = tuple(arr.shape) if n is not None else (shape[0],) + tuple(arr.shape[1:])  # unknown length: any
+            if got != shape or np.dtype(arr.dtype) != dt or tuple(arr.chunks) != (rows,) + shape[1:]:
+                why = f"shape {tuple(arr.shape)} {np.dtype(arr.dtype)}, expected {shape} {dt}"
+        except Exception as e:  # noqa: BLE001 - missing or undecodable array metadata
+            arr, why = None, f"missing or unreadable ({type(e).__name__})"
+        if why:
+            problems.append((name, os.path.join(path, name), why))
+            arr = _zarr_create(g, name, shape, (rows,) + shape[1:], dt, fill) if repair else None
+        arrays[name] = arr
+    return arrays, problems, g
+
+
+def _open_existing(kind, path, meta, fresh=False) -> _Store:
+    arrays, problems, group = _open_arrays(kind, path, meta, repair=True)
+    store = _Store(kind, path, meta, arrays, group=group)
+    if not problems or fresh:
+        return store
+    bad = {name: why for name, _, why in problems}
+    # a kill while the store was made leaves missing files but loses nothing: no computed chunk was recorded
+    lost = (np.count_nonzero(store.done_flags()) > 0) if "done" not in bad else \
+        any(bad.get(k) != "missing" for k in _DATA + ("checksum",))
+    if lost:
+        warnings.warn(f"the store at {path} had damaged or missing files, rebuilt empty (the chunks they held are "
+                      f"recomputed): {'; '.join(f'{f}: {why}' for _, f, why in problems)}", StoreDamageWarning,
+                      stacklevel=4)
+    return store
 
 
 def load_store(path: str) -> dict:
     """Open a finished (or partial) store read-only: a dict with the arrays
-    ``relevance``, ``output``, ``target``, ``valid``, ``done`` (zarr arrays or
-    memory maps) and ``meta``."""
+    ``relevance``, ``output``, ``target``, ``valid``, ``done``, ``checksum`` (zarr
+    arrays or memory maps) and ``meta``. It does not check the contents: see
+    :func:`verify_store`."""
     path = os.fspath(path)
     meta = _read_meta(path)
     if meta is None:
@@ -729,7 +1029,9 @@ class DatasetResult:
     """What :func:`explain_dataset` did.
 
     ``computed`` / ``computed_chunks``: samples / chunks explained by this call;
-    ``reused_chunks``: chunks found done; ``nonfinite``: indices of all samples
+    ``reused_chunks``: chunks found done (and intact); ``damaged_chunks``: chunks
+    found marked done whose stored data were missing or altered, recomputed by
+    this call (a :class:`StoreDamageWarning` says so); ``nonfinite``: indices of all samples
     skipped for NaN/Inf (over the whole store); ``samples_per_s``: throughput of
     this call (computed samples / seconds).
     """
@@ -743,15 +1045,17 @@ class DatasetResult:
     seconds: float
     nonfinite: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     meta: dict = field(default_factory=dict)
+    damaged_chunks: list = field(default_factory=list)
 
     @property
     def samples_per_s(self) -> float:
         return self.computed / self.seconds if self.seconds > 0 else float("nan")
 
     @classmethod
-    def from_store(cls, store, n, computed, computed_chunks, reused, seconds) -> "DatasetResult":
+    def from_store(cls, store, n, computed, computed_chunks, reused, seconds, damaged=()) -> "DatasetResult":
         """The result of a run that computed ``computed`` samples (``computed_chunks``
-        chunks) of the ``n`` in ``store`` and found ``reused`` chunks done."""
+        chunks) of the ``n`` in ``store``, found ``reused`` chunks done and intact
+        and recomputed the ``damaged`` ones."""
         valid = np.asarray(store.valid[:n]) if n else np.zeros(0, np.uint8)
         C = store.chunk
         done_rows = np.zeros(n or 0, dtype=bool)
@@ -760,7 +1064,7 @@ class DatasetResult:
         bad = np.flatnonzero(done_rows & (valid == 0))
         return cls(path=store.path, n_samples=int(n or 0), chunk_size=C, computed=computed,
                    computed_chunks=computed_chunks, reused_chunks=reused, seconds=seconds, nonfinite=bad,
-                   meta=dict(store.meta))
+                   meta=dict(store.meta), damaged_chunks=[int(c) for c in damaged])
 
     def load(self) -> dict:
         """The store's arrays (see :func:`load_store`)."""
@@ -805,8 +1109,8 @@ def default_chunk_size(explainer, n_targets: int, batch_size: int) -> int:
 
 
 class _Writer:
-    """Writes finished chunks (data, then the done marker) in a background thread,
-    so that compression and disk I/O overlap the next chunk's compute."""
+    """Writes finished chunks (data, checksum, then the done marker) in a background
+    thread, so that compression and disk I/O overlap the next chunk's compute."""
 
     def __init__(self, store: _Store, depth: int = 2):
         self.store = store
@@ -822,10 +1126,8 @@ class _Writer:
                 return
             if self.error is not None:
                 continue
-            c, R, O, T, V, h = item
             try:
-                self.store.write(c, R, O, T, V)
-                self.store.mark_done(c, h)
+                self.store.write_chunk(*item)
             except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
                 self.error = e
 
@@ -949,29 +1251,31 @@ def _run(explainer, src, out, target, batch_size, chunk_size, memory_budget, non
     meta = run_meta(explainer, targets, n, C, dt)
     store = open_store(out, meta, overwrite=overwrite)
     C = store.chunk  # an existing store keeps its chunking
-    flags = store.done_flags()
-    if n is not None:
-        n_chunks = -(-n // C) if n else 0
-        if flags.shape[0] < n_chunks:
-            flags = np.concatenate([flags, np.zeros(n_chunks - flags.shape[0], np.uint64)])
-    else:
-        n_chunks = None
-    if store.meta.get("complete") and n_chunks is None and store.meta.get("n_samples") is not None:
-        n = int(store.meta["n_samples"])
-        n_chunks = -(-n // C)
-    done_before = int(np.count_nonzero(flags[:n_chunks] if n_chunks is not None else flags))
-    reused = done_before
-    if n_chunks is not None and done_before == n_chunks:
-        # nothing to do; do not even read the source
-        store.set_meta(complete=True, n_samples=n)
-        store.close()
-        return DatasetResult.from_store(store, n, 0, 0, reused, time.perf_counter() - t_start)
-
-    initial = 0
-    if n is not None:
-        initial = sum(min(C, n - c * C) for c in np.flatnonzero(flags[:n_chunks]))
-    else:
-        initial = int(np.count_nonzero(flags)) * C
+    flags, sums = store.done_flags(), store.checksums()
+    n_chunks = None if n is None else -(-n // C)
+    if n is None and store.meta.get("complete") and store.meta.get("n_samples") is not None:
+        n_chunks = -(-int(store.meta["n_samples"]) // C)
+    finished = [int(c) for c in np.flatnonzero(flags[:n_chunks])]
+    damaged = []  # (c, a, b): marked done, but the stored rows fail their checksum
+    todo = None
+    if src.random_access:
+        # every finished chunk against the source and its checksum, before anything is computed
+        check = Progress(sum(min(C, n - c * C) for c in finished) if finished else 0, 0,
+                         quiet or not finished, "check")
+        changed = []
+        for c in finished:
+            a, b = c * C, min(n, (c + 1) * C)
+            state = store.check(c, flags[c], sums[c], src.read(a, b))
+            if state != "ok":
+                (changed if state == "changed" else damaged).append((c, a, b))
+            check.update(b - a)
+        check.close()
+        if changed:
+            raise changed_error(out, changed)
+        redo = {c for c, _, _ in damaged}
+        todo = [c for c in range(n_chunks) if not flags[c] or c in redo]
+    reused = len(finished) - len(damaged)
+    initial = 0 if todo is None else n - sum(min(C, n - c * C) for c in todo)
     prog = Progress(n, initial, quiet, "explain")
     group = max(1, batch_size // C)
     computed = computed_chunks = 0
@@ -1010,22 +1314,15 @@ def _run(explainer, src, out, target, batch_size, chunk_size, memory_budget, non
                     new_bad.extend(bad.tolist())
                     prog.write(f"fastlrp: skipped {bad.size} sample(s) with NaN/Inf: {bad[:10].tolist()}"
                                f"{' ...' if bad.size > 10 else ''}")
-                writer.put((c, R.astype(dt, copy=False), O.astype(dt, copy=False), T, V, h))
+                writer.put((c, R, O, T, V, h))
                 computed += R.shape[0]
                 computed_chunks += 1
                 prog.update(R.shape[0])
             pending.clear()
 
         if src.random_access:
-            verified = False
-            for c in range(n_chunks):
-                a, b = c * C, min(n, (c + 1) * C)
-                if flags[c]:
-                    if not verified:  # one cheap check that this is the same data
-                        _verify(src.read(a, b), flags[c], c, out)
-                        verified = True
-                    continue
-                x = src.read(a, b)
+            for c in todo:
+                x = src.read(c * C, min(n, (c + 1) * C))
                 pending.append((c, x, None, chunk_hash(x)))
                 if len(pending) >= group:
                     flush()
@@ -1034,12 +1331,19 @@ def _run(explainer, src, out, target, batch_size, chunk_size, memory_budget, non
         else:
             total = 0
             for c, (x, y) in enumerate(src.chunks(C)):
+                a = total
                 total += x.shape[0]
                 if n is not None and total > n:
                     raise InputError(f"the data source yielded more than the {n} samples it announced")
                 if c < flags.shape[0] and flags[c]:
-                    _verify(x, flags[c], c, out)
-                    continue
+                    state = store.check(c, flags[c], sums[c], x)
+                    if state == "changed":  # chunks computed before this one in this run are of this source
+                        raise changed_error(out, [(c, a, total)])
+                    if state == "ok":
+                        prog.update(x.shape[0])
+                        continue
+                    damaged.append((c, a, total))
+                    reused -= 1
                 if n is None:
                     store.ensure_length(total)
                 pending.append((c, x, y, chunk_hash(x)))
@@ -1058,16 +1362,184 @@ def _run(explainer, src, out, target, batch_size, chunk_size, memory_budget, non
             if ok:
                 store.set_meta(complete=bool(np.count_nonzero(store.done_flags()[: -(-n // C)]) == -(-n // C)),
                                n_samples=int(n))
-            store.close()
-    res = DatasetResult.from_store(store, n, computed, computed_chunks, reused, time.perf_counter() - t_start)
+    res = DatasetResult.from_store(store, n, computed, computed_chunks, reused, time.perf_counter() - t_start,
+                                   damaged=[c for c, _, _ in damaged])
+    if damaged:
+        warnings.warn(damaged_message(out, damaged), StoreDamageWarning, stacklevel=3)
     if len(new_bad):
         warnings.warn(f"{len(new_bad)} sample(s) with NaN or Inf values were skipped (relevance NaN, valid=0): "
                       f"{new_bad[:20]}{' ...' if len(new_bad) > 20 else ''}", NonFiniteSamplesWarning, stacklevel=3)
     return res
 
 
-def _verify(x, flag, c, out):
-    if chunk_hash(x) != np.uint64(flag):
-        raise StoreMismatchError(
-            f"chunk {c} of the store at {out} was computed from different data than the source gives now "
-            "(a different dataset, or an iterable that shuffles); use another output path or overwrite=True")
+def _spans(chunks) -> str:
+    """'3 (samples 24-31), 5 (samples 40-47)' for [(c, a, b), ...] (the first 10)."""
+    s = ", ".join(f"{c} (samples {a}-{b - 1})" for c, a, b in chunks[:10])
+    return s + (f" and {len(chunks) - 10} more" if len(chunks) > 10 else "")
+
+
+def damaged_message(path, chunks) -> str:
+    """The warning for chunks [(c, a, b), ...] found damaged and recomputed."""
+    return (f"the store at {path}: chunk(s) {_spans(chunks)} were marked done but their stored data were missing, "
+            "truncated or altered (they did not match their checksums); they were recomputed")
+
+
+def changed_error(path, chunks) -> StoreMismatchError:
+    """The refusal for finished chunks [(c, a, b), ...] whose input changed."""
+    return StoreMismatchError(
+        f"the store at {path} was computed from different data than the source gives now: chunk(s) "
+        f"{_spans(chunks)} differ; the store is left as it was. Pass {OVERWRITE_HINT} to recompute it from this "
+        "source, or write to another path (an iterable source must yield the same samples in the same order on "
+        "every run: no shuffling)")
+
+
+# ------------------------------------------------------------------------------------------
+# verifying a store
+
+
+@dataclass
+class StoreReport:
+    """What :func:`verify_store` found. ``ok``: no problems (every chunk done,
+    readable, matching its checksum and, when a source was given, its input);
+    ``problems``: one human-readable line each; ``damaged_chunks`` (missing,
+    unreadable or altered rows, or inconsistent valid flags), ``changed_chunks``
+    (intact but computed from other input than the source), ``missing_chunks``
+    (not computed yet) list chunk indices."""
+
+    path: str
+    problems: list = field(default_factory=list)
+    n_chunks: int = 0
+    done_chunks: int = 0
+    damaged_chunks: list = field(default_factory=list)
+    changed_chunks: list = field(default_factory=list)
+    missing_chunks: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def __str__(self):
+        state = "OK" if self.ok else f"{len(self.problems)} problem(s)"
+        head = f"{self.path}: {self.done_chunks} of {self.n_chunks} chunks done, {state}" if self.n_chunks else \
+            f"{self.path}: {state}"
+        lines = [f"  - {p}" for p in self.problems[:50]]
+        if len(self.problems) > 50:
+            lines.append(f"  ... and {len(self.problems) - 50} more")
+        return "\n".join([head] + lines)
+
+
+def _consistency(R, T, V, multi) -> Optional[str]:
+    """What is inconsistent in a chunk's valid flags (None: nothing)."""
+    if not np.isin(V, (0, 1)).all():
+        return "valid flags other than 0 and 1"
+    skipped, kept = V == 0, V == 1
+    Rf = R.reshape(R.shape[0], -1) if R.shape[0] else R.reshape(0, 1)
+    Tf = T.reshape(T.shape[0], -1) if multi else T.reshape(-1, 1)
+    if skipped.any() and not (np.isnan(Rf[skipped]).all() and (Tf[skipped] == -1).all()):
+        return "samples marked skipped (valid 0) with relevance or a target"
+    if kept.any() and np.isnan(Rf[kept]).all(axis=1).any():
+        return "samples marked explained (valid 1) whose relevance is all NaN"
+    return None
+
+
+def verify_store(path, source=None, key: Optional[str] = None, quiet: bool = True) -> StoreReport:
+    """Check a relevance store end to end: its metadata, every array file, every
+    chunk (done, readable, matching its checksum, valid flags consistent) and,
+    with ``source`` (what :func:`explain_dataset` takes: an array, a path or an
+    iterable; ``key`` as there), that each done chunk was computed from the
+    source's samples. Changes nothing. Returns a :class:`StoreReport`; raises
+    FileNotFoundError when there is no store at all at ``path``."""
+    path = os.fspath(path)
+    kind = _store_kind(path)
+    if not (os.path.exists(path) or (kind == "npy" and os.path.exists(_npy_paths(path)["meta"]))):
+        raise FileNotFoundError(f"no relevance store at {path}")
+    rep = StoreReport(path)
+    try:
+        meta = _read_meta(path)
+        if meta is None:
+            raise StoreMismatchError(f"{path} is an empty directory, not a relevance store")
+        for k in ("chunk_size", "n_targets", "multi_target", "input_shape", "output_shape", "dtype"):
+            if k not in meta:
+                raise StoreMismatchError(f"the metadata of {path} lack '{k}'")
+        if kind == "npy" and meta.get("n_samples") is None:
+            raise StoreMismatchError(f"the metadata of {path} lack the number of samples")
+        arrays, problems, _ = _open_arrays(kind, path, meta, repair=False)
+    except (StoreMismatchError, ImportError, OSError, ValueError, TypeError, KeyError) as e:
+        rep.problems.append(str(e))
+        return rep
+    rep.problems += [f"{f}: {why} (run the same explain_dataset call again to rebuild it)" for _, f, why in problems]
+    if arrays["done"] is None or arrays["checksum"] is None or arrays["relevance"] is None:
+        return rep
+    st = _Store(kind, path, meta, arrays)
+    flags, sums = st.done_flags(), st.checksums()
+    rep.n_chunks = st.n_chunks
+    if meta.get("n_samples") is not None and st.n != int(meta["n_samples"]):
+        rep.problems.append(f"the relevance array holds {st.n} samples, the metadata say {meta['n_samples']}")
+    inputs = _source_chunks(source, key, st) if source is not None else None
+    short = False
+    prog = Progress(rep.n_chunks, 0, quiet, "verify")
+    for c in range(rep.n_chunks):
+        a, b = st.rows(c)
+        x = next(inputs, None) if inputs is not None else None
+        short = short or (inputs is not None and x is None)
+        prog.update(1)
+        if not flags[c]:
+            rep.missing_chunks.append(c)
+            continue
+        rep.done_chunks += 1
+        try:
+            data = st.read_chunk(c)
+        except Exception as e:  # noqa: BLE001 - a missing, truncated or undecodable file
+            rep.damaged_chunks.append(c)
+            rep.problems.append(f"chunk {c} (samples {a}-{b - 1}) cannot be read: {type(e).__name__}: {e}")
+            continue
+        if stored_hash(flags[c], data) != sums[c]:
+            rep.damaged_chunks.append(c)
+            rep.problems.append(f"chunk {c} (samples {a}-{b - 1}) does not match its checksum (a file was altered, "
+                                "truncated or deleted)")
+            continue
+        bad = _consistency(data[0], data[2], data[3], st.multi)
+        if bad:
+            rep.damaged_chunks.append(c)
+            rep.problems.append(f"chunk {c} (samples {a}-{b - 1}): {bad}")
+            continue
+        if x is not None and chunk_hash(x) != flags[c]:
+            rep.changed_chunks.append(c)
+            rep.problems.append(f"chunk {c} (samples {a}-{b - 1}) was computed from different data than the source "
+                                "gives")
+    prog.close()
+    if short:
+        rep.problems.append(f"the source has fewer samples than the store ({st.n})")
+    elif inputs is not None and next(inputs, None) is not None:
+        rep.problems.append(f"the source has more samples than the store ({st.n})")
+    if rep.missing_chunks:
+        m = rep.missing_chunks
+        rep.problems.append(f"{len(m)} of {rep.n_chunks} chunk(s) not computed yet ({_spans([(c, *st.rows(c)) for c in m])}"
+                            "): run the same explain_dataset call again to finish the store")
+    if rep.damaged_chunks:
+        rep.problems.append(f"{len(rep.damaged_chunks)} damaged chunk(s): run the same explain_dataset call again, "
+                            "it recomputes them")
+    if rep.changed_chunks:
+        rep.problems.append(f"{len(rep.changed_chunks)} chunk(s) differ from the source: recompute the store with "
+                            f"{OVERWRITE_HINT}, or check that this is the right source")
+    return rep
+
+
+def _source_chunks(source, key, store):
+    """The source's samples chunk by chunk, as the store is chunked (shorter than
+    the store: None for the missing chunks)."""
+    src = open_source(source, key=key, n_samples=store.n)
+    try:
+        if src.random_access:
+            for c in range(store.n_chunks):
+                a, b = store.rows(c)
+                yield src.read(a, b) if b <= src.n else None
+            if src.n > store.n:
+                yield src.read(store.n, store.n + 1)
+        else:
+            src.peek()
+            for x, _ in src.chunks(store.chunk):
+                yield x
+    finally:
+        if src is not source:
+            src.close()
