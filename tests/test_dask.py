@@ -165,5 +165,8 @@ def test_run_that_loses_its_workers_is_resumed(tmp_path, process_client, proc_ca
     assert 5 in report.missing_chunks and not report.damaged_chunks and not report.changed_chunks
     res = fdask.explain_dask(str(tmp / "g.npz"), x, tmp_path / "k.zarr", "epsilon_plus", backend="reference",
                              client=process_client, quiet=True)
-    assert res.computed == 60 - 8 * res.reused_chunks and res.reused_chunks == 8 - len(report.missing_chunks)
+    # chunk c holds samples 8c .. min(8c + 8, 60): the last one has 4 (which chunks a killed run
+    # finished depends on the scheduler)
+    assert res.computed == sum(min(8, 60 - 8 * c) for c in report.missing_chunks)
+    assert res.reused_chunks == 8 - len(report.missing_chunks)
     same_store(tmp / "single.zarr", tmp_path / "k.zarr")

@@ -23,5 +23,5 @@ def test_probe_finds_nothing_crashed_unclear_or_silently_wrong(tmp_path):
     assert summary.startswith("tried ") and " 0 crashed" in summary and " 0 silently wrong" in summary
     import json
 
-    counts = json.load(open(tmp_path / "probe.json"))["counts"]
+    counts = json.loads((tmp_path / "probe.json").read_text())["counts"]
     assert counts["handled"] >= 100  # every category ran
