@@ -36,6 +36,7 @@ pytest.importorskip("h5py", reason="Keras reads the legacy .h5 fixtures with h5p
 if keras.backend.backend() != "torch":  # keras was imported earlier with another backend
     pytest.skip(f"these tests run Keras on the torch backend, found {keras.backend.backend()}", allow_module_level=True)
 
+import fastlrp  # noqa: E402
 from fastlrp.importers.keras import load_model  # noqa: E402
 from fastlrp.innvestigate import create_analyzer  # noqa: E402
 
@@ -119,3 +120,23 @@ def test_matches_innvestigate(model, key):
     assert rel(R, want) < RTOL
     if f"Rc/{key}" in data:  # the surrogate's defect does not show in this case
         assert rel(data[f"Rc/{key}"], want) < RTOL
+
+
+def test_neuron_selection_modes_and_kwargs():
+    """``index`` and ``all`` as iNNvestigate's: the arg-max index is max_activation, ``all``
+    seeds every output with its value (the sum of the per-output relevances: LRP's backward
+    pass is linear in the seed); unknown keywords and names are refused as 2.1.2 refuses them."""
+    data, _ = FIXTURES["cnn"]
+    x, m = data["x"], keras_model("cnn")
+    want = data["R/lrp.sequential_preset_a_flat"]
+    idx = create_analyzer("lrp.sequential_preset_a_flat", m, backend="reference", neuron_selection_mode="index")
+    assert rel(idx.analyze(x, neuron_selection=np.argmax(data["y"], axis=1)), want) < RTOL
+    every = create_analyzer("lrp.sequential_preset_a_flat", m, backend="reference", neuron_selection_mode="all")
+    per_output = idx.explainer.explain(x, target="all")
+    np.testing.assert_allclose(every.analyze(x), per_output.sum(axis=1), rtol=1e-10, atol=1e-12)
+    with pytest.raises(TypeError, match="epsilon"):
+        create_analyzer("lrp.z", m, epsilon=0.1)  # LRPZ takes no epsilon
+    with pytest.raises(fastlrp.RuleError, match="bias=False"):
+        create_analyzer("lrp.epsilon_IB", m)
+    with pytest.raises(fastlrp.RuleError, match="neuron_selection"):
+        idx.analyze(x)
