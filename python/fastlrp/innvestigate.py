@@ -375,8 +375,8 @@ def _composite(name, model_layers, kw):
     if name.startswith("lrp.sequential_preset"):
         base = "lrp.sequential_preset_b_flat" if name == _UNTIL_IDX else name
         args = {k: kw[k] for k in ("epsilon", "bn_layer_rule") if k in kw}
-        if "input_rule" in extra and base.endswith("_flat"):
-            raise RuleError(f"{name} sets input_layer_rule='Flat' itself")
+        if base.endswith("_flat") and extra.pop("input_rule", RULES["Flat"]) != RULES["Flat"]:
+            raise RuleError(f"{name} sets input_layer_rule='Flat' itself (iNNvestigate refuses another one too)")
         return PRESETS[base](**args, **extra)
     args = {k: kw[k] for k in _ANALYZER_KWARGS.get(name, ()) if k in kw}
     return PRESETS[name](**args, **extra)
