@@ -55,7 +55,8 @@ from fastlrp.graph import GraphBuilder, conv_output_length
 from fastlrp.ops.linear import conv_backward, conv_forward
 from fastlrp.ops.elementwise import ACTIVATIONS
 from fastlrp.rules import (
-    AlphaBeta, Epsilon, Flat, Gamma, Gate, Norm, Pass, Uniform, WinnerTakesAll, WSquare, ZBox, ZPlus,
+    AlphaBeta, AlphaBetaX, Epsilon, Flat, Gamma, Gate, Gradient, Norm, Pass, Uniform, WinnerTakesAll, WSquare, ZBox,
+    ZPlus,
 )
 from _nets import (
     BACKENDS, RTOL_FORWARD, RTOL_LAYER, RTOL_NET, RTOL_ROUTE, branchy_cnn, cnn1d, explain_vs_reference, rel_err,
@@ -81,20 +82,25 @@ def _one_thread():
     if _ext.core is not None:
         _ext.core.set_num_threads(0)
 
-#: The rule objects each rule kind is tested with (parameter and bias variants).
+#: The rule objects each rule kind is tested with (parameter and bias variants; the
+#: last ones of epsilon, zplus, alphabeta, wsquare and norm set iNNvestigate's options,
+#: which every float32 backend runs through the fallback).
 RULE_VARIANTS = {
-    "epsilon": (Epsilon(), Epsilon(epsilon=0.1, zero_bias=True)),
-    "zplus": (ZPlus(), ZPlus(zero_bias=True)),
-    "alphabeta": (AlphaBeta(2.0, 1.0), AlphaBeta(1.0, 0.0), AlphaBeta(3.0, 2.0, zero_bias=True)),
+    "epsilon": (Epsilon(), Epsilon(epsilon=0.1, zero_bias=True), Epsilon(1e-7, guard="zero")),
+    "zplus": (ZPlus(), ZPlus(zero_bias=True), ZPlus(1e-7, zero_bias=True, guard="zero", split_inputs=False)),
+    "alphabeta": (AlphaBeta(2.0, 1.0), AlphaBeta(1.0, 0.0), AlphaBeta(3.0, 2.0, zero_bias=True),
+                  AlphaBeta(2.0, 1.0, 1e-7, guard="zero", whole_bias=True), AlphaBeta(1.0, 0.0, whole_bias=True)),
     "gamma": (Gamma(0.25), Gamma(1.0, zero_bias=True)),
     "zbox": (ZBox(-2.0, 2.5),),
     "flat": (Flat(),),
-    "wsquare": (WSquare(), WSquare(zero_bias=True)),
-    "norm": (Norm(),),
+    "wsquare": (WSquare(), WSquare(zero_bias=True), WSquare(1e-7, zero_bias=True, guard="zero")),
+    "norm": (Norm(), Norm(1e-7, guard="zero")),
     "pass": (Pass(),),
     "winner": (WinnerTakesAll(),),
     "gate": (Gate(),),
     "uniform": (Uniform(),),
+    "gradient": (Gradient(),),
+    "alphabetax": (AlphaBetaX((2.0, 0.0), (1.0, 0.0), 1e-7, guard="zero"), AlphaBetaX(zero_bias=True)),
 }
 LINEAR_KINDS = tuple(rules.PARAMETRIC_RULES)  # the weight rules (Pass on dense/conv: its own cases)
 
@@ -421,6 +427,13 @@ def _assert_conserved(got, seed):
     assert np.all(err <= bound), f"relevance not conserved: lost {err} > {bound}"
 
 
+def _signed_denominators(rule) -> bool:
+    """Whether a weight rule divides by a sum that can cancel: Epsilon's z, and with
+    iNNvestigate's options ZPlus on unsplit inputs (W+ x) and AlphaBeta with the whole
+    (signed) bias in both sums."""
+    return rule.kind == "epsilon" or not getattr(rule, "split_inputs", True) or getattr(rule, "whole_bias", False)
+
+
 def _division_allowance(graph, case, x, R, rule):
     """Elementwise first-order effect of float32 rounding of z = W x + b on the
     relevance of Epsilon, which divides by z (the other rules divide by sums of
@@ -428,7 +441,10 @@ def _division_allowance(graph, case, x, R, rule):
     terms errs by about sqrt(K) 2**-24 S, S = |W| |x| + |b| (random rounding; at
     most K 2**-24 S); we allow four times that. g = R / z then errs by |R| dz / z**2
     and the backward product spreads that as |x| |W|^T (.). Large only at outputs
-    whose z nearly cancels, where no float32 backend can do better."""
+    whose z nearly cancels, where no float32 backend can do better. The same holds,
+    with S as the bound of every sum, for the other denominators that can cancel
+    (:func:`_signed_denominators`): ZPlus' W+ x + b+ on unsplit inputs, AlphaBeta's
+    sums with the whole bias (weighted by alpha and beta)."""
     node = graph["op"]
     xin = np.maximum(x, 0) if case.mode == "relu" else x
     xin = xin.astype(np.float64)
@@ -439,10 +455,16 @@ def _division_allowance(graph, case, x, R, rule):
         fwd = lambda v, M: conv_forward(v, M, None, node.attrs)  # noqa: E731
         bwd = lambda g, M: conv_backward(g, M, node.attrs, case.in_shape)  # noqa: E731
     bias = 0.0 if b is None or rule.zero_bias else np.reshape(b, (1, -1) + (1,) * (W.ndim - 2))
-    z = fwd(xin, W) + bias
+    xp, xn, Wp, Wn = np.maximum(xin, 0), np.minimum(xin, 0), np.maximum(W, 0), np.minimum(W, 0)
+    if rule.kind == "alphabeta":
+        sums = [(rule.alpha, fwd(xp, Wp) + fwd(xn, Wn) + bias), (rule.beta, fwd(xp, Wn) + fwd(xn, Wp) + bias)]
+    elif rule.kind == "zplus":
+        sums = [(1.0, fwd(xin, Wp) + np.maximum(bias, 0))]
+    else:
+        sums = [(1.0, fwd(xin, W) + bias)]
     S = fwd(np.abs(xin), np.abs(W)) + np.abs(bias)
     K = int(np.prod(W.shape[1:])) + 1
-    dg = np.abs(R) * 4 * np.sqrt(K) * 2.0**-24 * S / np.maximum(z * z, 1e-30)
+    dg = sum(c * np.abs(R) * 4 * np.sqrt(K) * 2.0**-24 * S / np.maximum(z * z, 1e-30) for c, z in sums)
     return np.abs(xin) * bwd(dg, np.abs(W))
 
 
@@ -477,7 +499,7 @@ def test_op(backend, op, case, rule):
     assert np.all(np.isfinite(got))
     tol = RTOL_ROUTE if rule.kind in ("pass", "winner") else RTOL_LAYER
     err = np.abs(got.astype(np.float64) - want)
-    if rule.kind == "epsilon" and op in ("dense", "conv"):
+    if _signed_denominators(rule) and op in ("dense", "conv"):
         # z = W x + b may nearly cancel at some output of a random layer
         err -= _division_allowance(graph, case, x, seed, rule)
     assert err.max() <= tol * np.abs(want).max(), f"relative error {err.max() / np.abs(want).max():.3g} > {tol}"

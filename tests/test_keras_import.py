@@ -684,11 +684,13 @@ def test_innvestigate_presets_resolve():
         R = explainer(g, comp).explain(xk, target=0)
         assert np.isfinite(R).all(), name
     a = fastlrp.get_composite("lrp.sequential_preset_a_flat").resolve(g)
-    assert isinstance(a[par[0]], Flat) and a[par[1]] == AlphaBeta(1.0, 0.0, 1e-7)
+    # iNNvestigate's AlphaBeta: the whole bias in both sums, safe-divided (docs/innvestigate.md)
+    inn_ab = dict(guard="zero", whole_bias=True)
+    assert isinstance(a[par[0]], Flat) and a[par[1]] == AlphaBeta(1.0, 0.0, 1e-7, **inn_ab)
     assert a[par[-1]] == Epsilon(0.1)
     b = fastlrp.get_composite("lrp.sequential_preset_b").resolve(g)
-    assert b[par[0]] == AlphaBeta(2.0, 1.0, 1e-7)
-    assert fastlrp.get_composite("lrp.alpha_beta(beta=2)").resolve(g)[par[0]] == AlphaBeta(3.0, 2.0, 1e-7)
+    assert b[par[0]] == AlphaBeta(2.0, 1.0, 1e-7, **inn_ab)
+    assert fastlrp.get_composite("lrp.alpha_beta(beta=2)").resolve(g)[par[0]] == AlphaBeta(3.0, 2.0, 1e-7, **inn_ab)
     with pytest.raises(fastlrp.RuleError, match="alpha or beta"):
         fastlrp.get_composite("lrp.alpha_beta")
     assert fastlrp.get_composite("lrp.epsilon(epsilon=0.01)").resolve(g)[par[0]] == Epsilon(0.01)

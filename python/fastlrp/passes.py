@@ -44,11 +44,12 @@ OUTPUT_ACTIVATIONS = ("softmax", "log_softmax", "sigmoid")
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
-def optimize(graph: Graph, keep_output_activation: bool = False) -> Graph:
+def optimize(graph: Graph, keep_output_activation: bool = False, fold_batchnorm: bool = True) -> Graph:
     """All passes, in order: strip the output activation (unless ``keep_output_activation``),
     prune dead nodes, check that a softmax comes only at the output, simplify routing
     (identities, chains of reshapes and permutes), fold constants, turn per-channel
-    constant factors and offsets into BatchNorm nodes, fold BatchNorms.
+    constant factors and offsets into BatchNorm nodes, fold BatchNorms (unless
+    ``fold_batchnorm`` is False: then they stay nodes of their own).
 
     Raises
     ------
@@ -64,7 +65,7 @@ def optimize(graph: Graph, keep_output_activation: bool = False) -> Graph:
             raise GraphError(f"unsupported {n.attrs['kind']} at {_where(n)}: a softmax is only "
                              "supported at the output")
     graph = prune_dead_nodes(constants_to_batchnorm(fold_constants(simplify(graph))))
-    return fold_batchnorms(graph)
+    return fold_batchnorms(graph) if fold_batchnorm else graph
 
 
 # --------------------------------------------------------------------------------------------

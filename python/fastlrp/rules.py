@@ -28,8 +28,12 @@ __all__ = [
     "WinnerTakesAll",
     "Gate",
     "Uniform",
+    "Gradient",
+    "AlphaBetaX",
     "RuleError",
     "PARAMETRIC_RULES",
+    "OPTION_DEFAULTS",
+    "rule_options",
     "stabilizer_of",
 ]
 
@@ -43,6 +47,17 @@ def _check_eps(name: str, value: float) -> float:
     if not math.isfinite(value) or value < 0:
         raise RuleError(f"{name} must be a finite number >= 0, got {value}")
     return value
+
+
+#: The stabilizers a rule's ``guard`` option names: ``"sign"`` divides by
+#: ``z + eps * sign(z)`` (zennit's, the default); ``"zero"`` divides by ``z`` with only
+#: exact zeros replaced by ``eps`` (iNNvestigate's ``safe_divide``).
+GUARDS = ("sign", "zero")
+
+
+def _check_guard(name: str, value: str) -> None:
+    if value not in GUARDS:
+        raise RuleError(f"{name} must be one of {GUARDS}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -70,14 +85,19 @@ class Epsilon(Rule):
     zero_bias : bool
         Drop the bias from ``z`` (iNNvestigate's "ignore bias"; zennit's
         ``zero_params=['bias']``).
+    guard : str
+        ``"sign"`` (default): divide by ``z + eps * sign(z)``; ``"zero"``: divide by
+        ``z`` with only exact zeros replaced by ``eps`` (iNNvestigate's Z rule).
     """
 
     epsilon: float = 1e-6
     zero_bias: bool = False
+    guard: str = "sign"
     kind = "epsilon"
 
     def __post_init__(self):
         _check_eps("Epsilon.epsilon", self.epsilon)
+        _check_guard("Epsilon.guard", self.guard)
 
 
 @dataclass(frozen=True)
@@ -86,15 +106,20 @@ class ZPlus(Rule):
 
     Inputs are split by sign, not only weights: positive contributions come
     from positive inputs through positive weights and negative inputs through
-    negative weights.
+    negative weights. ``split_inputs=False`` is iNNvestigate's ZPlusFast, meant
+    for ``x >= 0``: ``z = W+ x + b+``, ``R_in = x * W+^T g`` with the inputs as they
+    are. ``guard``: as for :class:`Epsilon`.
     """
 
     stabilizer: float = 1e-6
     zero_bias: bool = False
+    guard: str = "sign"
+    split_inputs: bool = True
     kind = "zplus"
 
     def __post_init__(self):
         _check_eps("ZPlus.stabilizer", self.stabilizer)
+        _check_guard("ZPlus.guard", self.guard)
 
 
 @dataclass(frozen=True)
@@ -103,13 +128,17 @@ class AlphaBeta(Rule):
 
     ``za = W+ x+ + W- x- + b+``, ``zb = W- x+ + W+ x- + b-``,
     ``ga = R / s(za)``, ``gb = R / s(zb)``; needs ``alpha - beta = 1``,
-    ``alpha, beta >= 0``.
+    ``alpha, beta >= 0``. ``whole_bias=True`` puts the whole bias ``b`` (not
+    ``b+`` / ``b-``) into both ``za`` and ``zb`` (iNNvestigate's AlphaBetaRule).
+    ``guard``: as for :class:`Epsilon`.
     """
 
     alpha: float = 2.0
     beta: float = 1.0
     stabilizer: float = 1e-6
     zero_bias: bool = False
+    guard: str = "sign"
+    whole_bias: bool = False
     kind = "alphabeta"
 
     def __post_init__(self):
@@ -119,6 +148,7 @@ class AlphaBeta(Rule):
         if abs((a - b) - 1.0) > 1e-9:
             raise RuleError(f"AlphaBeta needs alpha - beta = 1 to conserve relevance, got alpha={a}, beta={b}")
         _check_eps("AlphaBeta.stabilizer", self.stabilizer)
+        _check_guard("AlphaBeta.guard", self.guard)
 
 
 @dataclass(frozen=True)
@@ -193,14 +223,17 @@ class Flat(Rule):
 
 @dataclass(frozen=True)
 class WSquare(Rule):
-    """``R_in = (W^2)^T [R / s(W^2 1 + b^2)]`` (zennit squares the bias)."""
+    """``R_in = (W^2)^T [R / s(W^2 1 + b^2)]`` (zennit squares the bias). ``guard``: as for
+    :class:`Epsilon`."""
 
     stabilizer: float = 1e-6
     zero_bias: bool = False
+    guard: str = "sign"
     kind = "wsquare"
 
     def __post_init__(self):
         _check_eps("WSquare.stabilizer", self.stabilizer)
+        _check_guard("WSquare.guard", self.guard)
 
 
 @dataclass(frozen=True)
@@ -208,13 +241,16 @@ class Norm(Rule):
     """``R_in = x * J^T [R / s(f(x))]``: each input gets its share of the
     output. Used for average pooling (per channel) and residual sums. On a max
     pooling layer it is the opt-in proportional variant: each input of a window gets
-    ``x_i / s(sum of the window)`` of the window's relevance (padding excluded)."""
+    ``x_i / s(sum of the window)`` of the window's relevance (padding excluded).
+    ``guard``: as for :class:`Epsilon` (iNNvestigate's Add and average pooling: ``"zero"``)."""
 
     stabilizer: float = 1e-6
+    guard: str = "sign"
     kind = "norm"
 
     def __post_init__(self):
         _check_eps("Norm.stabilizer", self.stabilizer)
+        _check_guard("Norm.guard", self.guard)
 
 
 @dataclass(frozen=True)
@@ -257,8 +293,61 @@ class Uniform(Rule):
     kind = "uniform"
 
 
+@dataclass(frozen=True)
+class Gradient(Rule):
+    """Elementwise activation: relevance times the local derivative, ``R_in = R * f'(x)``
+    (softmax: the vector-Jacobian product). iNNvestigate maps activation *layers* other
+    than ``Activation`` (Keras' ``ReLU``, ``LeakyReLU``, ``ELU``, ``Softmax``) this way: a
+    ReLU layer zeroes the relevance of its dead units."""
+
+    kind = "gradient"
+
+
+@dataclass(frozen=True)
+class AlphaBetaX(Rule):
+    """The four sign combinations of AlphaBeta, each with its own denominator
+    (iNNvestigate's AlphaBetaXRule; its sequential presets use ``alpha=(2, 0),
+    beta=(1, 0)`` at BatchNormalization layers)::
+
+        R_in = alpha[0] R_pp + alpha[1] R_nn - beta[0] R_pn - beta[1] R_np
+        R_pp = x+ * W+^T [R / s(W+ x+ + b+)]     R_nn = x- * W-^T [R / s(W- x- + b-)]
+        R_pn = x+ * W-^T [R / s(W- x+ + b-)]     R_np = x- * W+^T [R / s(W+ x- + b+)]
+
+    (iNNvestigate 2.1.2's code weighs ``R_nn`` by ``beta[1]`` where its documentation
+    says ``alpha[1]``; the two agree for its presets, where both are 0.)
+    ``zero_bias`` drops the biases; ``guard``: as for :class:`Epsilon`.
+    """
+
+    alpha: tuple = (0.5, 0.5)
+    beta: tuple = (0.5, 0.5)
+    stabilizer: float = 1e-6
+    zero_bias: bool = False
+    guard: str = "sign"
+    kind = "alphabetax"
+
+    def __post_init__(self):
+        for name in ("alpha", "beta"):
+            v = tuple(float(c) for c in getattr(self, name))
+            if len(v) != 2 or not all(math.isfinite(c) for c in v):
+                raise RuleError(f"AlphaBetaX.{name} must be two finite numbers, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, v)
+        _check_eps("AlphaBetaX.stabilizer", self.stabilizer)
+        _check_guard("AlphaBetaX.guard", self.guard)
+
+
 #: Rules that need a dense/conv layer's weights.
 PARAMETRIC_RULES = ("epsilon", "zplus", "alphabeta", "gamma", "zbox", "flat", "wsquare")
+
+#: Rule options that change a rule's arithmetic from zennit's, with their defaults
+#: (iNNvestigate's conventions). A backend kernel runs a rule that sets one of them
+#: only where it is registered for that option (fastlrp.backends.dispatch); else the
+#: one fallback runs it.
+OPTION_DEFAULTS = {"guard": "sign", "whole_bias": False, "split_inputs": True}
+
+
+def rule_options(rule: Rule) -> tuple:
+    """The options of :data:`OPTION_DEFAULTS` that ``rule`` sets to another value than the default."""
+    return tuple(k for k, v in OPTION_DEFAULTS.items() if getattr(rule, k, v) != v)
 
 
 def stabilizer_of(rule: Rule) -> float:

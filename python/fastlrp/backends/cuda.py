@@ -712,12 +712,12 @@ def _concat_kernel(be, graph, node, rule):
     return _ConcatOp(be, graph, node)
 
 
-@register_kernel("cuda", "activation", variants="not softmax, log_softmax")
+@register_kernel("cuda", "activation", rules=("pass",), variants="not softmax, log_softmax")
 def _activation_kernel(be, graph, node, rule):
     # softmax / log_softmax (kept output activations) have no device kernel: the fallback
     return _ActivationOp(be, node) if node.attrs["kind"] in dict(be.mod.ACTIVATIONS) else None
 
 
-@register_kernel("cuda", "batchnorm")
+@register_kernel("cuda", "batchnorm", rules=("pass",))
 def _batchnorm_kernel(be, graph, node, rule):
     return _BatchNormOp(be, node)

@@ -9,7 +9,10 @@ Backends register kernel factories by op name::
 A factory builds the prepared node (``forward`` / ``relevance``, see
 :mod:`fastlrp.backends.base`) or returns None for a variant it does not run
 (an attribute value without a kernel). ``rules`` lists the rule kinds the kernel
-runs; other rules of the op go to the fallback.
+runs; other rules of the op go to the fallback. ``options`` lists the rule options
+of :data:`fastlrp.rules.OPTION_DEFAULTS` (iNNvestigate's conventions: ``guard``,
+``whole_bias``, ``split_inputs``) the kernel runs when a rule sets them; a rule that
+sets any other goes to the fallback.
 
 The fallback is the same for every backend: the op's float64 reference from
 the registry (:meth:`fastlrp.ops.OpSpec.reference`), which keeps its inputs'
@@ -29,6 +32,7 @@ from typing import Callable
 import numpy as np
 
 from .. import ops
+from ..rules import rule_options
 from .base import BackendError, Float32Op
 
 __all__ = ["register_kernel", "prepare", "fallback", "coverage", "HostRoundTrip"]
@@ -38,16 +42,17 @@ _WARNED: set = set()
 _WARN_LOCK = threading.Lock()
 
 
-def register_kernel(backend: str, *op_names: str, rules: tuple | None = None, variants: str = "") -> Callable:
+def register_kernel(backend: str, *op_names: str, rules: tuple | None = None, variants: str = "",
+                    options: tuple = ()) -> Callable:
     """Decorator: ``factory(backend, graph, node, rule)`` runs ``op_names`` on the
     backends whose ``kernels`` attribute (else ``name``) is ``backend``.
     ``variants`` says, for listings, which attribute values the factory runs when it
-    declines others (returns None)."""
+    declines others (returns None); ``options``, which non-default rule options it runs."""
 
     def deco(factory):
         for op in op_names:
             ops.spec(op)  # an unknown op is an error at registration
-            _KERNELS[(backend, op)] = (factory, None if rules is None else tuple(rules), variants)
+            _KERNELS[(backend, op)] = (factory, None if rules is None else tuple(rules), variants, frozenset(options))
         return factory
 
     return deco
@@ -66,8 +71,8 @@ def prepare(backend, graph, node, rule):
                            f"(allowed: {', '.join(allowed)})")
     entry = _KERNELS.get((_family(backend), node.op))
     if entry is not None:
-        factory, kinds, _ = entry
-        if kinds is None or rule.kind in kinds:
+        factory, kinds, _, options = entry
+        if (kinds is None or rule.kind in kinds) and options.issuperset(rule_options(rule)):
             op = factory(backend, graph, node, rule)
             if op is not None:
                 return op

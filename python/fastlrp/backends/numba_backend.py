@@ -635,6 +635,6 @@ class _GeluOp:
         return [R]
 
 
-@register_kernel("numba", "activation", variants="gelu only")
+@register_kernel("numba", "activation", rules=("pass",), variants="gelu only")
 def _activation_kernel(be, graph, node, rule):
     return _GeluOp() if node.attrs["kind"] == "gelu" else None  # the rest: the fallback

@@ -49,6 +49,7 @@ from ..graph import Graph, GraphError, Node, same_padding, unique_name
 __all__ = [
     "UnsupportedLayerError",
     "from_keras",
+    "load_model",
     "to_engine_layout",
     "from_engine_layout",
 ]
@@ -165,9 +166,11 @@ _IDENTITY_LAYERS = (
 
 
 class _Importer:
-    def __init__(self, keep_output_activation: bool):
+    def __init__(self, keep_output_activation: bool, fold_batchnorm: bool = True):
         self.keras = _keras()
         self.keep = keep_output_activation
+        self.fold_batchnorm = fold_batchnorm
+        self.activation_layers: dict = {}  # node -> Keras class, for activation *layers* (ReLU, ELU, ...)
         self.nodes: list[Node] = []
         self.names: set = set()
         self.tensors: dict = {}  # tensor key -> (engine name, perm)
@@ -245,10 +248,13 @@ class _Importer:
             "layout": layout,
             "keras_input_shape": kshape,
             "input_perm": tuple(perm),
+            # activation nodes made from activation layer classes other than Activation
+            # (iNNvestigate maps those by their gradient: fastlrp.innvestigate)
+            "keras_activation_layers": self.activation_layers,
         }
         graph = Graph(self.nodes, output=out_name, meta=meta)
         try:
-            return passes.optimize(graph, keep_output_activation=self.keep)
+            return passes.optimize(graph, keep_output_activation=self.keep, fold_batchnorm=self.fold_batchnorm)
         except GraphError as e:  # a graph the engine cannot explain, e.g. a softmax inside the model
             raise UnsupportedLayerError(f"model '{model.name}': {e}") from e
 
@@ -497,16 +503,17 @@ class _Importer:
                 act = ("hardtanh", {"min_val": 0.0, "max_val": mv})
             else:
                 act = ("clipped_relu", {"max_value": mv, "threshold": th, "negative_slope": ns})
-            return self.act(ins[0], act, name, src, layer)
+            return self.activation_layer(ins[0], act, name, src, layer)
 
         if cls == "LeakyReLU":
-            return self.act(ins[0], ("leaky_relu", {"negative_slope": float(layer.negative_slope)}), name, src, layer)
+            return self.activation_layer(ins[0], ("leaky_relu", {"negative_slope": float(layer.negative_slope)}), name,
+                                         src, layer)
 
         if cls == "ELU":
-            return self.act(ins[0], ("elu", {"alpha": float(layer.alpha)}), name, src, layer)
+            return self.activation_layer(ins[0], ("elu", {"alpha": float(layer.alpha)}), name, src, layer)
 
         if cls == "Softmax":
-            return self.act(ins[0], ("softmax", {}), name, src, layer)
+            return self.activation_layer(ins[0], ("softmax", {}), name, src, layer)
 
         raise _unsupported(layer)
 
@@ -713,6 +720,13 @@ class _Importer:
             return held
         return self.act(held, act, f"{name}/activation", src, layer)
 
+    def activation_layer(self, held, act, name, src, layer):
+        """An activation layer class of its own (ReLU, LeakyReLU, ELU, Softmax), recorded in
+        ``graph.meta["keras_activation_layers"]``."""
+        out = self.act(held, act, name, src, layer)
+        self.activation_layers[out[0]] = type(layer).__name__
+        return out
+
     def act(self, held, act, name, src, layer):
         kind, attrs = act
         x, perm = held
@@ -753,7 +767,8 @@ class _Named:
         self.name = name
 
 
-def _load(path):
+def load_model(path):
+    """Load a ``.keras`` or legacy ``.h5`` Keras model file (not compiled)."""
     keras = _keras()
     p = os.fspath(path)
     if not os.path.exists(p):
@@ -764,7 +779,7 @@ def _load(path):
         raise GraphError(f"could not load the Keras model '{p}': {e}") from e
 
 
-def from_keras(model_or_path, *, keep_output_activation: bool = False) -> Graph:
+def from_keras(model_or_path, *, keep_output_activation: bool = False, fold_batchnorm: bool = True) -> Graph:
     """Import a Keras 3 model into a :class:`~fastlrp.graph.Graph`.
 
     Parameters
@@ -777,6 +792,10 @@ def from_keras(model_or_path, *, keep_output_activation: bool = False) -> Graph:
         Keep a final softmax, log_softmax or sigmoid (by default it is
         stripped with a warning, so that relevance explains the logits, as
         :func:`fastlrp.from_torch` does).
+    fold_batchnorm : bool
+        Fold BatchNormalization layers into the adjacent Dense/Conv where that is exact
+        (the default). False keeps every one as a ``batchnorm`` node, a layer of its own
+        that a composite can give a rule (iNNvestigate's presets do).
 
     Returns
     -------
@@ -794,10 +813,10 @@ def from_keras(model_or_path, *, keep_output_activation: bool = False) -> Graph:
         names the layer and its class.
     """
     if isinstance(model_or_path, (str, os.PathLike)):
-        model = _load(model_or_path)
+        model = load_model(model_or_path)
     else:
         model = model_or_path
-    return _Importer(keep_output_activation).run(model)
+    return _Importer(keep_output_activation, fold_batchnorm).run(model)
 
 
 # ----------------------------------------------------------------------------------

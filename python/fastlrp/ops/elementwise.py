@@ -11,7 +11,11 @@
 ``batchnorm``   params ``scale``, ``shift`` (per channel, along per-sample axis
                 0): ``y = x * scale + shift``.
 
-Both pass relevance through unchanged (Pass), as zennit does for activations.
+Both pass relevance through unchanged (Pass, the default), as zennit does for
+activations. iNNvestigate's conventions are opt-in rules: Gradient on an
+activation (``R_in = R * f'(x)``, softmax: the vector-Jacobian product), and the
+weight rules on a batchnorm node, which is then the layer with the diagonal
+weight ``scale`` and bias ``shift`` (:class:`~fastlrp.ops.linear.LinearReference`).
 The functions keep their input's dtype (float64 for the reference, float32 for
 the float32 backends' fallback).
 """
@@ -23,6 +27,7 @@ import math
 import numpy as np
 
 from ..errors import GraphError
+from .linear import LinearReference
 from .spec import OpSpec, need_inputs, register_op
 
 __all__ = ["ACTIVATIONS", "NONNEGATIVE_ACTIVATIONS", "activation_function"]
@@ -100,20 +105,56 @@ def activation_function(kind: str):
     return _FUNCTIONS[kind]
 
 
+def _sigmoid(x):
+    return 0.5 * (1 + np.tanh(0.5 * x))
+
+
+def _clipped_relu_grad(x, a):
+    t, top = a.get("threshold", 0.0), a.get("max_value")
+    inside = (x > t) if top is None else (x > t) & (x < top)
+    return np.where(x >= t, inside * 1.0, a.get("negative_slope", 0.0))
+
+
+def _per_sample_sum(v):
+    return v.reshape(v.shape[0], -1).sum(axis=1).reshape((-1,) + (1,) * (v.ndim - 1))
+
+
+#: ``vjp(x, R, attrs)``: ``R`` times the derivative at ``x`` (the Gradient rule), the
+#: derivative's one-sided value at kinks as TensorFlow's and PyTorch's gradients take it.
+_VJP = {
+    "relu": lambda x, R, a: R * (x > 0),
+    "leaky_relu": lambda x, R, a: R * np.where(x > 0, 1.0, a.get("negative_slope", 0.01)),
+    "elu": lambda x, R, a: R * np.where(x > 0, 1.0, a.get("alpha", 1.0) * np.exp(np.minimum(x, 0))),
+    "tanh": lambda x, R, a: R * (1 - np.tanh(x) ** 2),
+    "sigmoid": lambda x, R, a: R * _sigmoid(x) * (1 - _sigmoid(x)),
+    "gelu": lambda x, R, a: R * (0.5 * (1.0 + _erf(x / math.sqrt(2.0))) + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)),
+    "silu": lambda x, R, a: R * _sigmoid(x) * (1 + x * (1 - _sigmoid(x))),
+    "softplus": lambda x, R, a: R * _sigmoid(x),
+    "identity": lambda x, R, a: R,
+    "softmax": lambda x, R, a: _softmax(x) * (R - _per_sample_sum(R * _softmax(x))),
+    "log_softmax": lambda x, R, a: R - _softmax(x) * _per_sample_sum(R),
+    "hardtanh": lambda x, R, a: R * ((x > a.get("min_val", -1.0)) & (x < a.get("max_val", 1.0))),
+    "clipped_relu": lambda x, R, a: R * _clipped_relu_grad(x, a),
+    "hardswish": lambda x, R, a: R * np.where(x <= -3, 0.0, np.where(x >= 3, 1.0, (2 * x + 3) / 6)),
+    "hardsigmoid": lambda x, R, a: R * ((x > -3) & (x < 3)) / 6,
+}
+
+
 class _ElementwiseRef:
-    def __init__(self, f):
-        self.f = f
+    def __init__(self, f, vjp=None):
+        self.f, self.vjp = f, vjp
 
     def forward(self, inputs):
-        return self.f(inputs[0]), None
+        return self.f(inputs[0]), (inputs[0] if self.vjp else None)
 
     def relevance(self, ctx, R):
-        return [R]
+        return [R if self.vjp is None else self.vjp(ctx, R).astype(R.dtype, copy=False)]
 
 
 class ActivationSpec(OpSpec):
     name = "activation"
-    doc = "elementwise activation (" + ", ".join(ACTIVATIONS) + "); Pass"
+    rules = ("pass", "gradient")
+    doc = "elementwise activation (" + ", ".join(ACTIVATIONS) + "); Pass (default) or Gradient"
 
     def infer(self, node, in_shapes):
         need_inputs(node, in_shapes, 1)
@@ -134,13 +175,16 @@ class ActivationSpec(OpSpec):
         return _nonnegative(node.attrs)
 
     def reference(self, graph, node, rule):
-        fn, a = _FUNCTIONS[node.attrs["kind"]], node.attrs
-        return _ElementwiseRef(lambda x: fn(x, a))
+        kind, a = node.attrs["kind"], node.attrs
+        fn, vjp = _FUNCTIONS[kind], _VJP[kind]
+        return _ElementwiseRef(lambda x: fn(x, a), (lambda x, R: vjp(x, R, a)) if rule.kind == "gradient" else None)
 
 
 class BatchNormSpec(OpSpec):
     name = "batchnorm"
-    doc = "per-channel affine map x * scale + shift that could not be folded; Pass"
+    rules = ("pass", "epsilon", "zplus", "alphabeta", "alphabetax", "flat", "wsquare")
+    doc = ("per-channel affine map x * scale + shift that could not be folded; Pass (default), or a weight rule "
+           "on it as a diagonal layer (iNNvestigate)")
 
     def infer(self, node, in_shapes):
         need_inputs(node, in_shapes, 1)
@@ -151,6 +195,8 @@ class BatchNormSpec(OpSpec):
         return in_shapes[0]
 
     def reference(self, graph, node, rule):
+        if rule.kind != "pass":
+            return LinearReference(graph, node, rule)
         extra = (1,) * (len(node.shape) - 1)
         s = np.asarray(node.params["scale"], np.float64).reshape((-1,) + extra)
         t = np.asarray(node.params["shift"], np.float64).reshape((-1,) + extra)

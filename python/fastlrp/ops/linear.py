@@ -165,9 +165,26 @@ def _transposed_conv_fns(node, in_shape: tuple):
     return fwd, bwd
 
 
+def _diagonal_fns(node):
+    """fwd / bwd of a batchnorm node seen as a layer with a diagonal weight: ``W`` and ``b``
+    hold one number per channel (per-sample axis 0)."""
+    extra = (1,) * (len(node.shape) - 1)
+
+    def fwd(x, W, b):
+        z = x * W.reshape((-1,) + extra)
+        return z if b is None else z + np.asarray(b).reshape((-1,) + extra)
+
+    def bwd(g, W):
+        return g * W.reshape((-1,) + extra)
+
+    return fwd, bwd
+
+
 def _linear_fns(node, in_shape: tuple):
     if node.op == "conv_transpose":
         return _transposed_conv_fns(node, in_shape)
+    if node.op == "batchnorm":
+        return _diagonal_fns(node)
     if node.op == "dense":
         def fwd(x, W, b):
             z = x @ W.T
@@ -188,12 +205,14 @@ def _linear_fns(node, in_shape: tuple):
 
 
 class LinearReference:
-    """Dense or conv layer with one of the parametric rules, in float64."""
+    """Dense or conv layer with one of the parametric rules, in float64 (also a batchnorm
+    node under such a rule: the diagonal layer ``x * scale + shift``)."""
 
     def __init__(self, graph, node, rule):
         self.node, self.rule = node, rule
-        self.W = np.asarray(node.params["weight"], dtype=np.float64)
-        b = node.params.get("bias")
+        wname, bname = ("scale", "shift") if node.op == "batchnorm" else ("weight", "bias")
+        self.W = np.asarray(node.params[wname], dtype=np.float64)
+        b = node.params.get(bname)
         self.b = None if b is None else np.asarray(b, dtype=np.float64)
         self.in_shape = tuple(graph[node.inputs[0]].shape)
         self.fwd, self.bwd = _linear_fns(node, self.in_shape)
@@ -214,24 +233,38 @@ class LinearReference:
         k = r.kind
         if k == "pass":
             return [R]
+        guard = getattr(r, "guard", "sign")
+
+        def div(R, z, eps):
+            return R / stabilize(z, eps, guard)
+
         if k == "epsilon":
-            g = R / stabilize(fwd(x, W, b), r.epsilon)
-            return [x * bwd(g, W)]
+            return [x * bwd(div(R, fwd(x, W, b), r.epsilon), W)]
         xp, xn = _pos(x), _neg(x)
         Wp, Wn = _pos(W), _neg(W)
         zero = np.zeros_like(b)
+        if k == "zplus" and not r.split_inputs:  # iNNvestigate's ZPlusFast: W+ and the inputs as they are
+            return [x * bwd(div(R, fwd(x, Wp, _pos(b)), r.stabilizer), Wp)]
         if k == "zplus":
             z = fwd(xp, Wp, _pos(b)) + fwd(xn, Wn, zero)
-            g = R / stabilize(z, r.stabilizer)
+            g = div(R, z, r.stabilizer)
             return [xp * bwd(g, Wp) + xn * bwd(g, Wn)]
         if k == "alphabeta":
-            za = fwd(xp, Wp, _pos(b)) + fwd(xn, Wn, zero)
-            zb = fwd(xp, Wn, _neg(b)) + fwd(xn, Wp, zero)
-            ga = R / stabilize(za, r.stabilizer)
-            gb = R / stabilize(zb, r.stabilizer)
+            ba, bb = (b, b) if r.whole_bias else (_pos(b), _neg(b))
+            za = fwd(xp, Wp, ba) + fwd(xn, Wn, zero)
+            zb = fwd(xp, Wn, bb) + fwd(xn, Wp, zero)
+            ga = div(R, za, r.stabilizer)
+            gb = div(R, zb, r.stabilizer)
             Ra = xp * bwd(ga, Wp) + xn * bwd(ga, Wn)
             Rb = xp * bwd(gb, Wn) + xn * bwd(gb, Wp)
             return [r.alpha * Ra - r.beta * Rb]
+        if k == "alphabetax":
+            def term(xs, Ws, bs):
+                return xs * bwd(div(R, fwd(xs, Ws, bs), r.stabilizer), Ws)
+
+            (a0, a1), (b0, b1) = r.alpha, r.beta
+            bp, bn = _pos(b), _neg(b)
+            return [a0 * term(xp, Wp, bp) + a1 * term(xn, Wn, bn) - b0 * term(xp, Wn, bn) - b1 * term(xn, Wp, bp)]
         if k == "gamma":
             Wu, Wd = W + r.gamma * Wp, W + r.gamma * Wn
             bu, bd = b + r.gamma * _pos(b), b + r.gamma * _neg(b)
@@ -255,7 +288,7 @@ class LinearReference:
         if k == "wsquare":
             W2 = W * W
             z = fwd(np.ones_like(x), W2, b * b)
-            return [bwd(R / stabilize(z, r.stabilizer), W2)]
+            return [bwd(div(R, z, r.stabilizer), W2)]
         raise ValueError(f"{self.node.describe()}: rule '{k}' is not a rule for dense/conv layers")
 
 

@@ -57,7 +57,7 @@ class AddReference:
         out = inputs[0] + inputs[1]
         for t in inputs[2:]:
             out += t
-        s = None if self.rule.kind == "pass" else stabilize(out, self.rule.stabilizer)
+        s = None if self.rule.kind == "pass" else stabilize(out, self.rule.stabilizer, self.rule.guard)
         return out, (inputs, s)
 
     def relevance(self, ctx, R):

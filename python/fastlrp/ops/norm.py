@@ -55,7 +55,7 @@ class LayerNormReference:
         if r.kind == "pass":
             return [R]
         z = y - self.b if (self.b is not None and r.zero_bias) else y  # z = J x + b, or J x
-        g = R / stabilize(z, r.epsilon)
+        g = R / stabilize(z, r.epsilon, r.guard)
         g = g / std if self.w is None else g * self.w / std
         if not self.rms:  # the centring's transpose: subtract the mean over the normalised axes
             g = g - g.mean(axis=self.axes, keepdims=True)

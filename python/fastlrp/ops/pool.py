@@ -191,7 +191,7 @@ class AvgPoolReference:
             ones = np.ones_like(x)
             return [self._apply(R / stabilize(self._apply(ones), r.stabilizer), transpose=True)]
         z = self._apply(x)
-        return [x * self._apply(R / stabilize(z, r.stabilizer), transpose=True)]
+        return [x * self._apply(R / stabilize(z, r.stabilizer, r.guard), transpose=True)]
 
 
 class MaxPoolReference:
@@ -244,7 +244,7 @@ class MaxPoolReference:
         # the Norm rule on the window sums: padding taps (-inf) count as 0
         win = self._windows(x)
         win = np.where(np.isneginf(win), 0.0, win)
-        g = R / stabilize(win.sum(axis=-1), self.rule.stabilizer)
+        g = R / stabilize(win.sum(axis=-1), self.rule.stabilizer, self.rule.guard)
         shares = win * g[..., None]  # (N, C, *out, K)
         N, C = x.shape[:2]
         out = np.zeros((N, C, int(np.prod(x.shape[2:]))))

@@ -156,7 +156,11 @@ def pass_keeps_shape(graph, node, rule) -> None:
                         "through unchanged")
 
 
-def stabilize(z: np.ndarray, eps: float) -> np.ndarray:
-    """``z + eps * sign(z)`` with ``sign(0) = +1`` (zennit's stabilizer), in z's dtype."""
+def stabilize(z: np.ndarray, eps: float, guard: str = "sign") -> np.ndarray:
+    """``z + eps * sign(z)`` with ``sign(0) = +1`` (zennit's stabilizer), in z's dtype;
+    ``guard="zero"``: ``z`` with only its exact zeros replaced by ``eps`` (iNNvestigate's
+    ``safe_divide``; the rules' ``guard`` option)."""
     z = np.asarray(z)
+    if guard == "zero":
+        return np.where(z == 0, eps, z).astype(z.dtype, copy=False)
     return z + np.where(z >= 0, eps, -eps).astype(z.dtype, copy=False)
