@@ -186,6 +186,9 @@ class Converter:
         reg("conv", F.conv1d, F.conv2d)
         reg("conv_transpose", F.conv_transpose1d, F.conv_transpose2d)
         reg("batch_norm", F.batch_norm)
+        reg("matmul", operator.matmul, torch.matmul, torch.bmm)
+        reg("sdpa", g(F, "scaled_dot_product_attention"))
+        reg("einsum", torch.einsum)
         self.fn_dims = {F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2, F.max_pool1d: 1, F.max_pool2d: 2,
                         F.avg_pool1d: 1, F.avg_pool2d: 2}
         for n, d in (("max_pool1d", 1), ("max_pool2d", 2), ("avg_pool1d", 1)):
@@ -206,6 +209,7 @@ class Converter:
             "clamp": "clamp", "clamp_": "clamp", "clip": "clamp", "clip_": "clamp",
             "chunk": "chunk", "split": "split", "unbind": "unbind", "narrow": "narrow", "select": "select",
             "size": "meta", "dim": "meta",
+            "matmul": "matmul", "__matmul__": "matmul", "bmm": "matmul", "expand": "expand",
         }
 
         self.act_modules = {
@@ -420,6 +424,9 @@ class Converter:
             x = inp()
             self.add_reshape(n, x, what, name=path, source=src)
             return
+        if isinstance(mod, nn.MultiheadAttention) and type(mod).forward is nn.MultiheadAttention.forward:
+            self.add_multihead_attention(n, mod, path, src, unsup)
+            return
         for cls, kind in self.act_modules.items():
             if type(mod) is cls:
                 x = inp()
@@ -428,11 +435,13 @@ class Converter:
                     attrs["negative_slope"] = float(mod.negative_slope)
                 elif kind == "elu":
                     attrs["alpha"] = float(mod.alpha)
-                elif kind == "gelu" and mod.approximate != "none":
-                    raise unsup(f"approximate='{mod.approximate}' (only the exact GELU is supported)")
+                elif kind == "gelu":
+                    kind = self.gelu_kind(mod.approximate, unsup)
                 elif kind == "softplus" and (float(mod.beta) != 1.0 or float(mod.threshold) != 20.0):
                     raise unsup("only beta=1, threshold=20 is supported")
-                elif kind in ("softmax", "log_softmax"):
+                elif kind == "softmax" and self.add_softmax(n, x, mod.dim, path, src, unsup):
+                    return
+                elif kind == "log_softmax":
                     self.check_softmax_dim(n, mod.dim, unsup)
                 elif kind in ("relu6", "hardtanh"):  # nn.ReLU6 is a Hardtanh(0, 6)
                     kind, attrs = "hardtanh", {"min_val": float(mod.min_val), "max_val": float(mod.max_val)}
@@ -524,14 +533,20 @@ class Converter:
             self.env[n] = x
             return
         if kind in ("add", "sub", "mul", "div", "neg"):
+            if n.name not in self.tensor_nodes and all(isinstance(self.env.get(a), Meta) for a in n.all_input_nodes):
+                self.env[n] = Meta(self.values.get(n.name), f"{what} of sizes")  # e.g. (h // p) * (w // p)
+                return
             self.convert_arithmetic(n, kind, what, unsup)
+            return
+        if kind in ("matmul", "sdpa", "einsum", "expand"):
+            self.convert_attention_kind(n, kind, what, unsup)
             return
         if kind == "cat":
             tensors = _arg(n, 0, "tensors")
             dim = _arg(n, 1, "dim", 0)
             if not isinstance(tensors, (list, tuple)):
                 raise unsup("expected a list of tensors")
-            ins = [self.tensor_input(n, t, what) for t in tensors]
+            ins = [self.operand(n, t, what)[0] for t in tensors]  # constants too: a class token
             rank = len(self.shape(n))
             dim = int(dim) + rank if int(dim) < 0 else int(dim)
             if dim == 0:
@@ -593,12 +608,14 @@ class Converter:
             elif kind == "elu":
                 attrs["alpha"] = float(_arg(n, 1, "alpha", 1.0))
             elif kind == "gelu":
-                if _arg(n, 1, "approximate", "none") != "none":
-                    raise unsup("approximate GELU (only the exact GELU is supported)")
+                kind = self.gelu_kind(_arg(n, 1, "approximate", "none"), unsup)
             elif kind == "softplus":
                 if float(_arg(n, 1, "beta", 1.0)) != 1.0 or float(_arg(n, 2, "threshold", 20.0)) != 20.0:
                     raise unsup("only beta=1, threshold=20 is supported")
-            elif kind in ("softmax", "log_softmax"):
+            elif kind == "softmax" and self.add_softmax(n, x, _arg(n, 1, "dim", None), None, f"{n.name} ({what})",
+                                                        unsup):
+                return
+            elif kind == "log_softmax":
                 self.check_softmax_dim(n, _arg(n, 1, "dim", None), unsup)
             self.add(n, "activation", [x], {"kind": kind, **attrs}, source=f"{n.name} ({what})")
             return
@@ -711,6 +728,196 @@ class Converter:
                          source=f"{n.name} ({what})", unsup=unsup)
             return
         raise unsup("")  # pragma: no cover
+
+    # -- attention ------------------------------------------------------------------------------
+    def emit(self, op, inputs, attrs=None, params=None, name="", source=""):
+        """An IR node that no fx node maps to (a step of a lowered layer); returns its name."""
+        nm = self.unique(name)
+        params = {k: np.asarray(v, dtype=np.float64) for k, v in (params or {}).items() if v is not None}
+        self.nodes.append(Node(nm, op, list(inputs), dict(attrs or {}), params, (), source))
+        return nm
+
+    @staticmethod
+    def gelu_kind(approximate, unsup):
+        if approximate not in ("none", "tanh"):
+            raise unsup(f"approximate='{approximate}' (supported: 'none', 'tanh')")
+        return "gelu" if approximate == "none" else "gelu_tanh"
+
+    def add_softmax(self, n, x, dim, name, source, unsup) -> bool:
+        """A softmax over an axis that is not the features of a (N, classes) output becomes a
+        ``softmax`` node (attention weights); True when it did. The classifier's softmax stays an
+        activation (stripped at the output)."""
+        rank = len(self.shape(n))
+        if dim is None or rank == 2:
+            return False
+        dim = int(dim) % rank
+        if dim == 0:
+            raise unsup("softmax over the batch axis")
+        self.add(n, "softmax", [x], {"axis": dim - 1}, name=name, source=source)
+        return True
+
+    def add_attention(self, n, q, k, v, scale, mask, prefix, source):
+        """``softmax(q k^T * scale + mask) v`` over the last two axes as matmul / softmax nodes;
+        ``mask`` a constant added to the scores (None: none). Returns the output's name."""
+        scores = self.emit("matmul", [q, k], {"transpose_b": True}, name=f"{prefix}.scores", source=source)
+        c = self.emit("const", [], params={"value": np.array(float(scale))}, name=f"{prefix}.scale",
+                      source=f"{source} scale {scale:.6g} (constant)")
+        scores = self.emit("mul", [scores, c], name=f"{prefix}.scaled", source=source)
+        if mask is not None:
+            m = self.emit("const", [], params={"value": mask}, name=f"{prefix}.mask", source=f"{source} mask (constant)")
+            scores = self.emit("add", [scores, m], name=f"{prefix}.masked", source=source)
+        weights = self.emit("softmax", [scores], {"axis": -1}, name=f"{prefix}.softmax", source=source)
+        return self.emit("matmul", [weights, v], name=f"{prefix}.values", source=source)
+
+    def attention_mask(self, n, mask, is_causal, L, S, rank, unsup):
+        """The per-sample additive mask of scores with ``rank`` axes (batch included) from
+        ``attn_mask`` (a constant, float or boolean) and ``is_causal``, or None. Masked-out
+        positions get -1e9 (the softmax gives them 0), so the constant stays finite."""
+        out = None
+        if mask is not None:
+            v = self.env.get(mask) if isinstance(mask, self.torch.fx.Node) else None
+            t = v.value if isinstance(v, Meta) else self.consts.get(getattr(mask, "name", None))
+            out = self.const_value(n, mask, "attention", "attention mask")
+            if t is not None and t.dtype == self.torch.bool:
+                out = np.where(out > 0, 0.0, -1e9)
+        if is_causal:
+            causal = np.where(np.tril(np.ones((L, S), bool)), 0.0, -1e9)
+            out = causal if out is None else out + causal
+        if out is None:
+            return None
+        out = np.maximum(np.nan_to_num(out, neginf=-1e9), -1e9)
+        if out.ndim == rank:
+            if out.shape[0] != 1:
+                raise unsup(f"an attention mask of shape {out.shape} differs per sample (only a mask shared by the "
+                            "batch is supported)")
+            out = out[0]
+        return out
+
+    def add_multihead_attention(self, n, mod, path, src, unsup):
+        """nn.MultiheadAttention (batch_first, eval): q/k/v projections as dense nodes, heads as
+        reshape/permute, the attention core (:meth:`add_attention`), the output projection.
+        The call's result is a tuple (output, None); only the output may be used."""
+        names = ("query", "key", "value")
+        args = [_arg(n, i, nm) for i, nm in enumerate(names)]
+        if not mod.batch_first:
+            raise unsup("batch_first=False (the batch axis must come first; build it with batch_first=True)")
+        if mod.bias_k is not None or mod.add_zero_attn:
+            raise unsup("add_bias_kv / add_zero_attn")
+        if _arg(n, 3, "key_padding_mask", None) is not None:
+            raise unsup("key_padding_mask")
+        ins = [self.tensor_input(n, a, f"module '{path}'") for a in args]
+        E, H = mod.embed_dim, mod.num_heads
+        d = E // H
+        if mod._qkv_same_embed_dim:
+            ws = np.split(to_numpy(mod.in_proj_weight), 3)
+        else:
+            ws = [to_numpy(w) for w in (mod.q_proj_weight, mod.k_proj_weight, mod.v_proj_weight)]
+        bs = [None] * 3 if mod.in_proj_bias is None else np.split(to_numpy(mod.in_proj_bias), 3)
+        heads = []
+        for x, a, w, b, tag in zip(ins, args, ws, bs, "qkv"):
+            L = self.sample_shape(a)[0]
+            h = self.emit("dense", [x], {}, {"weight": w, "bias": b}, name=f"{path}.{tag}_proj", source=src)
+            h = self.emit("reshape", [h], {"shape": (L, H, d)}, name=f"{path}.{tag}_heads", source=src)
+            heads.append(self.emit("permute", [h], {"perm": (1, 0, 2)}, name=f"{path}.{tag}_heads_first", source=src))
+        L, S = self.sample_shape(args[0])[0], self.sample_shape(args[1])[0]
+        mask = self.attention_mask(n, _arg(n, 5, "attn_mask", None), bool(_arg(n, 7, "is_causal", False)), L, S, 4,
+                                   unsup)
+        o = self.add_attention(n, *heads, 1.0 / np.sqrt(d), mask, f"{path}.attention", src)
+        o = self.emit("permute", [o], {"perm": (1, 0, 2)}, name=f"{path}.merge_heads", source=src)
+        o = self.emit("reshape", [o], {"shape": (L, E)}, name=f"{path}.merged", source=src)
+        ob = None if mod.out_proj.bias is None else to_numpy(mod.out_proj.bias)
+        out = self.emit("dense", [o], {}, {"weight": to_numpy(mod.out_proj.weight), "bias": ob},
+                        name=f"{path}.out_proj", source=src)
+        self.env[n] = (out, None)
+
+    def convert_attention_kind(self, n, kind, what, unsup):
+        """matmul / bmm / ``@``, einsum of two operands, F.scaled_dot_product_attention, Tensor.expand."""
+        torch = self.torch
+        src = f"{n.name} ({what})"
+        if kind == "expand":  # a parameter broadcast over the batch (a class token): stays a constant
+            base = n.args[0]
+            v = self.env.get(base)
+            value = v.value if isinstance(v, Meta) else None
+            if not isinstance(value, torch.Tensor) or value.ndim != len(self.shape(n)) or value.shape[0] != 1 or \
+                    tuple(value.shape[1:]) != tuple(self.sample_shape(n)):
+                raise unsup("only a parameter of batch size 1 expanded along the batch axis is supported (a class "
+                            "token)")
+            self.env[n] = Meta(value, f"{base.name} expanded over the batch")
+            return
+        if kind == "sdpa":
+            a = [_arg(n, i, nm) for i, nm in enumerate(("query", "key", "value"))]
+            if float(_arg(n, 4, "dropout_p", 0.0)) != 0.0:
+                raise unsup("dropout_p > 0 (pass 0.0 at inference)")
+            if _arg(n, 7, "enable_gqa", False):
+                raise unsup("enable_gqa=True")
+            qs, ks = self.shape(a[0]), self.shape(a[1])
+            if len(qs) < 3 or qs[:-2] != ks[:-2]:
+                raise unsup(f"query {qs} and key {ks} need the same leading axes")
+            scale = _arg(n, 6, "scale", None)
+            scale = 1.0 / np.sqrt(qs[-1]) if scale is None else float(scale)
+            mask = self.attention_mask(n, _arg(n, 3, "attn_mask", None), bool(_arg(n, 5, "is_causal", False)),
+                                       qs[-2], ks[-2], len(qs), unsup)
+            q, k, v = (self.tensor_input(n, t, what) for t in a)
+            self.env[n] = self.add_attention(n, q, k, v, scale, mask, n.name, src)
+            return
+        if kind == "einsum":
+            self.convert_einsum(n, what, unsup)
+            return
+        x, y = _arg(n, 0, "input"), _arg(n, 1, "other", _arg(n, 1, "mat2"))
+        (a, ca), (b, cb) = self.operand(n, x, what), self.operand(n, y, what)
+        if ca or cb:
+            raise unsup("a product with a constant matrix (use nn.Linear / F.linear for x @ W)")
+        if len(self.shape(x)) < 3 or len(self.shape(y)) < 3:
+            raise unsup(f"operands of shapes {self.shape(x)} and {self.shape(y)}; both need a batch axis and two "
+                        "matrix axes")
+        self.add(n, "matmul", [a, b], {"transpose_b": False}, source=src)
+
+    def convert_einsum(self, n, what, unsup):
+        """An einsum of two tensors that is a batched matmul: operands permuted to (batch, free,
+        contracted) / (batch, contracted, free), one matmul, the result permuted to the output's order."""
+        eq = str(n.args[0]).replace(" ", "")
+        ops_ = n.args[1:] if len(n.args) > 2 else tuple(n.args[1])
+        if "->" not in eq or "." in eq or len(ops_) != 2:
+            raise unsup(f"einsum '{eq}' (only an explicit 'ab,bc->ac'-style product of two tensors is supported)")
+        ins, out = eq.split("->")
+        sa, sb = ins.split(",")
+        if len(set(sa)) != len(sa) or len(set(sb)) != len(sb) or any(c not in sa + sb for c in out):
+            raise unsup(f"einsum '{eq}' (repeated or unknown indices)")
+        batch = [c for c in out if c in sa and c in sb]
+        contr = [c for c in sa if c in sb and c not in out]
+        fa = [c for c in sa if c in out and c not in sb]
+        fb = [c for c in sb if c in out and c not in sa]
+        if set(sa) != set(batch + contr + fa) or set(sb) != set(batch + contr + fb) or not batch or \
+                batch[0] != sa[0] or batch[0] != sb[0] or batch[0] != out[0]:
+            raise unsup(f"einsum '{eq}' (needs the batch index first everywhere and no summed-out free index)")
+        size = {}
+        for sub, t in ((sa, ops_[0]), (sb, ops_[1])):
+            for c, s in zip(sub, self.shape(t)):
+                size[c] = s
+        src = f"{n.name} ({what})"
+
+        def arrange(sub, t, order, tag):
+            x = self.tensor_input(n, t, what)
+            perm = [sub.index(c) for c in order]
+            if perm != list(range(len(perm))):
+                x = self.emit("permute", [x], {"perm": tuple(p - 1 for p in perm[1:])}, name=f"{n.name}_{tag}",
+                              source=src)
+            return x
+
+        groups = lambda cs: int(np.prod([size[c] for c in cs]))  # noqa: E731
+        lead = tuple(size[c] for c in batch[1:])
+        a = arrange(sa, ops_[0], batch + fa + contr, "a")
+        a = self.emit("reshape", [a], {"shape": lead + (groups(fa), groups(contr))}, name=f"{n.name}_a2", source=src)
+        b = arrange(sb, ops_[1], batch + fb + contr, "b")
+        b = self.emit("reshape", [b], {"shape": lead + (groups(fb), groups(contr))}, name=f"{n.name}_b2", source=src)
+        z = self.emit("matmul", [a, b], {"transpose_b": True}, name=n.name, source=src)
+        order = batch + fa + fb
+        z = self.emit("reshape", [z], {"shape": tuple(size[c] for c in order[1:])}, name=f"{n.name}_out",
+                      source=src)
+        perm = [order.index(c) for c in out]
+        if perm != list(range(len(perm))):
+            z = self.emit("permute", [z], {"perm": tuple(p - 1 for p in perm[1:])}, name=f"{n.name}_order", source=src)
+        self.env[n] = z
 
     # -- resampling ---------------------------------------------------------------------------
     def add_upsample(self, n, x, mode, align_corners, scale_factor, recompute, name=None, source="", unsup=None):

@@ -6,7 +6,8 @@
                 bounds likewise; a bound may be +-inf); ``clipped_relu`` (Keras'
                 ReLU): ``max_value`` (None: no cap), ``threshold``,
                 ``negative_slope``; ``hardswish`` = ``x relu6(x + 3) / 6``,
-                ``hardsigmoid`` = ``relu6(x + 3) / 6``. Dropout and stochastic
+                ``hardsigmoid`` = ``relu6(x + 3) / 6``; ``gelu_tanh`` is GELU's tanh
+                approximation (``approximate="tanh"``). Dropout and stochastic
                 depth at inference are ``kind="identity"``.
 ``batchnorm``   params ``scale``, ``shift`` (per channel, along per-sample axis
                 0): ``y = x * scale + shift``.
@@ -77,6 +78,7 @@ _FUNCTIONS = {
     "clipped_relu": _clipped_relu,
     "hardswish": lambda x, a: x * _hardsigmoid(x),
     "hardsigmoid": lambda x, a: _hardsigmoid(x),
+    "gelu_tanh": lambda x, a: 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x))),
 }
 
 #: Activation kinds, in a fixed order (the GPU kernels number them in this order).
