@@ -769,17 +769,18 @@ class Converter:
         weights = self.emit("softmax", [scores], {"axis": -1}, name=f"{prefix}.softmax", source=source)
         return self.emit("matmul", [weights, v], name=f"{prefix}.values", source=source)
 
-    def attention_mask(self, n, mask, is_causal, L, S, rank, unsup):
+    def attention_mask(self, n, mask, is_causal, L, S, rank, unsup, true_masks=False):
         """The per-sample additive mask of scores with ``rank`` axes (batch included) from
-        ``attn_mask`` (a constant, float or boolean) and ``is_causal``, or None. Masked-out
-        positions get -1e9 (the softmax gives them 0), so the constant stays finite."""
+        ``attn_mask`` (a constant, float or boolean: True takes part, or with ``true_masks``,
+        nn.MultiheadAttention's convention, True is masked out) and ``is_causal``, or None.
+        Masked-out positions get -1e9 (the softmax gives them 0), so the constant stays finite."""
         out = None
         if mask is not None:
             v = self.env.get(mask) if isinstance(mask, self.torch.fx.Node) else None
             t = v.value if isinstance(v, Meta) else self.consts.get(getattr(mask, "name", None))
             out = self.const_value(n, mask, "attention", "attention mask")
             if t is not None and t.dtype == self.torch.bool:
-                out = np.where(out > 0, 0.0, -1e9)
+                out = np.where((out > 0) != true_masks, 0.0, -1e9)
         if is_causal:
             causal = np.where(np.tril(np.ones((L, S), bool)), 0.0, -1e9)
             out = causal if out is None else out + causal
@@ -821,7 +822,7 @@ class Converter:
             heads.append(self.emit("permute", [h], {"perm": (1, 0, 2)}, name=f"{path}.{tag}_heads_first", source=src))
         L, S = self.sample_shape(args[0])[0], self.sample_shape(args[1])[0]
         mask = self.attention_mask(n, _arg(n, 5, "attn_mask", None), bool(_arg(n, 7, "is_causal", False)), L, S, 4,
-                                   unsup)
+                                   unsup, true_masks=True)
         o = self.add_attention(n, *heads, 1.0 / np.sqrt(d), mask, f"{path}.attention", src)
         o = self.emit("permute", [o], {"perm": (1, 0, 2)}, name=f"{path}.merge_heads", source=src)
         o = self.emit("reshape", [o], {"shape": (L, E)}, name=f"{path}.merged", source=src)
@@ -876,7 +877,7 @@ class Converter:
         """An einsum of two tensors that is a batched matmul: operands permuted to (batch, free,
         contracted) / (batch, contracted, free), one matmul, the result permuted to the output's order."""
         eq = str(n.args[0]).replace(" ", "")
-        ops_ = n.args[1:] if len(n.args) > 2 else tuple(n.args[1])
+        ops_ = tuple(n.args[1]) if isinstance(n.args[1], (list, tuple)) else n.args[1:]
         if "->" not in eq or "." in eq or len(ops_) != 2:
             raise unsup(f"einsum '{eq}' (only an explicit 'ab,bc->ac'-style product of two tensors is supported)")
         ins, out = eq.split("->")
