@@ -90,3 +90,27 @@ def test_torchvision_vit_imports_and_explains():
         want = ref.explain(x.double().numpy())
         got = fastlrp.Explainer(graph, comp, backend=be).explain(x.numpy())
         assert np.isfinite(got).all() and rel_err(got, want) < RTOL_NET
+
+
+def test_small_maxvit_imports_and_explains():
+    """torchvision's MaxViT (MBConv with squeeze-excitation, block and grid attention with a
+    relative position bias), a small configuration (maxvit_t itself needs 224 x 224 inputs,
+    slow here; tests/test_zoo.py has vit_b_16 and timm's ViTs)."""
+    from _zoo import import_torchvision, randomize_torch_batchnorm
+
+    torch = pytest.importorskip("torch")
+    tv = import_torchvision()
+    torch.manual_seed(0)
+    m = tv.models.maxvit.MaxVit(input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[8, 16],
+                                block_layers=[1, 1], head_dim=4, stochastic_depth_prob=0.0, num_classes=5)
+    m = randomize_torch_batchnorm(m)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        y = m(x).numpy()
+    graph = fastlrp.from_torch(m, x)
+    ref = fastlrp.Explainer(graph, "attnlrp", backend="reference")
+    assert rel_err(ref.forward(x.double().numpy()), y) < 1e-5
+    want = ref.explain(x.double().numpy())
+    be = "cpu" if fastlrp._ext.core is not None else "numba"
+    got = fastlrp.Explainer(graph, "attnlrp", backend=be).explain(x.numpy())
+    assert np.isfinite(got).all() and rel_err(got, want) < 1e-3

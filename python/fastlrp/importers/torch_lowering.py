@@ -41,6 +41,15 @@ class Meta:
         self.origin = origin
 
 
+class BatchMoved:
+    """A permute that moves the batch axis (timm's ``qkv.permute(2, 0, 3, 1, 4)``): kept
+    symbolic until ``unbind(0)`` / ``select(0, i)`` / ``[i]`` takes it apart again.
+    ``x``: the IR node permuted; ``perm``: the permutation of its full (batched) axes."""
+
+    def __init__(self, x, perm, origin):
+        self.x, self.perm, self.origin = x, tuple(perm), origin
+
+
 def _arg(node, i, name, default=None):
     """Positional argument ``i`` or keyword ``name`` of an fx node."""
     if len(node.args) > i:
@@ -268,6 +277,9 @@ class Converter:
             if isinstance(v, Meta):
                 raise self.unsupported(fxnode, what, f"operand '{arg.name}' is a constant or parameter "
                                        f"({v.origin}), not a tensor computed from the input")
+            if isinstance(v, BatchMoved):
+                raise self.unsupported(fxnode, what, f"operand '{arg.name}' moves the batch axis ({v.origin}); "
+                                       "only unbind(0) / select(0, i) / [i] of such a permute is supported")
         raise self.unsupported(fxnode, what, f"operand {arg!r} is a constant, not a tensor computed from the input")
 
     def check_batch(self, fxnode, what):
@@ -488,6 +500,10 @@ class Converter:
             if isinstance(base, torch.fx.Node) and isinstance(self.env.get(base), str):
                 self.convert_index(n, base, n.args[1], "indexing/slicing of a tensor (operator.getitem)")
                 return
+            if isinstance(base, torch.fx.Node) and isinstance(self.env.get(base), BatchMoved) and \
+                    isinstance(n.args[1], int):
+                self.env[n] = self.moved_parts(n, self.env[base])[n.args[1]]
+                return
             raise self.unsupported(n, "indexing/slicing of a tensor (operator.getitem)")
         if kind is None and fname.startswith("operator.") and n.all_input_nodes and all(
             isinstance(self.env.get(a), Meta) for a in n.all_input_nodes
@@ -577,7 +593,8 @@ class Converter:
                 perm = list(range(rank))
                 perm[d0], perm[d1] = perm[d1], perm[d0]
             if perm[0] != 0:
-                raise unsup("it moves the batch axis")
+                self.env[n] = BatchMoved(x, perm, f"{what} at '{n.name}'")  # until unbind(0) takes it apart
+                return
             sp = tuple(p - 1 for p in perm[1:])
             if sp == tuple(range(rank - 1)):
                 self.env[n] = x
@@ -737,6 +754,11 @@ class Converter:
         self.nodes.append(Node(nm, op, list(inputs), dict(attrs or {}), params, (), source))
         return nm
 
+    def scalar(self, arg):
+        """A Python value argument, seen through a Meta (a default argument of forward, a size)."""
+        v = self.env.get(arg) if isinstance(arg, self.torch.fx.Node) else None
+        return v.value if isinstance(v, Meta) else arg
+
     @staticmethod
     def gelu_kind(approximate, unsup):
         if approximate not in ("none", "tanh"):
@@ -775,8 +797,10 @@ class Converter:
         nn.MultiheadAttention's convention, True is masked out) and ``is_causal``, or None.
         Masked-out positions get -1e9 (the softmax gives them 0), so the constant stays finite."""
         out = None
+        v = self.env.get(mask) if isinstance(mask, self.torch.fx.Node) else None
+        if isinstance(v, Meta) and v.value is None:  # an optional mask argument left at None
+            mask = None
         if mask is not None:
-            v = self.env.get(mask) if isinstance(mask, self.torch.fx.Node) else None
             t = v.value if isinstance(v, Meta) else self.consts.get(getattr(mask, "name", None))
             out = self.const_value(n, mask, "attention", "attention mask")
             if t is not None and t.dtype == self.torch.bool:
@@ -821,7 +845,8 @@ class Converter:
             h = self.emit("reshape", [h], {"shape": (L, H, d)}, name=f"{path}.{tag}_heads", source=src)
             heads.append(self.emit("permute", [h], {"perm": (1, 0, 2)}, name=f"{path}.{tag}_heads_first", source=src))
         L, S = self.sample_shape(args[0])[0], self.sample_shape(args[1])[0]
-        mask = self.attention_mask(n, _arg(n, 5, "attn_mask", None), bool(_arg(n, 7, "is_causal", False)), L, S, 4,
+        mask = self.attention_mask(n, _arg(n, 5, "attn_mask", None), bool(self.scalar(_arg(n, 7, "is_causal", False))),
+                                   L, S, 4,
                                    unsup, true_masks=True)
         o = self.add_attention(n, *heads, 1.0 / np.sqrt(d), mask, f"{path}.attention", src)
         o = self.emit("permute", [o], {"perm": (1, 0, 2)}, name=f"{path}.merge_heads", source=src)
@@ -847,16 +872,16 @@ class Converter:
             return
         if kind == "sdpa":
             a = [_arg(n, i, nm) for i, nm in enumerate(("query", "key", "value"))]
-            if float(_arg(n, 4, "dropout_p", 0.0)) != 0.0:
+            if float(self.scalar(_arg(n, 4, "dropout_p", 0.0))) != 0.0:
                 raise unsup("dropout_p > 0 (pass 0.0 at inference)")
-            if _arg(n, 7, "enable_gqa", False):
+            if self.scalar(_arg(n, 7, "enable_gqa", False)):
                 raise unsup("enable_gqa=True")
             qs, ks = self.shape(a[0]), self.shape(a[1])
             if len(qs) < 3 or qs[:-2] != ks[:-2]:
                 raise unsup(f"query {qs} and key {ks} need the same leading axes")
-            scale = _arg(n, 6, "scale", None)
+            scale = self.scalar(_arg(n, 6, "scale", None))
             scale = 1.0 / np.sqrt(qs[-1]) if scale is None else float(scale)
-            mask = self.attention_mask(n, _arg(n, 3, "attn_mask", None), bool(_arg(n, 5, "is_causal", False)),
+            mask = self.attention_mask(n, _arg(n, 3, "attn_mask", None), bool(self.scalar(_arg(n, 5, "is_causal", False))),
                                        qs[-2], ks[-2], len(qs), unsup)
             q, k, v = (self.tensor_input(n, t, what) for t in a)
             self.env[n] = self.add_attention(n, q, k, v, scale, mask, n.name, src)
@@ -953,6 +978,23 @@ class Converter:
         self.nodes.append(Node(sq, "reshape", [name], {"shape": out}, {}, (), f"{n.name} (index)"))
         return sq
 
+    def moved_parts(self, n, moved):
+        """The parts ``P[i]`` of a permute ``P`` that moved the batch axis (:class:`BatchMoved`):
+        slices of the permuted tensor's axis ``perm[0]``, each permuted with the batch axis first."""
+        a = moved.perm[0]
+        rest = [p if p < a else p - 1 for p in moved.perm[1:]]
+        if rest[0] != 0:
+            raise self.unsupported(n, f"taking apart {moved.origin}", "its parts do not have the batch axis first")
+        parts = []
+        for i in range(self.shapes_of(moved.x)[a - 1]):
+            part = self.add_slice(n, moved.x, a - 1, i, i + 1, squeeze=True, suffix=f"_{i}")
+            perm = tuple(p - 1 for p in rest[1:])
+            if perm != tuple(range(len(perm))):
+                part = self.emit("permute", [part], {"perm": perm}, name=f"{n.name}_{i}_permute",
+                                 source=f"{n.name} (part {i} of {moved.origin})")
+            parts.append(part)
+        return parts
+
     def shapes_of(self, name):
         """Per-sample shape of an IR node made so far (from the traced fx shapes)."""
         for fx, v in self.env.items():
@@ -985,6 +1027,12 @@ class Converter:
 
     def convert_split(self, n, kind, what, unsup):
         """chunk / split / unbind (a tuple of parts, read by getitem), narrow, select."""
+        moved = self.env.get(n.args[0] if n.args else n.kwargs.get("input"))
+        if isinstance(moved, BatchMoved) and kind in ("unbind", "select") and \
+                int(_arg(n, 1, "dim", 0)) == 0:
+            parts = self.moved_parts(n, moved)
+            self.env[n] = tuple(parts) if kind == "unbind" else parts[int(_arg(n, 2, "index"))]
+            return
         x = self.tensor_input(n, n.args[0] if n.args else n.kwargs.get("input"), what)
         rank = len(self.shape(n.args[0] if n.args else n.kwargs.get("input")))
         dim_pos = {"chunk": 2, "split": 2, "unbind": 1, "narrow": 1, "select": 1}[kind]
