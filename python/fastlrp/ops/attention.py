@@ -54,13 +54,23 @@ def attention_weights_operand(graph, node):
 
 def matmul_operands(a: np.ndarray, b: np.ndarray, transpose_b: bool) -> tuple:
     """``(a, b)`` of a batched product ``a @ b`` (``b`` swapped in its last two axes when
-    ``transpose_b``)."""
-    return a, (np.swapaxes(b, -1, -2) if transpose_b else b)
+    ``transpose_b``), both C-contiguous."""
+    return np.ascontiguousarray(a), np.ascontiguousarray(np.swapaxes(b, -1, -2) if transpose_b else b)
+
+
+def _t(m: np.ndarray) -> np.ndarray:
+    """The matrices of a stack transposed, C-contiguous: NumPy's float32 matmul of
+    C-contiguous stacks runs 3x faster than of transposed views (measured on heads of
+    ViT-B/16, (4, 12, 197, 64))."""
+    return np.ascontiguousarray(np.swapaxes(m, -1, -2))
 
 
 class MatmulReference:
-    def __init__(self, graph, node, rule):
-        self.node, self.rule = node, rule
+    """``matmul``: a batched product of stacks of matrices with NumPy's broadcasting (default:
+    ``np.matmul``; the compiled CPU backend passes its grouped GEMM)."""
+
+    def __init__(self, graph, node, rule, matmul=np.matmul):
+        self.node, self.rule, self.mm = node, rule, matmul
         self.tb = bool(node.attrs.get("transpose_b", False))
         self.shapes = [tuple(graph[i].shape) for i in node.inputs]
         self.keep = None  # GateEpsilon: the operand that gets the relevance
@@ -76,7 +86,7 @@ class MatmulReference:
 
     def forward(self, inputs):
         a, b = matmul_operands(inputs[0], inputs[1], self.tb)
-        z = a @ b
+        z = self.mm(a, b)
         s = stabilize(z, self.rule.epsilon)
         if self.keep is None:
             s = s * 2
@@ -84,12 +94,12 @@ class MatmulReference:
 
     def relevance(self, ctx, R):
         a, b, s = ctx
-        g = R / s
+        g = np.divide(R, s, order="C")
         out = [None, None]
         if self.keep != 1:
-            out[0] = unbroadcast(a * (g @ np.swapaxes(b, -1, -2)), self.shapes[0])
+            out[0] = unbroadcast(a * self.mm(g, _t(b)), self.shapes[0])
         if self.keep != 0:
-            rb = b * (np.swapaxes(a, -1, -2) @ g)
+            rb = b * self.mm(_t(a), g)
             out[1] = unbroadcast(np.swapaxes(rb, -1, -2) if self.tb else rb, self.shapes[1])
         for i in (0, 1):
             if out[i] is None:
