@@ -107,7 +107,6 @@ def _param(case):
 # ----------------------------------------------------------------------------- blockers
 # The first unsupported layer or op each model meets, as the importers name it, and the
 # next ones where they are known; one constant per blocker, so that adding an op is one edit.
-SWIN = "torch.fx: unsupported function torchvision's shifted_window_attention (window partition, roll, relative bias)"
 
 TORCHVISION = [
     Case("tv", "resnet18", 32),
@@ -132,7 +131,7 @@ TORCHVISION = [
     Case("tv", "mnasnet0_5", 32),
     Case("tv", "convnext_tiny", 32),
     Case("tv", "vit_b_16", 32, (("image_size", 32),)),
-    Case("tv", "swin_t", 32, blocker=SWIN),
+    Case("tv", "swin_t", 32),
 ]
 
 TIMM = [

@@ -483,6 +483,11 @@ class Converter:
             return
         if kind is None and not isinstance(target, str) and self.from_constants(n, what):
             return
+        swin = {"shifted_window_attention": self.add_shifted_window_attention,
+                "_patch_merging_pad": self.add_patch_merging_pad}.get(getattr(target, "__name__", None))
+        if swin is not None and getattr(target, "__module__", "").startswith("torchvision."):
+            swin(n)
+            return
         if target is getattr and len(n.args) >= 2:
             base = n.args[0]
             if n.args[1] in ("shape", "ndim", "dtype", "device") and isinstance(base, torch.fx.Node):
@@ -944,6 +949,102 @@ class Converter:
         if perm != list(range(len(perm))):
             z = self.emit("permute", [z], {"perm": tuple(p - 1 for p in perm[1:])}, name=f"{n.name}_order", source=src)
         self.env[n] = z
+
+    # -- Swin (torchvision's fx-wrapped functions) ---------------------------------------------
+    def emit_slice(self, x, axis, start, stop, step=1, name="", source=""):
+        return self.emit("slice", [x], {"axis": axis, "start": start, "stop": stop, "step": step}, name=name,
+                         source=source)
+
+    def emit_roll(self, x, shift, axis, length, name, source):
+        """``torch.roll`` along one per-sample axis: a concat of the two slices."""
+        k = (-int(shift)) % length
+        if k == 0:
+            return x
+        parts = [self.emit_slice(x, axis, k, length, name=f"{name}_tail", source=source),
+                 self.emit_slice(x, axis, 0, k, name=f"{name}_head", source=source)]
+        return self.emit("concat", parts, {"axis": axis}, name=name, source=source)
+
+    def add_patch_merging_pad(self, n):
+        """torchvision's ``_patch_merging_pad``: pad H, W to even sizes, the four strided
+        quarter grids concatenated along the channels."""
+        src = f"{n.name} (swin patch merging)"
+        x = self.tensor_input(n, n.args[0], "swin patch merging")
+        H, W, C = self.sample_shape(n.args[0])
+        if H % 2 or W % 2:
+            x = self.emit("pad", [x], {"padding": ((0, H % 2), (0, W % 2), (0, 0))}, name=f"{n.name}_pad", source=src)
+        parts = []
+        for i, (a, b) in enumerate(((0, 0), (1, 0), (0, 1), (1, 1))):
+            p = self.emit_slice(x, 0, a, None, 2, name=f"{n.name}_{i}h", source=src)
+            parts.append(self.emit_slice(p, 1, b, None, 2, name=f"{n.name}_{i}w", source=src))
+        self.add(n, "concat", parts, {"axis": 2}, source=src)
+
+    def add_shifted_window_attention(self, n):
+        """torchvision's ``shifted_window_attention`` (Swin v1): pad, cyclic shift (concat of
+        slices), window partition (reshape/permute per sample), dense qkv, attention with the
+        relative position bias and the shifted windows' mask as one added constant, dense
+        projection, and everything undone in reverse."""
+        what = "swin shifted_window_attention"
+        src = f"{n.name} ({what})"
+        names = ("input", "qkv_weight", "proj_weight", "relative_position_bias", "window_size", "num_heads",
+                 "shift_size", "attention_dropout", "dropout", "qkv_bias", "proj_bias", "logit_scale", "training")
+        a = {k: _arg(n, i, k) for i, k in enumerate(names)}
+        if self.scalar(a["logit_scale"]) is not None:
+            raise self.unsupported(n, what, "logit_scale (Swin v2's cosine attention)")
+        x = self.tensor_input(n, a["input"], what)
+        H, W, C = self.sample_shape(a["input"])
+        ws = [int(v) for v in self.scalar(a["window_size"])]
+        heads = int(self.scalar(a["num_heads"]))
+        shift = [int(v) for v in self.scalar(a["shift_size"])]
+        bias = self.const_value(n, a["relative_position_bias"], what, "relative position bias")
+        pb, pr = (ws[0] - H % ws[0]) % ws[0], (ws[1] - W % ws[1]) % ws[1]
+        pH, pW = H + pb, W + pr
+        if pb or pr:
+            x = self.emit("pad", [x], {"padding": ((0, pb), (0, pr), (0, 0))}, name=f"{n.name}_pad", source=src)
+        shift = [0 if ws[i] >= (pH, pW)[i] else shift[i] for i in (0, 1)]
+        for i in (0, 1):
+            x = self.emit_roll(x, -shift[i], i, (pH, pW)[i], f"{n.name}_shift{i}", src)
+        nh, nw, N = pH // ws[0], pW // ws[1], ws[0] * ws[1]
+        x = self.emit("reshape", [x], {"shape": (nh, ws[0], nw, ws[1], C)}, name=f"{n.name}_grid", source=src)
+        x = self.emit("permute", [x], {"perm": (0, 2, 1, 3, 4)}, name=f"{n.name}_windows_first", source=src)
+        x = self.emit("reshape", [x], {"shape": (nh * nw, N, C)}, name=f"{n.name}_windows", source=src)
+        qkv = self.emit("dense", [x], {}, {"weight": self.const_value(n, a["qkv_weight"], what, "qkv weight"),
+                                          "bias": self.const_value(n, a["qkv_bias"], what, "qkv bias")},
+                        name=f"{n.name}.qkv", source=src)
+        qkv = self.emit("reshape", [qkv], {"shape": (nh * nw, N, 3, heads, C // heads)}, name=f"{n.name}_qkv_heads",
+                        source=src)
+        qkv_parts = []
+        for i, t in enumerate("qkv"):
+            p = self.emit_slice(qkv, 2, i, i + 1, name=f"{n.name}_{t}", source=src)
+            p = self.emit("reshape", [p], {"shape": (nh * nw, N, heads, C // heads)}, name=f"{n.name}_{t}_squeeze",
+                          source=src)
+            qkv_parts.append(self.emit("permute", [p], {"perm": (0, 2, 1, 3)}, name=f"{n.name}_{t}_heads",
+                                       source=src))
+        mask = bias.reshape(1, heads, N, N)
+        if sum(shift):
+            region = np.zeros((pH, pW))
+            count = 0
+            for h in ((0, -ws[0]), (-ws[0], -shift[0]), (-shift[0], None)):
+                for w in ((0, -ws[1]), (-ws[1], -shift[1]), (-shift[1], None)):
+                    region[h[0]:h[1], w[0]:w[1]] = count
+                    count += 1
+            region = region.reshape(nh, ws[0], nw, ws[1]).transpose(0, 2, 1, 3).reshape(nh * nw, N)
+            mask = mask + np.where(region[:, None, :] != region[:, :, None], -100.0, 0.0)[:, None]
+        o = self.add_attention(n, *qkv_parts, (C // heads) ** -0.5, mask, f"{n.name}.attention", src)
+        o = self.emit("permute", [o], {"perm": (0, 2, 1, 3)}, name=f"{n.name}_merge_heads", source=src)
+        o = self.emit("reshape", [o], {"shape": (nh * nw, N, C)}, name=f"{n.name}_merged", source=src)
+        o = self.emit("dense", [o], {}, {"weight": self.const_value(n, a["proj_weight"], what, "projection weight"),
+                                        "bias": self.const_value(n, a["proj_bias"], what, "projection bias")},
+                      name=f"{n.name}.proj", source=src)
+        o = self.emit("reshape", [o], {"shape": (nh, nw, ws[0], ws[1], C)}, name=f"{n.name}_unwindow", source=src)
+        o = self.emit("permute", [o], {"perm": (0, 2, 1, 3, 4)}, name=f"{n.name}_grid_back", source=src)
+        o = self.emit("reshape", [o], {"shape": (pH, pW, C)}, name=f"{n.name}_image", source=src)
+        for i in (0, 1):
+            o = self.emit_roll(o, shift[i], i, (pH, pW)[i], f"{n.name}_unshift{i}", src)
+        if pb:
+            o = self.emit_slice(o, 0, 0, H, name=f"{n.name}_crop_h", source=src)
+        if pr:
+            o = self.emit_slice(o, 1, 0, W, name=f"{n.name}_crop_w", source=src)
+        self.env[n] = o
 
     # -- resampling ---------------------------------------------------------------------------
     def add_upsample(self, n, x, mode, align_corners, scale_factor, recompute, name=None, source="", unsup=None):
