@@ -776,6 +776,7 @@ class Converter:
         activation (stripped at the output)."""
         rank = len(self.shape(n))
         if dim is None or rank == 2:
+            self.check_softmax_dim(n, dim, unsup)  # the classifier's softmax, else an error
             return False
         dim = int(dim) % rank
         if dim == 0:
