@@ -96,7 +96,8 @@ def import_timm():
 def randomize_torch_batchnorm(model, seed=0):
     """Non-trivial BatchNorm statistics and affine parameters (freshly built models have
     mean 0, variance 1, weight 1, bias 0: an identity that would test nothing), mild
-    enough that deep networks keep activations of order one. Returns the model in eval mode."""
+    enough that deep networks keep activations of order one, and random weights for
+    Linear layers initialised to zero. Returns the model in eval mode."""
     import torch
 
     batchnorms = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)  # timm's subclass them
@@ -110,6 +111,9 @@ def randomize_torch_batchnorm(model, seed=0):
                 if m.affine:
                     m.weight.copy_(0.75 + 0.5 * torch.rand(c, generator=g))
                     m.bias.copy_(0.1 * torch.randn(c, generator=g))
+            elif isinstance(m, torch.nn.Linear) and not m.weight.any():
+                # zero-initialised classifier heads (torchvision's ViTs): a zero output tests nothing
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.in_features ** 0.5)
     return model.eval()
 
 

@@ -55,8 +55,8 @@ from fastlrp.graph import GraphBuilder, conv_output_length
 from fastlrp.ops.linear import conv_backward, conv_forward
 from fastlrp.ops.elementwise import ACTIVATIONS
 from fastlrp.rules import (
-    AlphaBeta, AlphaBetaX, Epsilon, Flat, Gamma, Gate, Gradient, Norm, Pass, Uniform, WinnerTakesAll, WSquare, ZBox,
-    ZPlus,
+    AlphaBeta, AlphaBetaX, Epsilon, Flat, Gamma, Gate, GateEpsilon, Gradient, Norm, Pass, Taylor, Uniform,
+    UniformEpsilon, WinnerTakesAll, WSquare, ZBox, ZPlus,
 )
 from _nets import (
     BACKENDS, RTOL_FORWARD, RTOL_LAYER, RTOL_NET, RTOL_ROUTE, branchy_cnn, cnn1d, explain_vs_reference, rel_err,
@@ -101,6 +101,9 @@ RULE_VARIANTS = {
     "uniform": (Uniform(),),
     "gradient": (Gradient(),),
     "alphabetax": (AlphaBetaX((2.0, 0.0), (1.0, 0.0), 1e-7, guard="zero"), AlphaBetaX(zero_bias=True)),
+    "uniform_epsilon": (UniformEpsilon(), UniformEpsilon(epsilon=0.1)),
+    "gate_epsilon": (GateEpsilon(), GateEpsilon(gate=1, epsilon=0.1)),
+    "taylor": (Taylor(),),
 }
 LINEAR_KINDS = tuple(rules.PARAMETRIC_RULES)  # the weight rules (Pass on dense/conv: its own cases)
 
@@ -357,6 +360,19 @@ CASES = {
             "layernorm", h, {"axes": (0,), "eps": 1e-6}, {"weight": signed(rng, (3, 1, 1))}, name="op")),
         _case("rms-two-axes", (3, 4, 5), lambda gb, h: gb.add_node(
             "layernorm", h, {"axes": (1, 2), "eps": 1e-5, "rms": True}, name="op")),
+    ],
+    # attention: weights A = softmax(h h^T) (positive), values h; the scores h h^T; broadcast leading axes
+    "matmul": [
+        _case("attention-values", (2, 5, 3), lambda gb, h: gb.add_node("matmul", [gb.add_node(
+            "softmax", gb.add_node("matmul", [h, h], {"transpose_b": True}), {"axis": -1}), h], name="op")),
+        _case("scores", (2, 4, 3), lambda gb, h: gb.add_node(
+            "matmul", [h, gb.activation(h, "tanh")], {"transpose_b": True}, name="op"), kinds=("uniform_epsilon",)),
+        _case("broadcast", (2, 4, 3), lambda gb, h: gb.add_node("matmul", [gb.permute(h, (0, 2, 1)), gb.add_node(
+            "slice", h, {"axis": 0, "start": 0, "stop": 1})], name="op"), kinds=("uniform_epsilon",)),
+    ],
+    "softmax": [
+        _case("last-axis", (3, 5), lambda gb, h: gb.add_node("softmax", h, {"axis": -1}, name="op")),
+        _case("middle-axis", (2, 4, 3), lambda gb, h: gb.add_node("softmax", h, {"axis": 1}, name="op")),
     ],
     "batchnorm": [
         Case("3d", (3, 4, 5), lambda gb, h, rng: gb.batchnorm(h, signed(rng, 3), signed(rng, 3), name="op")),

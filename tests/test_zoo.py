@@ -107,8 +107,6 @@ def _param(case):
 # ----------------------------------------------------------------------------- blockers
 # The first unsupported layer or op each model meets, as the importers name it, and the
 # next ones where they are known; one constant per blocker, so that adding an op is one edit.
-VIT = ("torch.fx: unsupported method Tensor.expand (the class token); then Tensor.permute/unbind across the "
-       "batch axis (qkv split) and F.scaled_dot_product_attention")
 
 TORCHVISION = [
     Case("tv", "resnet18", 32),
@@ -132,6 +130,8 @@ TORCHVISION = [
     Case("tv", "inception_v3", 75, (("aux_logits", False), ("init_weights", False))),
     Case("tv", "mnasnet0_5", 32),
     Case("tv", "convnext_tiny", 32),
+    Case("tv", "vit_b_16", 32, (("image_size", 32),)),
+    Case("tv", "swin_t", 32),
 ]
 
 TIMM = [
@@ -150,7 +150,8 @@ TIMM = [
     Case("timm", "ghostnet_050", 32),
     Case("timm", "convnext_atto", 32),
     Case("timm", "hrnet_w18_small", 32),
-    Case("timm", "vit_tiny_patch16_224", 32, (("img_size", 32),), blocker=VIT),
+    Case("timm", "vit_tiny_patch16_224", 32, (("img_size", 32),)),
+    Case("timm", "deit_tiny_patch16_224", 32, (("img_size", 32),)),
 ]
 
 KERAS = [

@@ -30,7 +30,8 @@ from typing import Callable, Mapping, Sequence
 
 from . import ops
 from .graph import PARAMETRIC_OPS, Graph, Node
-from .rules import AlphaBeta, Epsilon, Flat, Gamma, Rule, RuleError, ZBox, ZPlus
+from .ops.attention import attention_weights_operand
+from .rules import AlphaBeta, Epsilon, Flat, Gamma, GateEpsilon, Rule, RuleError, ZBox, ZPlus
 
 __all__ = [
     "Composite",
@@ -40,6 +41,8 @@ __all__ = [
     "EpsilonAlpha2Beta1Flat",
     "EpsilonGammaBox",
     "ExcitationBackprop",
+    "AttnLRP",
+    "CPLRP",
     "COMPOSITES",
     "get_composite",
     "register_composite",
@@ -226,6 +229,43 @@ class ExcitationBackprop(Composite):
         )
 
 
+class AttnLRP(Composite):
+    """AttnLRP (Achtibat et al., ICML 2024) for transformers: LayerNorm / RMSNorm with
+    the standard deviation held constant (Epsilon), softmax by AttnLRP's rule
+    (:class:`~fastlrp.rules.Taylor`), the attention products ``q k^T`` and ``A v``
+    by the uniform epsilon rule (:class:`~fastlrp.rules.UniformEpsilon`), GELU / SiLU
+    and the other activations by the identity rule (Pass), residual adds by Norm.
+
+    Dense and conv layers get ``Epsilon(epsilon)``, or ``Gamma(gamma)`` when ``gamma``
+    is given (LXT's ViT example uses Gamma). ``epsilon`` is also the stabilizer of
+    every other rule here: ``AttnLRP(epsilon=0)`` is LRP-0 throughout, the rule LXT's
+    Gradient x Input computes on layers without zennit rules. ``layer_map`` entries
+    (e.g. ``{"conv": Gamma(1.0)}``) come before these; ``first``, ``last``, ``names``
+    as in :class:`Composite`.
+    """
+
+    def __init__(self, epsilon=1e-6, gamma=None, zero_bias=False, layer_map=(), **kw):
+        linear = Epsilon(epsilon, zero_bias) if gamma is None else Gamma(gamma, epsilon, zero_bias)
+        items = list(layer_map.items()) if isinstance(layer_map, Mapping) else list(layer_map)
+        super().__init__(items + [("linear", linear), ("layernorm", Epsilon(epsilon, zero_bias))],
+                         stabilizer=epsilon, name=kw.pop("name", "attnlrp"), **kw)
+
+
+class CPLRP(AttnLRP):
+    """CP-LRP (Ali et al., ICML 2022) inside attention, AttnLRP outside (LXT's
+    ``vit_torch.cp_LRP``): a product with attention weights (a softmax output,
+    through reshapes and permutes) holds them constant, so relevance flows through
+    the values only (:class:`~fastlrp.rules.GateEpsilon`); the softmax and ``q k^T``
+    then receive none. The rest, and the arguments, as :class:`AttnLRP`."""
+
+    def __init__(self, epsilon=1e-6, gamma=None, zero_bias=False, layer_map=(), **kw):
+        super().__init__(epsilon, gamma, zero_bias, layer_map, name=kw.pop("name", "cp_lrp"), **kw)
+
+    def _default(self, graph, node):
+        gate = attention_weights_operand(graph, node) if node.op == "matmul" else None
+        return GateEpsilon(gate, self.stabilizer) if gate is not None else super()._default(graph, node)
+
+
 #: Named composites: name -> factory taking keyword arguments.
 COMPOSITES: dict[str, Callable[..., Composite]] = {
     "epsilon_plus": EpsilonPlus,
@@ -234,6 +274,8 @@ COMPOSITES: dict[str, Callable[..., Composite]] = {
     "epsilon_alpha2_beta1_flat": EpsilonAlpha2Beta1Flat,
     "epsilon_gamma_box": EpsilonGammaBox,
     "excitation_backprop": ExcitationBackprop,
+    "attnlrp": AttnLRP,
+    "cp_lrp": CPLRP,
 }
 
 

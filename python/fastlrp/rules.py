@@ -30,6 +30,9 @@ __all__ = [
     "Uniform",
     "Gradient",
     "AlphaBetaX",
+    "UniformEpsilon",
+    "GateEpsilon",
+    "Taylor",
     "RuleError",
     "PARAMETRIC_RULES",
     "OPTION_DEFAULTS",
@@ -335,6 +338,48 @@ class AlphaBetaX(Rule):
         _check_guard("AlphaBetaX.guard", self.guard)
 
 
+@dataclass(frozen=True)
+class UniformEpsilon(Rule):
+    """Product of two activations, ``z = a @ b`` (attention's ``q k^T`` and ``A v``):
+    AttnLRP's uniform epsilon rule. The epsilon rule of the bilinear map with the
+    relevance split evenly between the operands: ``g = R / (2 s(z))``,
+    ``R_a = a * (g b^T)``, ``R_b = b * (a^T g)``; conserves up to the stabilizer."""
+
+    epsilon: float = 1e-6
+    kind = "uniform_epsilon"
+
+    def __post_init__(self):
+        _check_eps("UniformEpsilon.epsilon", self.epsilon)
+
+
+@dataclass(frozen=True)
+class GateEpsilon(Rule):
+    """Product of two activations ``z = a @ b`` with one operand, the gate, held
+    constant (CP-LRP: the attention weights): the epsilon rule of the linear map of
+    the other operand, ``R_b = b * (a^T [R / s(z)])`` for ``gate=0``; the gate gets
+    none. ``gate`` is 0, 1, or None: the operand computed by a softmax (the
+    attention weights, seen through reshapes and permutes)."""
+
+    gate: object = None
+    epsilon: float = 1e-6
+    kind = "gate_epsilon"
+
+    def __post_init__(self):
+        if self.gate is not None and self.gate not in (0, 1):
+            raise RuleError(f"GateEpsilon needs gate=0, 1 or None, got {self.gate!r}")
+        _check_eps("GateEpsilon.epsilon", self.epsilon)
+
+
+@dataclass(frozen=True)
+class Taylor(Rule):
+    """A smooth function linearised at its input with the offset dropped,
+    ``R_x = x * J(x)^T [R / y]`` (Gradient x Input of one layer): AttnLRP's softmax
+    rule, ``R_x = x * (R - y * sum R)`` along the softmax's axis. Does not conserve
+    (the dropped offset absorbs or adds relevance)."""
+
+    kind = "taylor"
+
+
 #: Rules that need a dense/conv layer's weights.
 PARAMETRIC_RULES = ("epsilon", "zplus", "alphabeta", "gamma", "zbox", "flat", "wsquare")
 
@@ -354,6 +399,6 @@ def stabilizer_of(rule: Rule) -> float:
     """The epsilon of a rule's stabilized denominator ``s(z) = z + eps * sign(z)``:
     ``Epsilon.epsilon`` or the ``stabilizer`` of the other rules; 0.0 for rules
     without a division (Pass, WinnerTakesAll)."""
-    if isinstance(rule, Epsilon):
+    if isinstance(rule, (Epsilon, UniformEpsilon, GateEpsilon)):
         return float(rule.epsilon)
     return float(getattr(rule, "stabilizer", 0.0))

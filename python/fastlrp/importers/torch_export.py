@@ -139,7 +139,10 @@ class _AtenConverter(Converter):
             "conv_transpose1d", "conv_transpose2d.input")
         reg("linear", "linear")
         reg("addmm", "addmm")
-        reg("mm", "mm", "matmul")
+        reg("mm", "mm", "matmul", "bmm")
+        reg("sdpa", "scaled_dot_product_attention")
+        reg("einsum", "einsum")
+        reg("expand", "expand")
         reg("batch_norm", "batch_norm", "_native_batch_norm_legit_no_training", "native_batch_norm",
             "_native_batch_norm_legit")
         reg("size", "sym_size.int", "sym_numel", "sym_stride.int", "size.int")
@@ -233,6 +236,11 @@ class _AtenConverter(Converter):
         what = f"ATen op {op}"
         kind = self.aten_kind.get(target)
         ins = n.all_input_nodes
+        base = self.env.get(n.args[0]) if kind == "expand" else None
+        if isinstance(base, Meta) and isinstance(base.value, self.torch.Tensor) and base.value.ndim and \
+                base.value.shape[0] == 1:
+            self.env[n] = base  # a parameter of batch 1 broadcast over the (static) batch: a class token
+            return
         if kind == "size" or (ins and all(isinstance(self.env.get(a), Meta) for a in ins)) or (
             not ins and n.name in self.consts
         ):
@@ -282,6 +290,9 @@ class _AtenConverter(Converter):
                 return
             self.add_conv(n, x, d, w, b, a["stride"], a["padding"], a["dilation"], a["groups"],
                           name=self.owner(a["weight"], "weight"), source=src, unsup=unsup)
+            return
+        if kind == "mm" and isinstance(self.env.get(a["mat2"] if "mat2" in a else a["other"]), str):
+            self.convert_attention_kind(n, "matmul", what, unsup)  # a product of two activations
             return
         if kind in ("linear", "addmm", "mm"):
             if kind == "linear":

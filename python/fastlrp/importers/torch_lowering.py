@@ -41,6 +41,15 @@ class Meta:
         self.origin = origin
 
 
+class BatchMoved:
+    """A permute that moves the batch axis (timm's ``qkv.permute(2, 0, 3, 1, 4)``): kept
+    symbolic until ``unbind(0)`` / ``select(0, i)`` / ``[i]`` takes it apart again.
+    ``x``: the IR node permuted; ``perm``: the permutation of its full (batched) axes."""
+
+    def __init__(self, x, perm, origin):
+        self.x, self.perm, self.origin = x, tuple(perm), origin
+
+
 def _arg(node, i, name, default=None):
     """Positional argument ``i`` or keyword ``name`` of an fx node."""
     if len(node.args) > i:
@@ -186,6 +195,9 @@ class Converter:
         reg("conv", F.conv1d, F.conv2d)
         reg("conv_transpose", F.conv_transpose1d, F.conv_transpose2d)
         reg("batch_norm", F.batch_norm)
+        reg("matmul", operator.matmul, torch.matmul, torch.bmm)
+        reg("sdpa", g(F, "scaled_dot_product_attention"))
+        reg("einsum", torch.einsum)
         self.fn_dims = {F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2, F.max_pool1d: 1, F.max_pool2d: 2,
                         F.avg_pool1d: 1, F.avg_pool2d: 2}
         for n, d in (("max_pool1d", 1), ("max_pool2d", 2), ("avg_pool1d", 1)):
@@ -206,6 +218,7 @@ class Converter:
             "clamp": "clamp", "clamp_": "clamp", "clip": "clamp", "clip_": "clamp",
             "chunk": "chunk", "split": "split", "unbind": "unbind", "narrow": "narrow", "select": "select",
             "size": "meta", "dim": "meta",
+            "matmul": "matmul", "__matmul__": "matmul", "bmm": "matmul", "expand": "expand",
         }
 
         self.act_modules = {
@@ -264,6 +277,9 @@ class Converter:
             if isinstance(v, Meta):
                 raise self.unsupported(fxnode, what, f"operand '{arg.name}' is a constant or parameter "
                                        f"({v.origin}), not a tensor computed from the input")
+            if isinstance(v, BatchMoved):
+                raise self.unsupported(fxnode, what, f"operand '{arg.name}' moves the batch axis ({v.origin}); "
+                                       "only unbind(0) / select(0, i) / [i] of such a permute is supported")
         raise self.unsupported(fxnode, what, f"operand {arg!r} is a constant, not a tensor computed from the input")
 
     def check_batch(self, fxnode, what):
@@ -420,6 +436,9 @@ class Converter:
             x = inp()
             self.add_reshape(n, x, what, name=path, source=src)
             return
+        if isinstance(mod, nn.MultiheadAttention) and type(mod).forward is nn.MultiheadAttention.forward:
+            self.add_multihead_attention(n, mod, path, src, unsup)
+            return
         for cls, kind in self.act_modules.items():
             if type(mod) is cls:
                 x = inp()
@@ -428,11 +447,13 @@ class Converter:
                     attrs["negative_slope"] = float(mod.negative_slope)
                 elif kind == "elu":
                     attrs["alpha"] = float(mod.alpha)
-                elif kind == "gelu" and mod.approximate != "none":
-                    raise unsup(f"approximate='{mod.approximate}' (only the exact GELU is supported)")
+                elif kind == "gelu":
+                    kind = self.gelu_kind(mod.approximate, unsup)
                 elif kind == "softplus" and (float(mod.beta) != 1.0 or float(mod.threshold) != 20.0):
                     raise unsup("only beta=1, threshold=20 is supported")
-                elif kind in ("softmax", "log_softmax"):
+                elif kind == "softmax" and self.add_softmax(n, x, mod.dim, path, src, unsup):
+                    return
+                elif kind == "log_softmax":
                     self.check_softmax_dim(n, mod.dim, unsup)
                 elif kind in ("relu6", "hardtanh"):  # nn.ReLU6 is a Hardtanh(0, 6)
                     kind, attrs = "hardtanh", {"min_val": float(mod.min_val), "max_val": float(mod.max_val)}
@@ -462,6 +483,11 @@ class Converter:
             return
         if kind is None and not isinstance(target, str) and self.from_constants(n, what):
             return
+        swin = {"shifted_window_attention": self.add_shifted_window_attention,
+                "_patch_merging_pad": self.add_patch_merging_pad}.get(getattr(target, "__name__", None))
+        if swin is not None and getattr(target, "__module__", "").startswith("torchvision."):
+            swin(n)
+            return
         if target is getattr and len(n.args) >= 2:
             base = n.args[0]
             if n.args[1] in ("shape", "ndim", "dtype", "device") and isinstance(base, torch.fx.Node):
@@ -478,6 +504,10 @@ class Converter:
                 return
             if isinstance(base, torch.fx.Node) and isinstance(self.env.get(base), str):
                 self.convert_index(n, base, n.args[1], "indexing/slicing of a tensor (operator.getitem)")
+                return
+            if isinstance(base, torch.fx.Node) and isinstance(self.env.get(base), BatchMoved) and \
+                    isinstance(n.args[1], int):
+                self.env[n] = self.moved_parts(n, self.env[base])[n.args[1]]
                 return
             raise self.unsupported(n, "indexing/slicing of a tensor (operator.getitem)")
         if kind is None and fname.startswith("operator.") and n.all_input_nodes and all(
@@ -524,14 +554,20 @@ class Converter:
             self.env[n] = x
             return
         if kind in ("add", "sub", "mul", "div", "neg"):
+            if n.name not in self.tensor_nodes and all(isinstance(self.env.get(a), Meta) for a in n.all_input_nodes):
+                self.env[n] = Meta(self.values.get(n.name), f"{what} of sizes")  # e.g. (h // p) * (w // p)
+                return
             self.convert_arithmetic(n, kind, what, unsup)
+            return
+        if kind in ("matmul", "sdpa", "einsum", "expand"):
+            self.convert_attention_kind(n, kind, what, unsup)
             return
         if kind == "cat":
             tensors = _arg(n, 0, "tensors")
             dim = _arg(n, 1, "dim", 0)
             if not isinstance(tensors, (list, tuple)):
                 raise unsup("expected a list of tensors")
-            ins = [self.tensor_input(n, t, what) for t in tensors]
+            ins = [self.operand(n, t, what)[0] for t in tensors]  # constants too: a class token
             rank = len(self.shape(n))
             dim = int(dim) + rank if int(dim) < 0 else int(dim)
             if dim == 0:
@@ -562,7 +598,8 @@ class Converter:
                 perm = list(range(rank))
                 perm[d0], perm[d1] = perm[d1], perm[d0]
             if perm[0] != 0:
-                raise unsup("it moves the batch axis")
+                self.env[n] = BatchMoved(x, perm, f"{what} at '{n.name}'")  # until unbind(0) takes it apart
+                return
             sp = tuple(p - 1 for p in perm[1:])
             if sp == tuple(range(rank - 1)):
                 self.env[n] = x
@@ -593,12 +630,14 @@ class Converter:
             elif kind == "elu":
                 attrs["alpha"] = float(_arg(n, 1, "alpha", 1.0))
             elif kind == "gelu":
-                if _arg(n, 1, "approximate", "none") != "none":
-                    raise unsup("approximate GELU (only the exact GELU is supported)")
+                kind = self.gelu_kind(_arg(n, 1, "approximate", "none"), unsup)
             elif kind == "softplus":
                 if float(_arg(n, 1, "beta", 1.0)) != 1.0 or float(_arg(n, 2, "threshold", 20.0)) != 20.0:
                     raise unsup("only beta=1, threshold=20 is supported")
-            elif kind in ("softmax", "log_softmax"):
+            elif kind == "softmax" and self.add_softmax(n, x, _arg(n, 1, "dim", None), None, f"{n.name} ({what})",
+                                                        unsup):
+                return
+            elif kind == "log_softmax":
                 self.check_softmax_dim(n, _arg(n, 1, "dim", None), unsup)
             self.add(n, "activation", [x], {"kind": kind, **attrs}, source=f"{n.name} ({what})")
             return
@@ -712,6 +751,302 @@ class Converter:
             return
         raise unsup("")  # pragma: no cover
 
+    # -- attention ------------------------------------------------------------------------------
+    def emit(self, op, inputs, attrs=None, params=None, name="", source=""):
+        """An IR node that no fx node maps to (a step of a lowered layer); returns its name."""
+        nm = self.unique(name)
+        params = {k: np.asarray(v, dtype=np.float64) for k, v in (params or {}).items() if v is not None}
+        self.nodes.append(Node(nm, op, list(inputs), dict(attrs or {}), params, (), source))
+        return nm
+
+    def scalar(self, arg):
+        """A Python value argument, seen through a Meta (a default argument of forward, a size)."""
+        v = self.env.get(arg) if isinstance(arg, self.torch.fx.Node) else None
+        return v.value if isinstance(v, Meta) else arg
+
+    @staticmethod
+    def gelu_kind(approximate, unsup):
+        if approximate not in ("none", "tanh"):
+            raise unsup(f"approximate='{approximate}' (supported: 'none', 'tanh')")
+        return "gelu" if approximate == "none" else "gelu_tanh"
+
+    def add_softmax(self, n, x, dim, name, source, unsup) -> bool:
+        """A softmax over an axis that is not the features of a (N, classes) output becomes a
+        ``softmax`` node (attention weights); True when it did. The classifier's softmax stays an
+        activation (stripped at the output)."""
+        rank = len(self.shape(n))
+        if dim is None or rank == 2:
+            self.check_softmax_dim(n, dim, unsup)  # the classifier's softmax, else an error
+            return False
+        dim = int(dim) % rank
+        if dim == 0:
+            raise unsup("softmax over the batch axis")
+        self.add(n, "softmax", [x], {"axis": dim - 1}, name=name, source=source)
+        return True
+
+    def add_attention(self, n, q, k, v, scale, mask, prefix, source):
+        """``softmax(q k^T * scale + mask) v`` over the last two axes as matmul / softmax nodes;
+        ``mask`` a constant added to the scores (None: none). Returns the output's name."""
+        scores = self.emit("matmul", [q, k], {"transpose_b": True}, name=f"{prefix}.scores", source=source)
+        c = self.emit("const", [], params={"value": np.array(float(scale))}, name=f"{prefix}.scale",
+                      source=f"{source} scale {scale:.6g} (constant)")
+        scores = self.emit("mul", [scores, c], name=f"{prefix}.scaled", source=source)
+        if mask is not None:
+            m = self.emit("const", [], params={"value": mask}, name=f"{prefix}.mask", source=f"{source} mask (constant)")
+            scores = self.emit("add", [scores, m], name=f"{prefix}.masked", source=source)
+        weights = self.emit("softmax", [scores], {"axis": -1}, name=f"{prefix}.softmax", source=source)
+        return self.emit("matmul", [weights, v], name=f"{prefix}.values", source=source)
+
+    def attention_mask(self, n, mask, is_causal, L, S, rank, unsup, true_masks=False):
+        """The per-sample additive mask of scores with ``rank`` axes (batch included) from
+        ``attn_mask`` (a constant, float or boolean: True takes part, or with ``true_masks``,
+        nn.MultiheadAttention's convention, True is masked out) and ``is_causal``, or None.
+        Masked-out positions get -1e9 (the softmax gives them 0), so the constant stays finite."""
+        out = None
+        v = self.env.get(mask) if isinstance(mask, self.torch.fx.Node) else None
+        if isinstance(v, Meta) and v.value is None:  # an optional mask argument left at None
+            mask = None
+        if mask is not None:
+            t = v.value if isinstance(v, Meta) else self.consts.get(getattr(mask, "name", None))
+            out = self.const_value(n, mask, "attention", "attention mask")
+            if t is not None and t.dtype == self.torch.bool:
+                out = np.where((out > 0) != true_masks, 0.0, -1e9)
+        if is_causal:
+            causal = np.where(np.tril(np.ones((L, S), bool)), 0.0, -1e9)
+            out = causal if out is None else out + causal
+        if out is None:
+            return None
+        out = np.maximum(np.nan_to_num(out, neginf=-1e9), -1e9)
+        if out.ndim == rank:
+            if out.shape[0] != 1:
+                raise unsup(f"an attention mask of shape {out.shape} differs per sample (only a mask shared by the "
+                            "batch is supported)")
+            out = out[0]
+        return out
+
+    def add_multihead_attention(self, n, mod, path, src, unsup):
+        """nn.MultiheadAttention (batch_first, eval): q/k/v projections as dense nodes, heads as
+        reshape/permute, the attention core (:meth:`add_attention`), the output projection.
+        The call's result is a tuple (output, None); only the output may be used."""
+        names = ("query", "key", "value")
+        args = [_arg(n, i, nm) for i, nm in enumerate(names)]
+        if not mod.batch_first:
+            raise unsup("batch_first=False (the batch axis must come first; build it with batch_first=True)")
+        if mod.bias_k is not None or mod.add_zero_attn:
+            raise unsup("add_bias_kv / add_zero_attn")
+        if _arg(n, 3, "key_padding_mask", None) is not None:
+            raise unsup("key_padding_mask")
+        ins = [self.tensor_input(n, a, f"module '{path}'") for a in args]
+        E, H = mod.embed_dim, mod.num_heads
+        d = E // H
+        if mod._qkv_same_embed_dim:
+            ws = np.split(to_numpy(mod.in_proj_weight), 3)
+        else:
+            ws = [to_numpy(w) for w in (mod.q_proj_weight, mod.k_proj_weight, mod.v_proj_weight)]
+        bs = [None] * 3 if mod.in_proj_bias is None else np.split(to_numpy(mod.in_proj_bias), 3)
+        heads = []
+        for x, a, w, b, tag in zip(ins, args, ws, bs, "qkv"):
+            L = self.sample_shape(a)[0]
+            h = self.emit("dense", [x], {}, {"weight": w, "bias": b}, name=f"{path}.{tag}_proj", source=src)
+            h = self.emit("reshape", [h], {"shape": (L, H, d)}, name=f"{path}.{tag}_heads", source=src)
+            heads.append(self.emit("permute", [h], {"perm": (1, 0, 2)}, name=f"{path}.{tag}_heads_first", source=src))
+        L, S = self.sample_shape(args[0])[0], self.sample_shape(args[1])[0]
+        mask = self.attention_mask(n, _arg(n, 5, "attn_mask", None), bool(self.scalar(_arg(n, 7, "is_causal", False))),
+                                   L, S, 4,
+                                   unsup, true_masks=True)
+        o = self.add_attention(n, *heads, 1.0 / np.sqrt(d), mask, f"{path}.attention", src)
+        o = self.emit("permute", [o], {"perm": (1, 0, 2)}, name=f"{path}.merge_heads", source=src)
+        o = self.emit("reshape", [o], {"shape": (L, E)}, name=f"{path}.merged", source=src)
+        ob = None if mod.out_proj.bias is None else to_numpy(mod.out_proj.bias)
+        out = self.emit("dense", [o], {}, {"weight": to_numpy(mod.out_proj.weight), "bias": ob},
+                        name=f"{path}.out_proj", source=src)
+        self.env[n] = (out, None)
+
+    def convert_attention_kind(self, n, kind, what, unsup):
+        """matmul / bmm / ``@``, einsum of two operands, F.scaled_dot_product_attention, Tensor.expand."""
+        torch = self.torch
+        src = f"{n.name} ({what})"
+        if kind == "expand":  # a parameter broadcast over the batch (a class token): stays a constant
+            base = n.args[0]
+            v = self.env.get(base)
+            value = v.value if isinstance(v, Meta) else None
+            if not isinstance(value, torch.Tensor) or value.ndim != len(self.shape(n)) or value.shape[0] != 1 or \
+                    tuple(value.shape[1:]) != tuple(self.sample_shape(n)):
+                raise unsup("only a parameter of batch size 1 expanded along the batch axis is supported (a class "
+                            "token)")
+            self.env[n] = Meta(value, f"{base.name} expanded over the batch")
+            return
+        if kind == "sdpa":
+            a = [_arg(n, i, nm) for i, nm in enumerate(("query", "key", "value"))]
+            if float(self.scalar(_arg(n, 4, "dropout_p", 0.0))) != 0.0:
+                raise unsup("dropout_p > 0 (pass 0.0 at inference)")
+            if self.scalar(_arg(n, 7, "enable_gqa", False)):
+                raise unsup("enable_gqa=True")
+            qs, ks = self.shape(a[0]), self.shape(a[1])
+            if len(qs) < 3 or qs[:-2] != ks[:-2]:
+                raise unsup(f"query {qs} and key {ks} need the same leading axes")
+            scale = self.scalar(_arg(n, 6, "scale", None))
+            scale = 1.0 / np.sqrt(qs[-1]) if scale is None else float(scale)
+            mask = self.attention_mask(n, _arg(n, 3, "attn_mask", None), bool(self.scalar(_arg(n, 5, "is_causal", False))),
+                                       qs[-2], ks[-2], len(qs), unsup)
+            q, k, v = (self.tensor_input(n, t, what) for t in a)
+            self.env[n] = self.add_attention(n, q, k, v, scale, mask, n.name, src)
+            return
+        if kind == "einsum":
+            self.convert_einsum(n, what, unsup)
+            return
+        x, y = _arg(n, 0, "input"), _arg(n, 1, "other", _arg(n, 1, "mat2"))
+        (a, ca), (b, cb) = self.operand(n, x, what), self.operand(n, y, what)
+        if ca or cb:
+            raise unsup("a product with a constant matrix (use nn.Linear / F.linear for x @ W)")
+        if len(self.shape(x)) < 3 or len(self.shape(y)) < 3:
+            raise unsup(f"operands of shapes {self.shape(x)} and {self.shape(y)}; both need a batch axis and two "
+                        "matrix axes")
+        self.add(n, "matmul", [a, b], {"transpose_b": False}, source=src)
+
+    def convert_einsum(self, n, what, unsup):
+        """An einsum of two tensors that is a batched matmul: operands permuted to (batch, free,
+        contracted) / (batch, contracted, free), one matmul, the result permuted to the output's order."""
+        eq = str(n.args[0]).replace(" ", "")
+        ops_ = tuple(n.args[1]) if isinstance(n.args[1], (list, tuple)) else n.args[1:]
+        if "->" not in eq or "." in eq or len(ops_) != 2:
+            raise unsup(f"einsum '{eq}' (only an explicit 'ab,bc->ac'-style product of two tensors is supported)")
+        ins, out = eq.split("->")
+        sa, sb = ins.split(",")
+        if len(set(sa)) != len(sa) or len(set(sb)) != len(sb) or any(c not in sa + sb for c in out):
+            raise unsup(f"einsum '{eq}' (repeated or unknown indices)")
+        batch = [c for c in out if c in sa and c in sb]
+        contr = [c for c in sa if c in sb and c not in out]
+        fa = [c for c in sa if c in out and c not in sb]
+        fb = [c for c in sb if c in out and c not in sa]
+        if set(sa) != set(batch + contr + fa) or set(sb) != set(batch + contr + fb) or not batch or \
+                batch[0] != sa[0] or batch[0] != sb[0] or batch[0] != out[0]:
+            raise unsup(f"einsum '{eq}' (needs the batch index first everywhere and no summed-out free index)")
+        size = {}
+        for sub, t in ((sa, ops_[0]), (sb, ops_[1])):
+            for c, s in zip(sub, self.shape(t)):
+                size[c] = s
+        src = f"{n.name} ({what})"
+
+        def arrange(sub, t, order, tag):
+            x = self.tensor_input(n, t, what)
+            perm = [sub.index(c) for c in order]
+            if perm != list(range(len(perm))):
+                x = self.emit("permute", [x], {"perm": tuple(p - 1 for p in perm[1:])}, name=f"{n.name}_{tag}",
+                              source=src)
+            return x
+
+        groups = lambda cs: int(np.prod([size[c] for c in cs]))  # noqa: E731
+        lead = tuple(size[c] for c in batch[1:])
+        a = arrange(sa, ops_[0], batch + fa + contr, "a")
+        a = self.emit("reshape", [a], {"shape": lead + (groups(fa), groups(contr))}, name=f"{n.name}_a2", source=src)
+        b = arrange(sb, ops_[1], batch + fb + contr, "b")
+        b = self.emit("reshape", [b], {"shape": lead + (groups(fb), groups(contr))}, name=f"{n.name}_b2", source=src)
+        z = self.emit("matmul", [a, b], {"transpose_b": True}, name=n.name, source=src)
+        order = batch + fa + fb
+        z = self.emit("reshape", [z], {"shape": tuple(size[c] for c in order[1:])}, name=f"{n.name}_out",
+                      source=src)
+        perm = [order.index(c) for c in out]
+        if perm != list(range(len(perm))):
+            z = self.emit("permute", [z], {"perm": tuple(p - 1 for p in perm[1:])}, name=f"{n.name}_order", source=src)
+        self.env[n] = z
+
+    # -- Swin (torchvision's fx-wrapped functions) ---------------------------------------------
+    def emit_slice(self, x, axis, start, stop, step=1, name="", source=""):
+        return self.emit("slice", [x], {"axis": axis, "start": start, "stop": stop, "step": step}, name=name,
+                         source=source)
+
+    def emit_roll(self, x, shift, axis, length, name, source):
+        """``torch.roll`` along one per-sample axis: a concat of the two slices."""
+        k = (-int(shift)) % length
+        if k == 0:
+            return x
+        parts = [self.emit_slice(x, axis, k, length, name=f"{name}_tail", source=source),
+                 self.emit_slice(x, axis, 0, k, name=f"{name}_head", source=source)]
+        return self.emit("concat", parts, {"axis": axis}, name=name, source=source)
+
+    def add_patch_merging_pad(self, n):
+        """torchvision's ``_patch_merging_pad``: pad H, W to even sizes, the four strided
+        quarter grids concatenated along the channels."""
+        src = f"{n.name} (swin patch merging)"
+        x = self.tensor_input(n, n.args[0], "swin patch merging")
+        H, W, C = self.sample_shape(n.args[0])
+        if H % 2 or W % 2:
+            x = self.emit("pad", [x], {"padding": ((0, H % 2), (0, W % 2), (0, 0))}, name=f"{n.name}_pad", source=src)
+        parts = []
+        for i, (a, b) in enumerate(((0, 0), (1, 0), (0, 1), (1, 1))):
+            p = self.emit_slice(x, 0, a, None, 2, name=f"{n.name}_{i}h", source=src)
+            parts.append(self.emit_slice(p, 1, b, None, 2, name=f"{n.name}_{i}w", source=src))
+        self.add(n, "concat", parts, {"axis": 2}, source=src)
+
+    def add_shifted_window_attention(self, n):
+        """torchvision's ``shifted_window_attention`` (Swin v1): pad, cyclic shift (concat of
+        slices), window partition (reshape/permute per sample), dense qkv, attention with the
+        relative position bias and the shifted windows' mask as one added constant, dense
+        projection, and everything undone in reverse."""
+        what = "swin shifted_window_attention"
+        src = f"{n.name} ({what})"
+        names = ("input", "qkv_weight", "proj_weight", "relative_position_bias", "window_size", "num_heads",
+                 "shift_size", "attention_dropout", "dropout", "qkv_bias", "proj_bias", "logit_scale", "training")
+        a = {k: _arg(n, i, k) for i, k in enumerate(names)}
+        if self.scalar(a["logit_scale"]) is not None:
+            raise self.unsupported(n, what, "logit_scale (Swin v2's cosine attention)")
+        x = self.tensor_input(n, a["input"], what)
+        H, W, C = self.sample_shape(a["input"])
+        ws = [int(v) for v in self.scalar(a["window_size"])]
+        heads = int(self.scalar(a["num_heads"]))
+        shift = [int(v) for v in self.scalar(a["shift_size"])]
+        bias = self.const_value(n, a["relative_position_bias"], what, "relative position bias")
+        pb, pr = (ws[0] - H % ws[0]) % ws[0], (ws[1] - W % ws[1]) % ws[1]
+        pH, pW = H + pb, W + pr
+        if pb or pr:
+            x = self.emit("pad", [x], {"padding": ((0, pb), (0, pr), (0, 0))}, name=f"{n.name}_pad", source=src)
+        shift = [0 if ws[i] >= (pH, pW)[i] else shift[i] for i in (0, 1)]
+        for i in (0, 1):
+            x = self.emit_roll(x, -shift[i], i, (pH, pW)[i], f"{n.name}_shift{i}", src)
+        nh, nw, N = pH // ws[0], pW // ws[1], ws[0] * ws[1]
+        x = self.emit("reshape", [x], {"shape": (nh, ws[0], nw, ws[1], C)}, name=f"{n.name}_grid", source=src)
+        x = self.emit("permute", [x], {"perm": (0, 2, 1, 3, 4)}, name=f"{n.name}_windows_first", source=src)
+        x = self.emit("reshape", [x], {"shape": (nh * nw, N, C)}, name=f"{n.name}_windows", source=src)
+        qkv = self.emit("dense", [x], {}, {"weight": self.const_value(n, a["qkv_weight"], what, "qkv weight"),
+                                          "bias": self.const_value(n, a["qkv_bias"], what, "qkv bias")},
+                        name=f"{n.name}.qkv", source=src)
+        qkv = self.emit("reshape", [qkv], {"shape": (nh * nw, N, 3, heads, C // heads)}, name=f"{n.name}_qkv_heads",
+                        source=src)
+        qkv_parts = []
+        for i, t in enumerate("qkv"):
+            p = self.emit_slice(qkv, 2, i, i + 1, name=f"{n.name}_{t}", source=src)
+            p = self.emit("reshape", [p], {"shape": (nh * nw, N, heads, C // heads)}, name=f"{n.name}_{t}_squeeze",
+                          source=src)
+            qkv_parts.append(self.emit("permute", [p], {"perm": (0, 2, 1, 3)}, name=f"{n.name}_{t}_heads",
+                                       source=src))
+        mask = bias.reshape(1, heads, N, N)
+        if sum(shift):
+            region = np.zeros((pH, pW))
+            count = 0
+            for h in ((0, -ws[0]), (-ws[0], -shift[0]), (-shift[0], None)):
+                for w in ((0, -ws[1]), (-ws[1], -shift[1]), (-shift[1], None)):
+                    region[h[0]:h[1], w[0]:w[1]] = count
+                    count += 1
+            region = region.reshape(nh, ws[0], nw, ws[1]).transpose(0, 2, 1, 3).reshape(nh * nw, N)
+            mask = mask + np.where(region[:, None, :] != region[:, :, None], -100.0, 0.0)[:, None]
+        o = self.add_attention(n, *qkv_parts, (C // heads) ** -0.5, mask, f"{n.name}.attention", src)
+        o = self.emit("permute", [o], {"perm": (0, 2, 1, 3)}, name=f"{n.name}_merge_heads", source=src)
+        o = self.emit("reshape", [o], {"shape": (nh * nw, N, C)}, name=f"{n.name}_merged", source=src)
+        o = self.emit("dense", [o], {}, {"weight": self.const_value(n, a["proj_weight"], what, "projection weight"),
+                                        "bias": self.const_value(n, a["proj_bias"], what, "projection bias")},
+                      name=f"{n.name}.proj", source=src)
+        o = self.emit("reshape", [o], {"shape": (nh, nw, ws[0], ws[1], C)}, name=f"{n.name}_unwindow", source=src)
+        o = self.emit("permute", [o], {"perm": (0, 2, 1, 3, 4)}, name=f"{n.name}_grid_back", source=src)
+        o = self.emit("reshape", [o], {"shape": (pH, pW, C)}, name=f"{n.name}_image", source=src)
+        for i in (0, 1):
+            o = self.emit_roll(o, shift[i], i, (pH, pW)[i], f"{n.name}_unshift{i}", src)
+        if pb:
+            o = self.emit_slice(o, 0, 0, H, name=f"{n.name}_crop_h", source=src)
+        if pr:
+            o = self.emit_slice(o, 1, 0, W, name=f"{n.name}_crop_w", source=src)
+        self.env[n] = o
+
     # -- resampling ---------------------------------------------------------------------------
     def add_upsample(self, n, x, mode, align_corners, scale_factor, recompute, name=None, source="", unsup=None):
         """nn.Upsample / F.interpolate in nearest, linear or bilinear mode (the output size as traced)."""
@@ -745,6 +1080,23 @@ class Converter:
         self.nodes.append(Node(sq, "reshape", [name], {"shape": out}, {}, (), f"{n.name} (index)"))
         return sq
 
+    def moved_parts(self, n, moved):
+        """The parts ``P[i]`` of a permute ``P`` that moved the batch axis (:class:`BatchMoved`):
+        slices of the permuted tensor's axis ``perm[0]``, each permuted with the batch axis first."""
+        a = moved.perm[0]
+        rest = [p if p < a else p - 1 for p in moved.perm[1:]]
+        if rest[0] != 0:
+            raise self.unsupported(n, f"taking apart {moved.origin}", "its parts do not have the batch axis first")
+        parts = []
+        for i in range(self.shapes_of(moved.x)[a - 1]):
+            part = self.add_slice(n, moved.x, a - 1, i, i + 1, squeeze=True, suffix=f"_{i}")
+            perm = tuple(p - 1 for p in rest[1:])
+            if perm != tuple(range(len(perm))):
+                part = self.emit("permute", [part], {"perm": perm}, name=f"{n.name}_{i}_permute",
+                                 source=f"{n.name} (part {i} of {moved.origin})")
+            parts.append(part)
+        return parts
+
     def shapes_of(self, name):
         """Per-sample shape of an IR node made so far (from the traced fx shapes)."""
         for fx, v in self.env.items():
@@ -777,6 +1129,12 @@ class Converter:
 
     def convert_split(self, n, kind, what, unsup):
         """chunk / split / unbind (a tuple of parts, read by getitem), narrow, select."""
+        moved = self.env.get(n.args[0] if n.args else n.kwargs.get("input"))
+        if isinstance(moved, BatchMoved) and kind in ("unbind", "select") and \
+                int(_arg(n, 1, "dim", 0)) == 0:
+            parts = self.moved_parts(n, moved)
+            self.env[n] = tuple(parts) if kind == "unbind" else parts[int(_arg(n, 2, "index"))]
+            return
         x = self.tensor_input(n, n.args[0] if n.args else n.kwargs.get("input"), what)
         rank = len(self.shape(n.args[0] if n.args else n.kwargs.get("input")))
         dim_pos = {"chunk": 2, "split": 2, "unbind": 1, "narrow": 1, "select": 1}[kind]

@@ -6,7 +6,8 @@
                 bounds likewise; a bound may be +-inf); ``clipped_relu`` (Keras'
                 ReLU): ``max_value`` (None: no cap), ``threshold``,
                 ``negative_slope``; ``hardswish`` = ``x relu6(x + 3) / 6``,
-                ``hardsigmoid`` = ``relu6(x + 3) / 6``. Dropout and stochastic
+                ``hardsigmoid`` = ``relu6(x + 3) / 6``; ``gelu_tanh`` is GELU's tanh
+                approximation (``approximate="tanh"``). Dropout and stochastic
                 depth at inference are ``kind="identity"``.
 ``batchnorm``   params ``scale``, ``shift`` (per channel, along per-sample axis
                 0): ``y = x * scale + shift``.
@@ -82,6 +83,7 @@ _FUNCTIONS = {
     "clipped_relu": _clipped_relu,
     "hardswish": lambda x, a: x * _hardsigmoid(x),
     "hardsigmoid": lambda x, a: _hardsigmoid(x),
+    "gelu_tanh": lambda x, a: 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x))),
 }
 
 #: Activation kinds, in a fixed order (the GPU kernels number them in this order).
@@ -119,6 +121,12 @@ def _per_sample_sum(v):
     return v.reshape(v.shape[0], -1).sum(axis=1).reshape((-1,) + (1,) * (v.ndim - 1))
 
 
+def _gelu_tanh_grad(x):
+    c = math.sqrt(2.0 / math.pi)
+    t = np.tanh(c * (x + 0.044715 * x * x * x))
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3 * 0.044715 * x * x)
+
+
 #: ``vjp(x, R, attrs)``: ``R`` times the derivative at ``x`` (the Gradient rule), the
 #: derivative's one-sided value at kinks as TensorFlow's and PyTorch's gradients take it.
 _VJP = {
@@ -128,6 +136,7 @@ _VJP = {
     "tanh": lambda x, R, a: R * (1 - np.tanh(x) ** 2),
     "sigmoid": lambda x, R, a: R * _sigmoid(x) * (1 - _sigmoid(x)),
     "gelu": lambda x, R, a: R * (0.5 * (1.0 + _erf(x / math.sqrt(2.0))) + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)),
+    "gelu_tanh": lambda x, R, a: R * _gelu_tanh_grad(x),
     "silu": lambda x, R, a: R * _sigmoid(x) * (1 + x * (1 - _sigmoid(x))),
     "softplus": lambda x, R, a: R * _sigmoid(x),
     "identity": lambda x, R, a: R,
@@ -176,8 +185,11 @@ class ActivationSpec(OpSpec):
 
     def reference(self, graph, node, rule):
         kind, a = node.attrs["kind"], node.attrs
-        fn, vjp = _FUNCTIONS[kind], _VJP[kind]
-        return _ElementwiseRef(lambda x: fn(x, a), (lambda x, R: vjp(x, R, a)) if rule.kind == "gradient" else None)
+        fn = _FUNCTIONS[kind]
+        if rule.kind != "gradient":
+            return _ElementwiseRef(lambda x: fn(x, a))
+        vjp = _VJP[kind]
+        return _ElementwiseRef(lambda x: fn(x, a), lambda x, R: vjp(x, R, a))
 
 
 class BatchNormSpec(OpSpec):

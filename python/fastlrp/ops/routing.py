@@ -125,7 +125,8 @@ class _ConcatRef:
         self.splits = np.cumsum([graph[i].shape[node.attrs["axis"]] for i in node.inputs])[:-1]
 
     def forward(self, inputs):
-        return np.concatenate(inputs, axis=self.axis), None
+        n = max(x.shape[0] for x in inputs)  # a constant operand (a class token) has batch size 1
+        return np.concatenate([np.broadcast_to(x, (n,) + x.shape[1:]) for x in inputs], axis=self.axis), None
 
     def relevance(self, ctx, R):
         return np.split(R, self.splits, axis=self.axis)

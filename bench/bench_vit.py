@@ -1,0 +1,119 @@
+"""Vision transformer bench: fastlrp against LXT 2.1 on the same torchvision ViT, inputs
+and threads, in one process.
+
+    python bench/bench_vit.py                                   # ViT-B/16, 224 x 224, batch 16
+    python bench/bench_vit.py --model vit_b_16 --size 224 --batches 4 16 --repeats 2 --json out.json
+
+Both sides compute CP-LRP (LXT's ``vit_torch.cp_LRP`` patches: GELU identity, LayerNorm with
+the std detached, attention weights held constant) with LRP-0 on every Linear/Conv (LXT
+without zennit rules): fastlrp's ``cp_lrp(epsilon=1e-9)`` on the ``cpu`` backend, float32, and
+LXT's Gradient x Input through torch autograd, float32. The model has random weights
+(torchvision's initialisation; the zero-initialised head re-initialised); the target is
+each sample's arg-max class. The graph is imported before LXT patches torch.nn's classes;
+the model's parameters do not require gradients on LXT's side (only the input's is needed).
+
+Per batch: one warm-up call of each method on the batch (which also gives peak memory and
+the difference between the two relevances, max|R - R_lxt| / max|R_lxt|), then
+``--repeats`` interleaved timed rounds; the median is reported.
+
+Needs torchvision, lxt==2.1 and transformers==4.52.4 (LXT imports it), see tests/lxt_vit.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+
+from bench_cpu import machine_info, measure_peak  # noqa: E402
+
+#: LRP-0 up to a stabilizer of 1e-9: with epsilon exactly 0, a float32 score q.k that rounds to
+#: exactly 0 (a few among ViT-B/16's 10^8 per batch) divides 0 by 0
+COMPOSITE = "cp_lrp(epsilon=1e-9)"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="vit_b_16", help="a torchvision ViT builder (vit_b_16, vit_b_32, ...)")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--batches", nargs="+", type=int, default=[16])
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--json", default=None, help="write the rows to this JSON file")
+    a = ap.parse_args(argv)
+
+    import torch
+
+    import fastlrp
+    from _zoo import load_torchvision
+
+    torch.set_num_threads(a.threads)
+    fastlrp.set_num_threads(a.threads)
+    tv = load_torchvision()
+    torch.manual_seed(0)
+    model = getattr(tv.models, a.model)(weights=None, image_size=a.size).eval()
+    torch.nn.init.normal_(model.heads.head.weight, std=0.02)
+    x0 = torch.randn(1, 3, a.size, a.size)
+    t = time.perf_counter()
+    graph = fastlrp.from_torch(model, x0)
+    import_s = time.perf_counter() - t
+    ex = fastlrp.Explainer(graph, COMPOSITE, backend="cpu")
+
+    import lxt.efficient as le
+    from lxt.efficient.models import vit_torch
+
+    le.monkey_patch(tv.models.vision_transformer, vit_torch.cp_LRP)
+    model.requires_grad_(False)  # LXT needs the input's gradient only (no weight gradients)
+
+    def lxt(x, target):
+        xg = x.clone().requires_grad_()
+        y = model(xg)
+        y[torch.arange(len(x)), torch.as_tensor(target)].sum().backward()
+        return (xg * xg.grad).detach().numpy()
+
+    info = machine_info()
+    info.update(torch=torch.__version__, threads=a.threads, model=a.model, size=a.size, import_s=round(import_s, 2),
+                composite=COMPOSITE)
+    print(json.dumps(info))
+    rows = []
+    for n in a.batches:
+        torch.manual_seed(n)
+        x = torch.randn(n, 3, a.size, a.size)
+        xn = x.numpy()
+        with torch.no_grad():
+            target = model(x).argmax(1).numpy()
+        methods = {"fastlrp cpu": lambda: ex.explain(xn, target=target), "LXT 2.1": lambda: lxt(x, target)}
+        out, peak, times = {}, {}, {k: [] for k in methods}
+        for k, f in methods.items():
+            out[k], peak[k] = measure_peak(f)
+        for _ in range(a.repeats):
+            for k, f in methods.items():
+                t = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t)
+        ref = out["LXT 2.1"]
+        med = {k: statistics.median(v) for k, v in times.items()}
+        for k in methods:
+            row = {"model": a.model, "size": a.size, "batch": n, "method": k, "samples_per_s": n / med[k],
+                   "x_lxt": med["LXT 2.1"] / med[k], "peak_mib": peak[k],
+                   "err_vs_lxt": float(np.abs(out[k] - ref).max() / np.abs(ref).max()), "times_s": times[k]}
+            rows.append(row)
+            print(f"{a.model} {a.size} batch {n:3d}  {k:12s} {row['samples_per_s']:8.3f} samples/s  "
+                  f"x LXT {row['x_lxt']:5.2f}  peak {row['peak_mib']:8.0f} MiB  err vs LXT {row['err_vs_lxt']:.1e}",
+                  flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"machine": info, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
