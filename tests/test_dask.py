@@ -165,8 +165,9 @@ def test_run_that_loses_its_workers_is_resumed(tmp_path, process_client, proc_ca
     assert 5 in report.missing_chunks and not report.damaged_chunks and not report.changed_chunks
     res = fdask.explain_dask(str(tmp / "g.npz"), x, tmp_path / "k.zarr", "epsilon_plus", backend="reference",
                              client=process_client, quiet=True)
-    # chunk c holds samples 8c .. min(8c + 8, 60): the last one has 4 (which chunks a killed run
-    # finished depends on the scheduler)
-    assert res.computed == sum(min(8, 60 - 8 * c) for c in report.missing_chunks)
-    assert res.reused_chunks == 8 - len(report.missing_chunks)
+    # which chunks the killed run finished depends on the scheduler, and tasks still running when
+    # KilledWorker was raised may finish after the report: the resume reuses at least the chunks
+    # done then and computes the rest (chunk 7 holds 4 samples, the others 8)
+    assert res.reused_chunks >= 8 - len(report.missing_chunks)
+    assert res.computed in (60 - 8 * res.reused_chunks, 60 - 8 * (res.reused_chunks - 1) - 4)
     same_store(tmp / "single.zarr", tmp_path / "k.zarr")
