@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import GraphError
-from .merge import unbroadcast
+from .merge import kept_operand, unbroadcast
 from .spec import OpSpec, need_inputs, register_op, stabilize
 
 __all__ = ["attention_weights_operand", "matmul_operands"]
@@ -75,14 +75,8 @@ class MatmulReference:
         self.shapes = [tuple(graph[i].shape) for i in node.inputs]
         self.keep = None  # GateEpsilon: the operand that gets the relevance
         if rule.kind == "gate_epsilon":
-            gate = rule.gate if rule.gate is not None else attention_weights_operand(graph, node)
-            if gate is None:
-                from ..rules import RuleError
-
-                raise RuleError(f"{node.describe()}: GateEpsilon() cannot tell which operand is the gate (neither or "
-                                "both are softmax outputs); give GateEpsilon(gate=0) or GateEpsilon(gate=1), or use "
-                                "UniformEpsilon()")
-            self.keep = 1 - gate
+            self.keep = kept_operand(node, rule, lambda: attention_weights_operand(graph, node),
+                                     "neither or both are softmax outputs", "UniformEpsilon")
 
     def forward(self, inputs):
         a, b = matmul_operands(inputs[0], inputs[1], self.tb)

@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import GraphError
 from .spec import OpSpec, need_inputs, register_op, stabilize
 
-__all__ = ["broadcast_shape", "gate_operand", "unbroadcast"]
+__all__ = ["broadcast_shape", "gate_operand", "kept_operand", "unbroadcast"]
 
 
 def broadcast_shape(node, in_shapes) -> tuple:
@@ -129,20 +129,29 @@ def gate_operand(graph, node):
     return None
 
 
+def kept_operand(node, rule, find_gate, why: str, instead: str) -> int:
+    """The operand (0 or 1) of a two-operand product that gets the relevance when the
+    other one, the gate, is held constant: the rule's ``gate`` or, when it is None, the
+    one ``find_gate()`` finds in the graph; the error says ``why`` it found none and
+    names the rule to use ``instead``."""
+    gate = rule.gate if rule.gate is not None else find_gate()
+    if gate is None:
+        from ..rules import RuleError
+
+        name = type(rule).__name__
+        raise RuleError(f"{node.describe()}: {name}() cannot tell which operand is the gate ({why}); give "
+                        f"{name}(gate=0) or {name}(gate=1), or use {instead}()")
+    return 1 - gate
+
+
 class MulReference:
     def __init__(self, graph, node, rule):
         self.node, self.rule = node, rule
         self.shapes = [tuple(graph[i].shape) for i in node.inputs]
         self.keep = None  # the operand that gets the relevance (Gate)
         if rule.kind == "gate":
-            gate = rule.gate if rule.gate is not None else gate_operand(graph, node)
-            if gate is None:
-                from ..rules import RuleError
-
-                raise RuleError(f"{node.describe()}: Gate() cannot tell which operand is the gate (neither or both "
-                                "are sigmoid outputs, constants or broadcast); give Gate(gate=0) or Gate(gate=1), "
-                                "or use Uniform()")
-            self.keep = 1 - gate
+            self.keep = kept_operand(node, rule, lambda: gate_operand(graph, node),
+                                     "neither or both are sigmoid outputs, constants or broadcast", "Uniform")
 
     def forward(self, inputs):
         return inputs[0] * inputs[1], None
