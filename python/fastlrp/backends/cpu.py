@@ -69,6 +69,16 @@ def _f32(a) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
+def _columns(a, C: int, S: int) -> np.ndarray:
+    """S rows of C features as one image (1, C, 1, S) of S columns (float32)."""
+    return np.ascontiguousarray(_f32(a).reshape(S, C).T).reshape(1, C, 1, S)
+
+
+def _rows(a, C: int, S: int) -> np.ndarray:
+    """An image (1, C, 1, S) back to S rows of C features."""
+    return np.ascontiguousarray(np.asarray(a).reshape(C, S).T)
+
+
 def _stab(z, eps):
     return z + np.where(z >= 0, np.float32(eps), np.float32(-eps))
 
@@ -135,7 +145,7 @@ class _LinearOp:
     def _conv(self, x4, A, sign=0, epi=None, bias=None, split=0):
         p = self.plan
         (pt, _), (pl, _) = p.pad
-        out_hw = (p.OH, p.OW) if not self.dense else (1, x4.shape[3])
+        _, _, out_hw = self._layout(x4.shape[3])  # (a dense layer's image is S columns wide)
         return self.core.conv_gemm(x4, A, p.kernel, p.stride, (pt, pl), p.dil, out_hw,
                                    sign, self.epi["none"] if epi is None else epi, bias, None, None, split)
 
@@ -150,7 +160,7 @@ class _LinearOp:
             )
         S = N * p.rows
         if self.dense:
-            x4 = np.ascontiguousarray(_f32(x).reshape(S, p.C).T).reshape(1, p.C, 1, S)
+            x4 = _columns(x, p.C, S)
         else:
             x4 = _f32(x).reshape(S, p.C, p.H, p.W)
         epi = self.epi["bias"] if p.b is not None else self.epi["none"]
@@ -164,17 +174,14 @@ class _LinearOp:
             out = self._conv(x4, self.A_fwd, 0, epi, p.b)
             if p.needs_psum:
                 psum = self._conv(x4, self.A_pos, 0) if nonneg else self._conv(x4, self.A_posneg, 1)
-        y = np.ascontiguousarray(out.reshape(p.O, S).T) if self.dense else out
+        y = _rows(out, p.O, S) if self.dense else out
         return y.reshape((N,) + p.out_shape), (x4, out, psum, nonneg, S)
 
     def relevance(self, ctx, R) -> list:
         p = self.plan
         x4, out, psum, nonneg, S = ctx
         n_img, _, (OH, OW) = self._layout(S)
-        if self.dense:
-            R4 = np.ascontiguousarray(_f32(R).reshape(S, p.O).T).reshape(1, p.O, OH, OW)
-        else:
-            R4 = _f32(R).reshape(n_img, p.O, OH, OW)
+        R4 = _columns(R, p.O, S) if self.dense else _f32(R).reshape(n_img, p.O, OH, OW)
         g = self.core.rule_g(self.rule_code, R4, out, psum, p.b, self._per_column(p.zc, S), p.G, p.eps, p.alpha,
                              p.beta, p.gamma, p.zero_bias, p.kind == "flat")
         g = g.reshape(n_img, -1, OH, OW)
@@ -183,7 +190,7 @@ class _LinearOp:
         for term in terms:
             res = self._backward(g, term, x4, res, S)
         if self.dense:
-            res = np.ascontiguousarray(res.reshape(p.C, S).T)
+            res = _rows(res, p.C, S)
         return [res.reshape((-1,) + p.in_shape)]
 
     def _backward(self, g, term, x4, res, S):
@@ -192,7 +199,7 @@ class _LinearOp:
         (pt, _), (pl, _) = p.pad
         KH, KW = p.kernel
         mul = x4 if needs_x else None
-        _, (H, W), (OH, OW) = self._layout(S)
+        _, (H, W), _ = self._layout(S)
         if self.implicit_bwd:
             dh, dw = p.dil
             pad = (dh * (KH - 1) - pt, dw * (KW - 1) - pl)
