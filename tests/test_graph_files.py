@@ -43,7 +43,7 @@ def _rewrite(path, members):
             z.writestr(n, data)
 
 
-def _edit_header(path, edit):
+def edit_header(path, edit):
     """Rewrite the JSON header of a saved graph through ``edit(header) -> header or raw str``."""
     members = _members(path)
     with np.load(path) as z:
@@ -106,7 +106,7 @@ HEADER_CASES = {
 @pytest.mark.parametrize("case", sorted(HEADER_CASES))
 def test_malformed_header_is_a_graph_file_error(saved, case):
     edit, expected = HEADER_CASES[case]
-    _edit_header(saved, edit)
+    edit_header(saved, edit)
     with pytest.raises(GraphFileError) as e:
         fastlrp.Graph.load(saved)
     msg = str(e.value)

@@ -17,7 +17,6 @@ with NumPy alone, no framework installed.
 from __future__ import annotations
 
 import json
-import math
 import os
 import zipfile
 import zlib
