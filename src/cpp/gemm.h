@@ -72,8 +72,9 @@ struct PackedA {
     int64_t gstride = 0;  // floats between groups
     AlignedBuf data;
     // Grouped operands with few rows and a short K per group (depthwise convs and
-    // their backward products) also keep A row-major: conv_gemm runs them as direct
-    // loops, since micro-panels of mr rows would be mostly padding.
+    // their backward products) keep A row-major instead of panels (data is then empty):
+    // conv_gemm runs them as direct loops, since micro-panels of mr rows would be
+    // mostly padding.
     AlignedBuf raw;
     const float* panel(int64_t g, int64_t k0, int64_t kl, int64_t ip) const {
         return data.get() + g * gstride + k0 * mp + ip * mr * kl;

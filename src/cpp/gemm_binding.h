@@ -112,7 +112,9 @@ void def_gemm_functions(py::module_& m, Threads threads) {
         .def_property_readonly("m", [](const PackedA& p) { return p.m; })
         .def_property_readonly("k", [](const PackedA& p) { return p.k; })
         .def_property_readonly("isa", [](const PackedA& p) { return std::string(cpu::isa_name(p.isa)); })
-        .def_property_readonly("nbytes", [](const PackedA& p) { return p.groups * p.gstride * 4; });
+        .def_property_readonly("nbytes", [](const PackedA& p) {
+            return (p.raw ? p.groups * p.m * p.k : p.groups * p.gstride) * 4;
+        });
 
     m.def(
         "pack_weights",

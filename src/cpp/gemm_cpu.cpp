@@ -152,12 +152,14 @@ std::shared_ptr<PackedA> pack_a(const float* A, int64_t groups, int64_t m, int64
     P->m = m;
     P->k = k;
     P->mp = (m + b.mr - 1) / b.mr * b.mr;
-    P->gstride = (P->mp * k + 15) / 16 * 16;
-    P->data = aligned_floats(size_t(std::max<int64_t>(1, groups * P->gstride)));
     if (groups > 1 && m <= kDirectMaxM && k <= kDirectMaxK) {
+        // run by conv_gemm's direct loops only (a split output needs groups == 1): no panels
         P->raw = aligned_floats(size_t(std::max<int64_t>(1, groups * m * k)));
         std::copy(A, A + groups * m * k, P->raw.get());
+        return P;
     }
+    P->gstride = (P->mp * k + 15) / 16 * 16;
+    P->data = aligned_floats(size_t(std::max<int64_t>(1, groups * P->gstride)));
     switch (isa) {
 #ifdef FASTLRP_HAVE_AVX2
         case Isa::Avx2:
