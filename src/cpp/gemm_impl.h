@@ -327,8 +327,7 @@ inline void conv_gemm_impl(const ConvGemmArgs& a, int threads) {
     const int64_t mpanels = (Mg + MR - 1) / MR, npanels = (cols + NR - 1) / NR;
     (void)halves;
     // not worth a fork, unless streaming A alone is (a dense layer at batch 1: memory-bound)
-    if (threads < 1 || (2.0 * double(O) * double(K) * double(cols) < 4e6 && double(O) * double(K) < 262144.0))
-        threads = 1;
+    if (threads < 1 || 2.0 * double(O) * double(K) * double(cols) < 4e6) threads = 1;
     // Work items: (group, column block, row block), handed out dynamically so a
     // core that is busy with something else does not hold the other one at a
     // barrier.  Aim for >= 4 items per thread; column blocks first (each item
