@@ -102,6 +102,42 @@ def test_conv_gemm_split_output():
         core.conv_gemm(x, A, (3, 3), (1, 1), (1, 1), (1, 1), (6, 7), 0, 0, None, None, None, 10)
 
 
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("S,C,O,groups,sign", [(1, 5, 3, 1, 0), (37, 300, 29, 1, 0), (70, 33, 13, 1, 1),
+                                                (45, 600, 40, 1, 1), (33, 18, 12, 3, 0), (65, 24, 30, 3, 1)])
+def test_conv_gemm_feature_rows(isa, S, C, O, groups, sign):
+    """S images of 1x1 (a dense layer's rows, the tokens of a transformer): B packed by
+    transposing x's rows, tiles written as rows of features (gemm_impl.h rows_layout /
+    sink_features), with sign split, every epilogue and a split output, against float64."""
+    assert core.set_isa({"generic": 0, "avx2": 1, "avx512": 2}[isa])
+    rng = np.random.default_rng(S + C + O)
+    x = signed(rng, (S, C, 1, 1)).astype(np.float32)
+    halves, Cg = 1 + sign, C // groups
+    W = rng.standard_normal((O, halves * Cg)).astype(np.float32)
+    x64, W64 = x.astype(np.float64)[:, :, 0, 0], W.astype(np.float64)
+    parts = [np.maximum(x64, 0), np.minimum(x64, 0)] if sign else [x64]
+    Og = O // groups
+    z = np.zeros((S, O))
+    for g in range(groups):
+        for h, xs in enumerate(parts):
+            z[:, g * Og:(g + 1) * Og] += xs[:, g * Cg:(g + 1) * Cg] @ W64[g * Og:(g + 1) * Og, h * Cg:(h + 1) * Cg].T
+    A = core.pack_weights(W, groups)
+    b = rng.standard_normal(O).astype(np.float32)
+    m = signed(rng, (S, O, 1, 1)).astype(np.float32)
+    off = rng.standard_normal((O, 1)).astype(np.float32)
+    m2 = m[:, :, 0, 0].astype(np.float64)
+    cases = [(0, None, z), (1, None, z + b), (2, None, z * m2), (3, None, z * np.maximum(m2, 0)),
+             (4, None, z * np.minimum(m2, 0)), (5, off, z * (m2 - off[:, 0]))]
+    for epi, o, want in cases:
+        y = core.conv_gemm(x, A, (1, 1), (1, 1), (0, 0), (1, 1), (1, 1), sign, epi,
+                           b if epi == 1 else None, m if epi >= 2 else None, o)
+        assert y.shape == (S, O, 1, 1) and rel_err(y[:, :, 0, 0], want) < 1e-5, (isa, epi)
+    if groups == 1 and O > 1:
+        split = O // 2 + 1
+        y, y2 = core.conv_gemm(x, A, (1, 1), (1, 1), (0, 0), (1, 1), (1, 1), sign, 1, b[:split], None, None, split)
+        assert rel_err(y[:, :, 0, 0], (z + b)[:, :split]) < 1e-5 and rel_err(y2[:, :, 0, 0], z[:, split:]) < 1e-5
+
+
 def _grouped_conv64(x, W, groups, stride, pad, dil, out_hw, sign):
     """float64 conv GEMM of conv_gemm's definition: W (O, halves * Cg * KH * KW) per group."""
     N, C, H, Wd = x.shape

@@ -125,6 +125,30 @@ inline void pack_rows(const ConvGemmArgs& a, const KEntry* kt, int64_t k0, int64
     }
 }
 
+// Rows of features (a dense layer over S samples or tokens: S images of 1x1, 1x1 kernel):
+// B[k, j] = T(x[j, g*cg + k]), a transpose of x's rows into micro-panels. k outer so
+// that the NR rows read stay in L1 while their next features are copied.
+inline bool rows_layout(const ConvGemmArgs& a) {
+    return a.h == 1 && a.w == 1 && a.kh == 1 && a.kw == 1 && a.oh == 1 && a.ow == 1 && a.ph == 0 && a.pw == 0;
+}
+
+template <int Mode>
+inline void pack_feature_rows(const ConvGemmArgs& a, int64_t cg, int64_t g, const KEntry* kt, int64_t k0,
+                              int64_t k1, int64_t kl, int64_t j0, int64_t nl, float* dst) {
+    const int64_t np = (nl + NR - 1) / NR;
+    for (int64_t ip = 0; ip < np; ++ip) {
+        const int64_t jb = j0 + ip * NR, ncol = imin(NR, j0 + nl - jb);
+        const float* __restrict xr = a.x + jb * a.c + g * cg;
+        float* __restrict d = dst + ip * kl * NR;
+        for (int64_t kk = k0; kk < k1; ++kk) {
+            const float* __restrict xk = xr + kt[kk].choff;
+            float* __restrict dk = d + kk * NR;
+            for (int64_t c = 0; c < ncol; ++c) dk[c] = tf<Mode>(xk[c * a.c]);
+            for (int64_t c = ncol; c < NR; ++c) dk[c] = 0.0f;
+        }
+    }
+}
+
 // Gathers B[k in block, columns j0 .. j0+nl) of group g into micro-panels of NR
 // columns (kl x NR each, zero padded): the implicit im2col.  K is the outer loop
 // so that, for one tap, consecutive panels read consecutive image addresses (a
@@ -136,7 +160,8 @@ inline void pack_b_block(const ConvGemmArgs& a, int64_t cg, int64_t g, const KEn
     const int64_t P = a.oh * a.ow, HW = a.h * a.w, KK = a.kh * a.kw;
     const int64_t np = (nl + NR - 1) / NR;
     const int64_t dxmax = (a.kw - 1) * a.dw;
-    for (int64_t ip = 0; ip < np; ++ip) {
+    const bool rows = rows_layout(a);
+    for (int64_t ip = 0; ip < np && !rows; ++ip) {
         PanelInfo& pi = pinfo[ip];
         const int64_t jb = j0 + ip * NR, ncol = imin(NR, j0 + nl - jb);
         const int64_t n = jb / P, r = jb - n * P, oh = r / a.ow, ow = r - oh * a.ow;
@@ -175,7 +200,13 @@ inline void pack_b_block(const ConvGemmArgs& a, int64_t cg, int64_t g, const KEn
     while (kk < kl) {
         int64_t ke = kk;
         while (ke < kl && kt[ke].mode == kt[kk].mode) ++ke;
-        if (kt[kk].mode == 0)
+        if (rows && kt[kk].mode == 0)
+            pack_feature_rows<0>(a, cg, g, kt, kk, ke, kl, j0, nl, dst);
+        else if (rows && kt[kk].mode == 1)
+            pack_feature_rows<1>(a, cg, g, kt, kk, ke, kl, j0, nl, dst);
+        else if (rows)
+            pack_feature_rows<2>(a, cg, g, kt, kk, ke, kl, j0, nl, dst);
+        else if (kt[kk].mode == 0)
             pack_rows<0>(a, kt, kk, ke, kl, np, pinfo, dst);
         else if (kt[kk].mode == 1)
             pack_rows<1>(a, kt, kk, ke, kl, np, pinfo, dst);
@@ -185,8 +216,10 @@ inline void pack_b_block(const ConvGemmArgs& a, int64_t cg, int64_t g, const KEn
     }
 }
 
-// The epilogue on len outputs yp of row o: y at flat index off (mul's index), off's
-// index (one sample) loff.
+// The epilogue on len outputs yp: y at flat index off (mul's index), off's index (one
+// sample) loff.  Along one row o of an image (Rows false: yp[q] is position q of output
+// o), or along the features o, o+1, ... of one sample (Rows: P == 1).
+template <bool Rows = false>
 inline void apply_epilogue(const ConvGemmArgs& a, int64_t o, int64_t off, int64_t loff, float* __restrict yp,
                            int64_t len) {
     const float* __restrict m = a.mul + off;
@@ -194,8 +227,13 @@ inline void apply_epilogue(const ConvGemmArgs& a, int64_t o, int64_t off, int64_
         case Epi::None:
             break;
         case Epi::Bias: {
-            const float b = a.bias[o];
-            for (int64_t q = 0; q < len; ++q) yp[q] += b;
+            const float* __restrict b = a.bias + o;
+            if (Rows) {
+                for (int64_t q = 0; q < len; ++q) yp[q] += b[q];
+            } else {
+                const float b0 = b[0];
+                for (int64_t q = 0; q < len; ++q) yp[q] += b0;
+            }
             break;
         }
         case Epi::MulX:
@@ -215,9 +253,43 @@ inline void apply_epilogue(const ConvGemmArgs& a, int64_t o, int64_t off, int64_
     }
 }
 
+// sink for outputs of one position (P == 1): column c of the tile is sample j + c, its
+// mr rows are mr consecutive features of y (rows past split go raw to y2).
+inline void sink_features(const ConvGemmArgs& a, int64_t O, int64_t row0, int mr, int64_t j, int nr,
+                          const float* ct, bool first, bool last) {
+    const int64_t Oy = a.y2 ? a.split : O;
+    const int ry = a.y2 ? int(imax(0, imin(mr, a.split - row0))) : mr;  // rows that go to y
+    for (int c = 0; c < nr; ++c) {
+        const int64_t n = j + c;
+        const float* __restrict t = ct + c;
+        if (ry > 0) {
+            const int64_t off = n * Oy + row0;
+            float* __restrict yp = a.y + off;
+            if (first) {
+                for (int r = 0; r < ry; ++r) yp[r] = t[r * NR];
+            } else {
+                for (int r = 0; r < ry; ++r) yp[r] += t[r * NR];
+            }
+            if (last) apply_epilogue<true>(a, row0, off, row0, yp, ry);
+        }
+        if (ry < mr) {
+            float* __restrict y2 = a.y2 + n * (O - a.split) + row0 + ry - a.split;
+            if (first) {
+                for (int r = ry; r < mr; ++r) y2[r - ry] = t[r * NR];
+            } else {
+                for (int r = ry; r < mr; ++r) y2[r - ry] += t[r * NR];
+            }
+        }
+    }
+}
+
 // Adds a finished micro-tile to y; after the last K block applies the epilogue.
 inline void sink(const ConvGemmArgs& a, int64_t O, int64_t P, int64_t row0, int mr, int64_t j, int nr,
                  const float* ct, bool first, bool last) {
+    if (P == 1) {
+        sink_features(a, O, row0, mr, j, nr, ct, first, last);
+        return;
+    }
     int c = 0;
     while (c < nr) {
         const int64_t n = (j + c) / P, p = (j + c) - n * P;

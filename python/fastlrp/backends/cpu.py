@@ -69,16 +69,6 @@ def _f32(a) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def _columns(a, C: int, S: int) -> np.ndarray:
-    """S rows of C features as one image (1, C, 1, S) of S columns (float32)."""
-    return np.ascontiguousarray(_f32(a).reshape(S, C).T).reshape(1, C, 1, S)
-
-
-def _rows(a, C: int, S: int) -> np.ndarray:
-    """An image (1, C, 1, S) back to S rows of C features."""
-    return np.ascontiguousarray(np.asarray(a).reshape(C, S).T)
-
-
 def _stab(z, eps):
     return z + np.where(z >= 0, np.float32(eps), np.float32(-eps))
 
@@ -93,8 +83,6 @@ class _LinearOp:
         self.epi = dict(core.epilogues)
         self.rule_code = dict(core.rule_kinds)[p.kind]
         self.implicit_bwd = tuple(p.stride) == (1, 1)
-        self.dense = node.op == "dense"  # (1x1 kernel, stride 1: always the implicit backward)
-        self._tiled = {}
         (self.A_fwd_pos, self.A_fwd, self.A_pos, self.A_posneg, self.bwd_pos,
          self.bwd_signed) = p.operands(self._pack, self._bwd_term)
 
@@ -118,35 +106,14 @@ class _LinearOp:
         return (self._pack(Wb), self.epi[epi], epi in MUL_EPILOGUES, None if off is None else _f32(off))
 
     # -- per batch ---------------------------------------------------------------------
-    # A dense layer runs with its S = batch x positions samples as the columns of ONE
-    # image (1, C, 1, S): the GEMM's B operand is then packed from contiguous rows,
-    # where S images of one pixel each are a strided gather (2-3x slower GEMMs); the
-    # price is one transpose of the input and of the output each way.
-    def _layout(self, S: int) -> tuple:
-        """(images, input (H, W), output (OH, OW)) of a batch of S samples."""
-        p = self.plan
-        if self.dense:
-            return 1, (1, S), (1, S)
-        return S, (p.H, p.W), (p.OH, p.OW)
-
-    def _per_column(self, a, S: int):
-        """A per-sample constant (one column per output or input feature) repeated over
-        the S columns of a dense layer's image (cached for the last S)."""
-        if a is None or not self.dense:
-            return a
-        key = (id(a), S)
-        hit = self._tiled.get(key)
-        if hit is None:
-            hit = np.ascontiguousarray(np.repeat(a.reshape(-1, 1), S, axis=1))
-            self._tiled = {k: v for k, v in self._tiled.items() if k[1] == S}
-            self._tiled[key] = hit
-        return hit
-
+    # A dense layer runs its S = batch x positions samples as S images of 1x1: the core
+    # packs B straight from the rows of x (a transpose into its micro-panels) and writes
+    # each output tile as rows of features (rows_layout / sink_features in gemm_impl.h),
+    # so no transposed copy of x, R or the results is made.
     def _conv(self, x4, A, sign=0, epi=None, bias=None, split=0):
         p = self.plan
         (pt, _), (pl, _) = p.pad
-        _, _, out_hw = self._layout(x4.shape[3])  # (a dense layer's image is S columns wide)
-        return self.core.conv_gemm(x4, A, p.kernel, p.stride, (pt, pl), p.dil, out_hw,
+        return self.core.conv_gemm(x4, A, p.kernel, p.stride, (pt, pl), p.dil, (p.OH, p.OW),
                                    sign, self.epi["none"] if epi is None else epi, bias, None, None, split)
 
     def forward(self, inputs: list) -> tuple[np.ndarray, Any]:
@@ -159,10 +126,7 @@ class _LinearOp:
                 f"input shape {p.in_shape}"
             )
         S = N * p.rows
-        if self.dense:
-            x4 = _columns(x, p.C, S)
-        else:
-            x4 = _f32(x).reshape(S, p.C, p.H, p.W)
+        x4 = _f32(x).reshape(S, p.C, p.H, p.W)
         epi = self.epi["bias"] if p.b is not None else self.epi["none"]
         psum, nonneg = None, True
         if p.needs_psum or self.bwd_signed is not self.bwd_pos:
@@ -174,37 +138,31 @@ class _LinearOp:
             out = self._conv(x4, self.A_fwd, 0, epi, p.b)
             if p.needs_psum:
                 psum = self._conv(x4, self.A_pos, 0) if nonneg else self._conv(x4, self.A_posneg, 1)
-        y = _rows(out, p.O, S) if self.dense else out
-        return y.reshape((N,) + p.out_shape), (x4, out, psum, nonneg, S)
+        return out.reshape((N,) + p.out_shape), (x4, out, psum, nonneg, S)
 
     def relevance(self, ctx, R) -> list:
         p = self.plan
         x4, out, psum, nonneg, S = ctx
-        n_img, _, (OH, OW) = self._layout(S)
-        R4 = _columns(R, p.O, S) if self.dense else _f32(R).reshape(n_img, p.O, OH, OW)
-        g = self.core.rule_g(self.rule_code, R4, out, psum, p.b, self._per_column(p.zc, S), p.G, p.eps, p.alpha,
+        R4 = _f32(R).reshape(S, p.O, p.OH, p.OW)
+        g = self.core.rule_g(self.rule_code, R4, out, psum, p.b, p.zc, p.G, p.eps, p.alpha,
                              p.beta, p.gamma, p.zero_bias, p.kind == "flat")
-        g = g.reshape(n_img, -1, OH, OW)
+        g = g.reshape(S, -1, p.OH, p.OW)
         terms = self.bwd_pos if nonneg else self.bwd_signed
         res = None
         for term in terms:
-            res = self._backward(g, term, x4, res, S)
-        if self.dense:
-            res = _rows(res, p.C, S)
+            res = self._backward(g, term, x4, res)
         return [res.reshape((-1,) + p.in_shape)]
 
-    def _backward(self, g, term, x4, res, S):
+    def _backward(self, g, term, x4, res):
         A, epi, needs_x, off = term
         core, p = self.core, self.plan
         (pt, _), (pl, _) = p.pad
         KH, KW = p.kernel
         mul = x4 if needs_x else None
-        _, (H, W), _ = self._layout(S)
         if self.implicit_bwd:
             dh, dw = p.dil
             pad = (dh * (KH - 1) - pt, dw * (KW - 1) - pl)
-            y = core.conv_gemm(g, A, p.kernel, (1, 1), pad, p.dil, (H, W), 0, epi, None, mul,
-                               self._per_column(off, S))
+            y = core.conv_gemm(g, A, p.kernel, (1, 1), pad, p.dil, (p.H, p.W), 0, epi, None, mul, off)
             if res is None:
                 return y
             res += y
