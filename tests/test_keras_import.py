@@ -722,3 +722,79 @@ def test_innvestigate_alpha_beta_hand_case():
     R = explainer(g, "lrp.alpha_2_beta_1_ib").explain(np.array([1.0, 2.0]))
     # za = 1 (from x1), zb = -2 (from x2): R = 2*(-1)*(1,0) - 1*(-1)*(0,1)  = (-2, 1)
     np.testing.assert_allclose(R, [-2.0, 1.0], rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------
+# attention: keras.layers.MultiHeadAttention against torch's nn.MultiheadAttention
+def _attention_pair(causal: bool, E=8, T=5, H=2, seed=3):
+    """A pre-norm attention block + GELU MLP head in Keras, and the same block in PyTorch
+    (nn.MultiheadAttention, batch_first) with the Keras weights copied."""
+    inp = layers.Input((T, E))
+    h = layers.LayerNormalization(epsilon=1e-5)(inp)
+    a = layers.MultiHeadAttention(num_heads=H, key_dim=E // H)(h, h, use_causal_mask=causal)
+    h = layers.Add()([inp, a])
+    h = layers.GlobalAveragePooling1D()(h)
+    out = layers.Dense(3)(h)
+    km = randomize(keras.Model(inp, out), seed=seed)
+    ln, mha, dense = km.layers[1], km.layers[2], km.layers[-1]
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln = torch.nn.LayerNorm(E, eps=1e-5)
+            self.att = torch.nn.MultiheadAttention(E, H, batch_first=True)
+            self.fc = torch.nn.Linear(E, 3)
+            self.causal = causal
+
+        def forward(self, x):
+            h = self.ln(x)
+            mask = torch.triu(torch.ones(T, T, dtype=torch.bool), 1) if self.causal else None
+            h = x + self.att(h, h, h, attn_mask=mask, need_weights=False)[0]
+            return self.fc(h.permute(0, 2, 1).mean(2))  # (the importer takes means over (N, C, L) axes)
+
+    tm = Block().eval()
+    with torch.no_grad():
+        tm.ln.weight.copy_(t(_np(ln.gamma))), tm.ln.bias.copy_(t(_np(ln.beta)))
+        w = [_np(d.kernel).reshape(E, E).T for d in (mha._query_dense, mha._key_dense, mha._value_dense)]
+        b = [_np(d.bias).reshape(E) for d in (mha._query_dense, mha._key_dense, mha._value_dense)]
+        tm.att.in_proj_weight.copy_(t(np.concatenate(w))), tm.att.in_proj_bias.copy_(t(np.concatenate(b)))
+        tm.att.out_proj.weight.copy_(t(_np(mha._output_dense.kernel).reshape(E, E).T))
+        tm.att.out_proj.bias.copy_(t(_np(mha._output_dense.bias)))
+        copy_dense(tm.fc, dense)
+    return km, tm
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_multihead_attention_matches_keras_and_torch(causal):
+    """The Keras layer imports to the graph torch's nn.MultiheadAttention imports to:
+    the same forward (Keras' own output) and the same relevance, for AttnLRP and CP-LRP;
+    the cpu backend agrees with the float64 reference."""
+    km, tm = _attention_pair(causal)
+    x = np.random.default_rng(4).standard_normal((3, 5, 8))
+    g = from_keras(km)
+    gt = fastlrp.from_torch(tm, torch.as_tensor(x[:1], dtype=torch.float32))
+    for comp in ("attnlrp", "cp_lrp"):
+        ex, et = explainer(g, comp), explainer(gt, comp)
+        close(ex.forward(x), keras_forward(km, x), rtol=FWD_TOL, atol_rel=FWD_TOL)
+        close(ex.forward(x), et.forward(x), rtol=1e-9, atol_rel=1e-12)
+        R = ex.explain(x)
+        close(R, et.explain(x), rtol=1e-8, atol_rel=1e-10)
+        for backend in ("cpu", "numba"):
+            try:
+                ec = fastlrp.Explainer(g, comp, backend=backend)
+            except Exception as e:  # noqa: BLE001 - a backend this machine lacks
+                print(f"{backend} not available: {e}")
+                continue
+            close(ec.explain(x.astype(np.float32)), R, rtol=1e-3, atol_rel=2e-4)
+
+
+def test_multihead_attention_refuses_masks_and_gates():
+    inp = layers.Input((4, 6))
+    m = layers.Input((4, 4))
+    a = layers.MultiHeadAttention(num_heads=2, key_dim=3)(inp, inp, attention_mask=m)
+    with pytest.raises(UnsupportedLayerError, match="(attention_mask|input)"):
+        from_keras(keras.Model([inp, m], layers.Flatten()(a)))
+    a = layers.MultiHeadAttention(num_heads=2, key_dim=3, attention_axes=(2,))
+    inp3 = layers.Input((4, 5, 6))
+    with pytest.raises(UnsupportedLayerError, match="attention_axes|tokens"):
+        from_keras(keras.Model(inp3, layers.Flatten()(a(inp3, inp3))))

@@ -484,6 +484,9 @@ class _Importer:
         if cls in ("LayerNormalization", "RMSNormalization"):
             return self.layernorm(layer, ins[0], kshape, name, src)
 
+        if cls == "MultiHeadAttention":
+            return self.multihead_attention(layer, ins, kshape, name, src, node)
+
         if cls == "BatchNormalization":
             return self.batchnorm(layer, ins[0], kshape, name, src)
 
@@ -516,6 +519,66 @@ class _Importer:
             return self.activation_layer(ins[0], ("softmax", {}), name, src, layer)
 
         raise _unsupported(layer)
+
+    def multihead_attention(self, layer, ins, kshape, name, src, node):
+        """keras.layers.MultiHeadAttention over the token axis of (tokens, features) inputs:
+        the query/key/value projections (EinsumDense) as dense nodes, heads split by
+        reshape/permute, ``softmax(q k^T / sqrt(key_dim) (+ causal mask)) v`` as matmul / mul /
+        softmax nodes (the lowering of torch's attention), the output projection."""
+        args = tuple(getattr(getattr(node, "arguments", None), "args", ()) or ())
+        kwargs = dict(getattr(getattr(node, "arguments", None), "kwargs", {}) or {})
+        masks = [k for k in ("attention_mask", "query_mask", "value_mask", "key_mask") if kwargs.get(k) is not None]
+        if masks:
+            raise _unsupported(layer, f"{', '.join(masks)} (only use_causal_mask is supported)")
+        if getattr(layer, "_use_gate", False) or getattr(layer, "_sliding_window", None) is not None:
+            raise _unsupported(layer, "use_gate / sliding_window attention")
+        n_in = 2 + (len(args) >= 3 or kwargs.get("key") is not None)
+        if len(ins) != n_in or len(kshape) != 2:
+            raise _unsupported(layer, "attention needs query and value (and key) of shape (tokens, features)")
+        if tuple(layer._attention_axes) != (1,):
+            raise _unsupported(layer, f"attention_axes {layer._attention_axes} (over the token axis only)")
+        q_in, v_in = ins[0], ins[1]
+        k_in = ins[2] if n_in == 3 else v_in
+        H = int(layer._num_heads)
+        xs = {r: self.ensure(held, (0, 1), layer) for r, held in (("query", q_in), ("key", k_in), ("value", v_in))}
+
+        def heads(role, dense):  # (T, E) -> dense -> (T, H, d) -> (H, T, d)
+            if dense.equation != "abc,cde->abde":
+                raise _unsupported(layer, f"{role} projection '{dense.equation}'")
+            k = _np(dense.kernel)  # (E, H, d)
+            E, d = k.shape[0], k.shape[2]
+            b = _np(dense.bias).reshape(-1) if dense.bias is not None else None
+            x = xs[role]
+            T = self.shapes[x][0]
+            h = self.emit(f"{name}/{role}", "dense", [x], {}, {"weight": k.reshape(E, H * d).T.copy(), "bias": b},
+                          (T, H * d), src)
+            h = self.emit(f"{name}/{role}_heads", "reshape", [h], {"shape": (T, H, d)}, None, (T, H, d), src)
+            return self.emit(f"{name}/{role}_perm", "permute", [h], {"perm": (1, 0, 2)}, None, (H, T, d), src)
+
+        q = heads("query", layer._query_dense)
+        k = heads("key", layer._key_dense)
+        v = heads("value", layer._value_dense)
+        Tq, Tk, dv = self.shapes[q][1], self.shapes[k][1], self.shapes[v][2]
+        scores = self.emit(f"{name}/scores", "matmul", [q, k], {"transpose_b": True}, None, (H, Tq, Tk), src)
+        scale = float(layer._inverse_sqrt_key_dim)
+        c = self.emit(f"{name}/scale", "const", [], {}, {"value": np.array(scale)}, (), f"{src} scale {scale:.6g}")
+        scores = self.emit(f"{name}/scaled", "mul", [scores, c], {}, None, (H, Tq, Tk), src)
+        if kwargs.get("use_causal_mask"):
+            mask = np.where(np.tril(np.ones((Tq, Tk), bool)), 0.0, -1e9)
+            m = self.emit(f"{name}/mask", "const", [], {}, {"value": mask}, (Tq, Tk), f"{src} causal mask")
+            scores = self.emit(f"{name}/masked", "add", [scores, m], {}, None, (H, Tq, Tk), src)
+        w = self.emit(f"{name}/softmax", "softmax", [scores], {"axis": -1}, None, (H, Tq, Tk), src)
+        o = self.emit(f"{name}/values", "matmul", [w, v], {}, None, (H, Tq, dv), src)
+        o = self.emit(f"{name}/merge_perm", "permute", [o], {"perm": (1, 0, 2)}, None, (Tq, H, dv), src)
+        o = self.emit(f"{name}/merge", "reshape", [o], {"shape": (Tq, H * dv)}, None, (Tq, H * dv), src)
+        out = layer._output_dense
+        if out.equation != "abcd,cde->abe":
+            raise _unsupported(layer, f"output projection '{out.equation}'")
+        ko = _np(out.kernel)  # (H, dv, E')
+        bo = _np(out.bias).reshape(-1) if out.bias is not None else None
+        h = self.emit(name, "dense", [o], {}, {"weight": ko.reshape(H * dv, -1).T.copy(), "bias": bo},
+                      (Tq, ko.shape[2]), src)
+        return (h, (0, 1))
 
     def layernorm(self, layer, held, kshape, name, src):
         """LayerNormalization / RMSNormalization over Keras axes, in the layout the tensor is held in."""
