@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional
 
+import fastlrp  # noqa: E402
 from fastlrp.graph import GraphError  # noqa: E402
 from fastlrp.importers.torch import UnsupportedLayerError, from_torch  # noqa: E402
 from _torch_helpers import randomize  # noqa: E402
@@ -526,3 +527,34 @@ def test_functional_conv_and_batch_norm_with_module_parameters():
     g = from_torch(m, x)
     assert [n.op for n in g] == ["input", "conv", "activation", "reshape", "dense"]  # the BatchNorm folded
     np.testing.assert_allclose(graph_forward(g, x.numpy()), m(x).detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+class _TokenMean(torch.nn.Module):
+    """Token features (N, T, E) averaged over the tokens (timm's global_pool="avg"), in one of
+    two spellings: x.mean(1), or the (N, C, L) form the importer always took."""
+
+    def __init__(self, spelled_as_pool: bool):
+        super().__init__()
+        self.fc0, self.fc = torch.nn.Linear(6, 8), torch.nn.Linear(8, 3)
+        self.pool = spelled_as_pool
+
+    def forward(self, x):
+        h = torch.relu(self.fc0(x))
+        a = F.adaptive_avg_pool1d(h.transpose(1, 2), 1).flatten(1) if self.pool else h.mean(1)
+        b = h.mean(dim=(1, 2), keepdim=True)[:, 0]  # every per-sample axis, keepdim
+        return self.fc(a) + b
+
+
+def test_mean_over_token_and_mixed_axes():
+    torch.manual_seed(0)
+    m, ref = _TokenMean(False).eval(), _TokenMean(True).eval()
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(4, 5, 6)
+    g, gr = from_torch(m, x[:1]), from_torch(ref, x[:1])
+    xn = x.double().numpy()
+    for comp in ("epsilon_plus", "epsilon_alpha2_beta1"):
+        ex, er = fastlrp.Explainer(g, comp, backend="reference"), fastlrp.Explainer(gr, comp, backend="reference")
+        np.testing.assert_allclose(ex.forward(xn), m(x).detach().double().numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ex.explain(xn), er.explain(xn), rtol=1e-10, atol=1e-12)
+    with pytest.raises(UnsupportedLayerError, match="batch axis"):
+        from_torch(type("M", (torch.nn.Module,), {"forward": lambda self, x: x.mean(0)})(), x[:1])

@@ -652,12 +652,14 @@ class Converter:
             if dim is None:
                 raise unsup("mean over all axes (includes the batch axis)")
             dims = {int(d) % rank for d in (dim if isinstance(dim, (list, tuple)) else (dim,))}
-            if 0 in dims or 1 in dims or rank not in (3, 4):
-                raise unsup(f"mean over axes {sorted(dims)} of a tensor of shape {full}; only means over the spatial "
-                            "axes of (N, C, L) or (N, C, H, W) tensors are supported")
+            if 0 in dims:
+                raise unsup(f"mean over axes {sorted(dims)} of a tensor of shape {full} (includes the batch axis)")
+            src = f"{n.name} ({what})"
+            if 1 in dims or rank not in (3, 4):
+                self.add_mean_over_axes(n, x, full, dims, src)
+                return
             d = rank - 2
             out_size = tuple(1 if (2 + i) in dims else full[2 + i] for i in range(d))
-            src = f"{n.name} ({what})"
             pooled = self.add(n, "adaptive_avgpool", [x], {"dims": d, "output_size": out_size}, source=src)
             if not keepdim:
                 self.add(n, "reshape", [pooled], {"shape": self.sample_shape(n)}, name=f"{n.name}_reshape", source=src)
@@ -783,6 +785,22 @@ class Converter:
             raise unsup("softmax over the batch axis")
         self.add(n, "softmax", [x], {"axis": dim - 1}, name=name, source=source)
         return True
+
+    def add_mean_over_axes(self, n, x, full, dims, source):
+        """A mean over any per-sample axes (e.g. over the tokens of (N, T, E), timm's
+        ``global_pool="avg"``): the kept axes first, the averaged ones last, as (kept, averaged)
+        rows of a 1-d average pool to one value, reshaped to the result."""
+        per = [a - 1 for a in range(1, len(full))]
+        red = [a - 1 for a in sorted(dims)]
+        kept = [a for a in per if a not in red]
+        h = x
+        if kept + red != per:
+            h = self.emit("permute", [h], {"perm": tuple(kept + red)}, name=f"{n.name}_axes", source=source)
+        rows = int(np.prod([full[a + 1] for a in kept])) if kept else 1
+        cols = int(np.prod([full[a + 1] for a in red]))
+        h = self.emit("reshape", [h], {"shape": (rows, cols)}, name=f"{n.name}_rows", source=source)
+        h = self.emit("adaptive_avgpool", [h], {"dims": 1, "output_size": (1,)}, name=f"{n.name}_pool", source=source)
+        self.add(n, "reshape", [h], {"shape": self.sample_shape(n)}, source=source)
 
     def add_attention(self, n, q, k, v, scale, mask, prefix, source):
         """``softmax(q k^T * scale + mask) v`` over the last two axes as matmul / softmax nodes;
