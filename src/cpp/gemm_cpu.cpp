@@ -15,6 +15,12 @@
 #include <string>
 #include <vector>
 
+#if defined(__linux__) && (defined(__x86_64__) || defined(__i386__))
+#include <cerrno>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace fastlrp {
 namespace cpu {
 
@@ -30,6 +36,9 @@ bool cpu_has(Isa isa) {
             return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
         case Isa::Avx512:
             return __builtin_cpu_supports("avx512f");
+        case Isa::AmxBf16:
+            return __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
+                   __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw");
     }
     return false;
 #else
@@ -73,8 +82,38 @@ bool isa_compiled(Isa isa) {
 #else
             return false;
 #endif
+        case Isa::AmxBf16:
+#ifdef FASTLRP_HAVE_AMX
+            return true;
+#else
+            return false;
+#endif
     }
     return false;
+}
+
+// Linux keeps the AMX tile state off until a process asks for it (once, for all threads).
+static std::string request_tile_state() {
+#if defined(__linux__) && (defined(__x86_64__) || defined(__i386__))
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0)
+        return std::string("Linux refused the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM: ") +
+               std::strerror(errno) + "; AMX needs Linux 5.16 or later)";
+    return "";
+#else
+    return "the AMX tile state is requested from Linux only (arch_prctl); this is another OS";
+#endif
+}
+
+std::string bf16_unavailable() {
+    if (!isa_compiled(Isa::AmxBf16))
+        return "this build of fastlrp._core has no AMX-BF16 kernel (the compiler lacks -mamx-tile -mamx-bf16 "
+               "-mavx512bf16, or the target is not x86-64)";
+    if (!cpu_has(Isa::AmxBf16))
+        return "this CPU lacks AMX-BF16 (the bfloat16 mode needs the amx_tile, amx_bf16, avx512_bf16 and "
+               "avx512bw features, e.g. Intel Sapphire Rapids or later)";
+    static const std::string os = request_tile_state();
+    return os;
 }
 
 bool isa_supported(Isa isa) { return isa_compiled(isa) && cpu_has(isa); }
@@ -103,6 +142,8 @@ const char* isa_name(Isa isa) {
             return "avx2";
         case Isa::Avx512:
             return "avx512";
+        case Isa::AmxBf16:
+            return "amx_bf16";
     }
     return "?";
 }
@@ -116,6 +157,10 @@ Blocking blocking_of(Isa isa) {
 #ifdef FASTLRP_HAVE_AVX512
         case Isa::Avx512:
             return detail::blocking_avx512();
+#endif
+#ifdef FASTLRP_HAVE_AMX
+        case Isa::AmxBf16:
+            return detail::blocking_amx();
 #endif
         default:
             return detail::blocking_generic();
@@ -133,13 +178,19 @@ AlignedBuf aligned_floats(size_t n) {
     return AlignedBuf(static_cast<float*>(p));
 }
 
-std::shared_ptr<PackedA> pack_a(const float* A, int64_t groups, int64_t m, int64_t k) {
+std::shared_ptr<PackedA> pack_a(const float* A, int64_t groups, int64_t m, int64_t k, bool bf16) {
     if (groups < 1 || m < 0 || k < 0) throw std::invalid_argument("pack_a: bad sizes");
     auto P = std::make_shared<PackedA>();
-    const Isa isa = active_isa();
+    const bool direct = groups > 1 && m <= kDirectMaxM && k <= kDirectMaxK;
+    if (bf16 && !direct) {
+        const std::string why = bf16_unavailable();
+        if (!why.empty()) throw std::runtime_error("bfloat16 GEMM unavailable: " + why);
+    }
+    const Isa isa = bf16 && !direct ? Isa::AmxBf16 : active_isa();
     const Blocking b = blocking_of(isa);
     P->isa = isa;
     P->mr = b.mr;
+    if (isa == Isa::AmxBf16) P->kq = 32, P->ebytes = 2;
     // Balanced K blocks (576 = 2 x 288, not 256 + 256 + 64): fewer passes of the
     // output tile through the sink, no short last block.
     // With one M block (m <= mc) each K block costs a pass of the output tiles
@@ -148,19 +199,26 @@ std::shared_ptr<PackedA> pack_a(const float* A, int64_t groups, int64_t m, int64
     const int64_t kcmax = m <= b.mc ? 2 * b.kc : b.kc;
     const int64_t nkb = std::max<int64_t>(1, (k + kcmax - 1) / kcmax);
     P->kc = std::max<int64_t>(1, (k + nkb - 1) / nkb);
+    P->kc = (P->kc + P->kq - 1) / P->kq * P->kq;  // (every block but the last: whole tiles)
     P->groups = groups;
     P->m = m;
     P->k = k;
     P->mp = (m + b.mr - 1) / b.mr * b.mr;
-    if (groups > 1 && m <= kDirectMaxM && k <= kDirectMaxK) {
+    if (direct) {
         // run by conv_gemm's direct loops only (a split output needs groups == 1): no panels
         P->raw = aligned_floats(size_t(std::max<int64_t>(1, groups * m * k)));
         std::copy(A, A + groups * m * k, P->raw.get());
         return P;
     }
-    P->gstride = (P->mp * k + 15) / 16 * 16;
+    const int64_t kpanels = (k + P->kc - 1) / P->kc * P->kc;  // K with each block's padding (kq > 1)
+    P->gstride = (P->mp * (P->kq > 1 ? kpanels : k) * P->ebytes / 4 + 15) / 16 * 16;
     P->data = aligned_floats(size_t(std::max<int64_t>(1, groups * P->gstride)));
     switch (isa) {
+#ifdef FASTLRP_HAVE_AMX
+        case Isa::AmxBf16:
+            detail::pack_a_amx(*P, A);
+            break;
+#endif
 #ifdef FASTLRP_HAVE_AVX2
         case Isa::Avx2:
             detail::pack_a_avx2(*P, A);
@@ -217,6 +275,11 @@ void conv_gemm(const ConvGemmArgs& a, int threads) {
 #ifdef FASTLRP_HAVE_AVX512
         case Isa::Avx512:
             detail::conv_gemm_avx512(a, threads);
+            return;
+#endif
+#ifdef FASTLRP_HAVE_AMX
+        case Isa::AmxBf16:
+            detail::conv_gemm_amx(a, threads);
             return;
 #endif
         default:

@@ -313,6 +313,15 @@ inline void grouped_direct_impl(const ConvGemmArgs& a, int threads) {
     }
 }
 
+#ifndef FASTLRP_ISA_CONVERTS_B
+// The float kernels read the packed B panels as they are; a kernel with its own B
+// layout (gemm_amx.cpp: bfloat16 tiles) defines FASTLRP_ISA_CONVERTS_B and these two:
+// finish_b converts a packed block (kl x nl) and returns it, b_panel_floats(kl) is
+// the distance between its micro-panels.
+inline const float* finish_b(const float* b, int64_t, int64_t) { return b; }
+inline int64_t b_panel_floats(int64_t kl) { return kl * NR; }
+#endif
+
 inline void conv_gemm_impl(const ConvGemmArgs& a, int threads) {
     if (a.A->raw) {  // (no panels; a split output needs groups == 1)
         grouped_direct_impl(a, threads);
@@ -376,11 +385,12 @@ inline void conv_gemm_impl(const ConvGemmArgs& a, int threads) {
                                         a.sign == Sign::Id ? 0 : (half == 0 ? 1 : 2), int(rr)};
                     }
                     pack_b_block(a, cg, g, kt, kl, jc, nl, bbuf, tb.pinfo, tb.tabs.data());
+                    const float* bblk = finish_b(bbuf, kl, nl);
                     const bool first = pc == 0, last = pc + kl >= K;
                     for (int64_t ic = p0; ic < p1; ic += mcp) {
                         const int64_t ice = imin(p1, ic + mcp);
                         for (int64_t jr = 0; jr * NR < nl; ++jr) {
-                            const float* bp = bbuf + jr * kl * NR;
+                            const float* bp = bblk + jr * b_panel_floats(kl);
                             const int64_t j = jc + jr * NR;
                             const int nr = int(imin(NR, jc + nl - j));
                             for (int64_t ir = ic; ir < ice; ++ir) {
