@@ -29,7 +29,7 @@ namespace cpu {
 namespace isa_amx {
 
 constexpr int MR = 32, NR = 32;
-constexpr int64_t KC = 256, MC = 256, NC = 512;  // (KC: a multiple of the 32 of a tile)
+constexpr int64_t KC = 1024, MC = 256, NC = 512;  // (KC: a multiple of the 32 of a tile)
 constexpr int64_t kTileK = 32;
 
 inline int64_t kpad(int64_t kl) { return (kl + kTileK - 1) / kTileK * kTileK; }
