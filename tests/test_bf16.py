@@ -65,7 +65,8 @@ def test_bf16_errors_name_what_is_missing():
 # ----------------------------------------------------------------------------- GEMM
 @needs_bf16
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (7, 13, 5), (31, 33, 63), (33, 31, 65), (61, 97, 777),
-                                   (100, 3, 1000), (5, 1031, 37), (300, 70, 2100)])
+                                   (100, 3, 1000), (5, 1031, 37), (300, 70, 2100),
+                                   (40, 700, 2100)])
 def test_bf16_gemm_against_rounded_float64(m, n, k):
     rng = np.random.default_rng(m * 1000 + n * 10 + k)
     A = rng.standard_normal((m, k)).astype(np.float32)

@@ -313,14 +313,15 @@ inline void grouped_direct_impl(const ConvGemmArgs& a, int threads) {
     }
 }
 
-#ifndef FASTLRP_ISA_CONVERTS_B
-// The float kernels read the packed B panels as they are; a kernel with its own B
-// layout (gemm_amx.cpp: bfloat16 tiles) defines FASTLRP_ISA_CONVERTS_B and these two:
-// finish_b converts a packed block (kl x nl) and returns it, b_panel_floats(kl) is
-// the distance between its micro-panels.
-inline const float* finish_b(const float* b, int64_t, int64_t) { return b; }
-inline int64_t b_panel_floats(int64_t kl) { return kl * NR; }
-#endif
+// The K entries kt[0 .. kl) of the K block starting at pc (Kc = K per sign half).
+inline void k_entries(const ConvGemmArgs& a, int64_t Kc, int64_t pc, int64_t kl, KEntry* kt) {
+    const int64_t KKs = a.kh * a.kw, HW = a.h * a.w;
+    for (int64_t kk = 0; kk < kl; ++kk) {
+        const int64_t kabs = pc + kk, half = kabs / Kc, kr = kabs - half * Kc;
+        const int64_t ci2 = kr / KKs, rr = kr - ci2 * KKs, khh = rr / a.kw, kww = rr - khh * a.kw;
+        kt[kk] = KEntry{ci2 * HW, khh * a.dh, kww * a.dw, a.sign == Sign::Id ? 0 : (half == 0 ? 1 : 2), int(rr)};
+    }
+}
 
 inline void conv_gemm_impl(const ConvGemmArgs& a, int threads) {
     if (a.A->raw) {  // (no panels; a split output needs groups == 1)
@@ -331,7 +332,7 @@ inline void conv_gemm_impl(const ConvGemmArgs& a, int threads) {
     const int64_t G = A.groups, Mg = A.m, K = A.k, O = G * Mg;
     const int64_t KKs = a.kh * a.kw, halves = a.sign == Sign::PosNeg ? 2 : 1;
     const int64_t cg = a.c / G, Kc = cg * KKs;
-    const int64_t P = a.oh * a.ow, cols = a.n * P, HW = a.h * a.w;
+    const int64_t P = a.oh * a.ow, cols = a.n * P;
     const int64_t kcb = A.kc;  // K block chosen when A was packed (<= 2 KC)
     const int64_t mpanels = (Mg + MR - 1) / MR, npanels = (cols + NR - 1) / NR;
     (void)halves;
@@ -378,19 +379,13 @@ inline void conv_gemm_impl(const ConvGemmArgs& a, int threads) {
                 const int64_t nl = imin(ncs, je - jc);
                 for (int64_t pc = 0; pc < K; pc += kcb) {
                     const int64_t kl = imin(kcb, K - pc);
-                    for (int64_t kk = 0; kk < kl; ++kk) {
-                        const int64_t kabs = pc + kk, half = kabs / Kc, kr = kabs - half * Kc;
-                        const int64_t ci2 = kr / KKs, rr = kr - ci2 * KKs, khh = rr / a.kw, kww = rr - khh * a.kw;
-                        kt[kk] = KEntry{ci2 * HW, khh * a.dh, kww * a.dw,
-                                        a.sign == Sign::Id ? 0 : (half == 0 ? 1 : 2), int(rr)};
-                    }
+                    k_entries(a, Kc, pc, kl, kt);
                     pack_b_block(a, cg, g, kt, kl, jc, nl, bbuf, tb.pinfo, tb.tabs.data());
-                    const float* bblk = finish_b(bbuf, kl, nl);
                     const bool first = pc == 0, last = pc + kl >= K;
                     for (int64_t ic = p0; ic < p1; ic += mcp) {
                         const int64_t ice = imin(p1, ic + mcp);
                         for (int64_t jr = 0; jr * NR < nl; ++jr) {
-                            const float* bp = bblk + jr * b_panel_floats(kl);
+                            const float* bp = bbuf + jr * kl * NR;
                             const int64_t j = jc + jr * NR;
                             const int nr = int(imin(NR, jc + nl - j));
                             for (int64_t ir = ic; ir < ice; ++ir) {
