@@ -196,7 +196,8 @@ std::shared_ptr<PackedA> pack_a(const float* A, int64_t groups, int64_t m, int64
     // With one M block (m <= mc) each K block costs a pass of the output tiles
     // through the sink; allow K blocks up to 2 kc there (the B micro-panel then
     // streams from L2, which the 11 or fewer A panels per B panel tolerate).
-    const int64_t kcmax = m <= b.mc ? 2 * b.kc : b.kc;
+    // (The AMX driver sums K blocks in a buffer of its own: no sink pass to save there.)
+    const int64_t kcmax = m <= b.mc && isa != Isa::AmxBf16 ? 2 * b.kc : b.kc;
     const int64_t nkb = std::max<int64_t>(1, (k + kcmax - 1) / kcmax);
     P->kc = std::max<int64_t>(1, (k + nkb - 1) / nkb);
     P->kc = (P->kc + P->kq - 1) / P->kq * P->kq;  // (every block but the last: whole tiles)
