@@ -1,4 +1,5 @@
-"""The CPU backend's bfloat16 mode (precision="bf16", AMX-BF16) against float32.
+"""The CPU backend's bfloat16 mode (precision="bf16": its AMX-BF16 and AVX512_BF16
+kernels, each where this CPU runs it) against float32.
 
 1. GEMM GFLOP/s of the packed core (weights packed once, as per Explainer): ViT-B/16
    token products (197 tokens x batch 16 = 3152 columns) and VGG-16 conv layers
@@ -45,29 +46,39 @@ def best_time(fn, repeats):
     return min(ts)
 
 
-def bench_gemms(core, precisions, repeats):
+def packer(core, mode):
+    """pack_weights for a mode: "float32", or a bf16 kernel's name."""
+    def pack(A):
+        if mode == "float32":
+            return core.pack_weights(A, 1)
+        core.set_bf16_kernel(mode)
+        return core.pack_weights(A, 1, "bf16")
+    return pack
+
+
+def bench_gemms(core, modes, repeats):
     rng = np.random.default_rng(0)
-    print(f"{'product':<24} {'M x K x N':>20} " + " ".join(f"{p + ' GFLOP/s':>15}" for p in precisions))
+    print(f"{'GFLOP/s':<24} {'M x K x N':>20} " + " ".join(f"{p:>12}" for p in modes))
     for name, m, k, n in VIT_SHAPES:
         A = rng.standard_normal((m, k)).astype(np.float32)
         B = rng.standard_normal((k, n)).astype(np.float32)
         rates = []
-        for p in precisions:
-            P = core.pack_weights(A, 1, p)
+        for p in modes:
+            P = packer(core, p)(A)
             rates.append(2 * m * k * n / best_time(lambda: core.gemm_packed(P, B), repeats) / 1e9)
-        print(f"{name:<24} {f'{m} x {k} x {n}':>20} " + " ".join(f"{r:>15.0f}" for r in rates))
+        print(f"{name:<24} {f'{m} x {k} x {n}':>20} " + " ".join(f"{r:>12.0f}" for r in rates))
     for name, nb, c, o, hw in VGG_SHAPES:
         x = rng.standard_normal((nb, c, hw, hw)).astype(np.float32)
         W = (rng.standard_normal((o, c * 9)) / np.sqrt(9 * c)).astype(np.float32)
         rates = []
-        for p in precisions:
-            P = core.pack_weights(W, 1, p)
+        for p in modes:
+            P = packer(core, p)(W)
             t = best_time(lambda: core.conv_gemm(x, P, (3, 3), (1, 1), (1, 1), (1, 1), (hw, hw)), repeats)
             rates.append(2 * o * c * 9 * nb * hw * hw / t / 1e9)
-        print(f"{name:<24} {f'{o} x {c * 9} x {nb * hw * hw}':>20} " + " ".join(f"{r:>15.0f}" for r in rates))
+        print(f"{name:<24} {f'{o} x {c * 9} x {nb * hw * hw}':>20} " + " ".join(f"{r:>12.0f}" for r in rates))
 
 
-def bench_explain(models, composite, precisions, repeats):
+def bench_explain(core, models, composite, modes, repeats):
     import torch
 
     import fastlrp
@@ -75,7 +86,7 @@ def bench_explain(models, composite, precisions, repeats):
     from test_bf16 import heatmap_agreement
 
     rng = np.random.default_rng(0)
-    print(f"\n{'model':<10} {'batch':>5} {'precision':<9} {'samples/s':>10} {'corr min':>9} {'top10% min':>10}"
+    print(f"\n{'model':<10} {'batch':>5} {'precision':<11} {'samples/s':>10} {'corr min':>9} {'top10% min':>10}"
           f"   ({composite})")
     for mname, batch in models:
         model, shape = build(mname)
@@ -84,8 +95,10 @@ def bench_explain(models, composite, precisions, repeats):
             graph = fastlrp.from_torch(model, torch.zeros((1, *shape)))
         x = rng.standard_normal((batch, *shape)).astype(np.float32)
         want = fastlrp.Explainer(graph, composite, backend="reference").explain(x[:2].astype(np.float64))
-        for p in precisions:
-            ex = fastlrp.Explainer(graph, composite, backend="cpu", precision=p)
+        for p in modes:
+            if p != "float32":
+                core.set_bf16_kernel(p)
+            ex = fastlrp.Explainer(graph, composite, backend="cpu", precision="float32" if p == "float32" else "bf16")
             with np.errstate(invalid="ignore"):  # nan: a constant map (Flat on an MLP's first layer)
                 corr, top = heatmap_agreement(ex.explain(x[:2]), want)
             ex.explain(x)
@@ -94,7 +107,7 @@ def bench_explain(models, composite, precisions, repeats):
                 t = time.perf_counter()
                 ex.explain(x)
                 ts.append(time.perf_counter() - t)
-            print(f"{mname:<10} {batch:>5} {p:<9} {batch / statistics.median(ts):>10.1f} {corr.min():>9.4f} "
+            print(f"{mname:<10} {batch:>5} {p:<11} {batch / statistics.median(ts):>10.1f} {corr.min():>9.4f} "
                   f"{top.min():>10.3f}")
 
 
@@ -114,7 +127,8 @@ def main(argv=None):
     if core is None:
         raise SystemExit(f"fastlrp._core is not built: {_ext.core_error}")
     why = core.bf16_unavailable()
-    precisions = ["float32"] + ([] if why else ["bf16"])
+    modes = ["float32"] + [k for k in ("amx_bf16", "avx512_bf16") if core.set_bf16_kernel(k)]
+    core.set_bf16_kernel("")
     if why:
         print(f"# bf16 unavailable here ({why}): float32 only")
     fastlrp.set_num_threads(args.threads)
@@ -123,10 +137,10 @@ def main(argv=None):
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
                platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
     print(f"# {cpu}, {args.threads} threads, GEMM kernel {core.gemm_info()['active']}; best of {args.repeats}")
-    bench_gemms(core, precisions, args.repeats)
+    bench_gemms(core, modes, args.repeats)
     if not args.no_explain:
         models = [(m.split(":")[0], int(m.split(":")[1])) for m in args.models]
-        bench_explain(models, args.composite, precisions, args.repeats)
+        bench_explain(core, models, args.composite, modes, args.repeats)
 
 
 if __name__ == "__main__":

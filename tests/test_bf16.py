@@ -31,12 +31,17 @@ from fastlrp.graph import GraphBuilder  # noqa: E402
 
 WHY = core.bf16_unavailable()
 needs_bf16 = pytest.mark.skipif(bool(WHY), reason=f"bfloat16 GEMM unavailable: {WHY}")
+#: The bf16 kernels this CPU runs (an AMX CPU runs both: AVX512_BF16 is tested there too).
+KERNELS = [k for k in ("amx_bf16", "avx512_bf16") if core.set_bf16_kernel(k)]
+core.set_bf16_kernel("")
+kernels = pytest.mark.parametrize("kernel", KERNELS or [pytest.param("-", marks=needs_bf16)])
 
 
 @pytest.fixture(autouse=True)
 def _restore_threads():
     yield
     core.set_num_threads(0)
+    core.set_bf16_kernel("")
 
 
 def bf16(a) -> np.ndarray:
@@ -63,16 +68,17 @@ def test_bf16_errors_name_what_is_missing():
 
 
 # ----------------------------------------------------------------------------- GEMM
-@needs_bf16
+@kernels
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (7, 13, 5), (31, 33, 63), (33, 31, 65), (61, 97, 777),
                                    (100, 3, 1000), (5, 1031, 37), (300, 70, 2100),
                                    (40, 700, 2100)])
-def test_bf16_gemm_against_rounded_float64(m, n, k):
+def test_bf16_gemm_against_rounded_float64(kernel, m, n, k):
+    assert core.set_bf16_kernel(kernel)
     rng = np.random.default_rng(m * 1000 + n * 10 + k)
     A = rng.standard_normal((m, k)).astype(np.float32)
     B = rng.standard_normal((k, n)).astype(np.float32)
     P = core.pack_weights(A, 1, "bf16")
-    assert P.isa == "amx_bf16"
+    assert P.isa == kernel
     core.set_num_threads(1)
     C1 = core.gemm_packed(P, B)
     core.set_num_threads(2)
@@ -100,11 +106,12 @@ def _conv64(x, W, groups, stride, pad, dil, sign):
     return y, scale.max()
 
 
-@needs_bf16
+@kernels
 @pytest.mark.parametrize("C,O,G,k,stride,pad,dil,sign,epi", [
     (5, 37, 1, 3, 1, 1, 1, 0, "bias"), (6, 40, 2, 3, 2, 1, 1, 1, "none"), (8, 34, 2, 3, 1, 2, 2, 0, "mulx"),
     (3, 33, 1, 5, 2, 0, 1, 1, "mulxoff"), (36, 20, 1, 1, 1, 0, 1, 0, "mulpos"), (12, 51, 3, 3, 1, 1, 1, 1, "mulneg")])
-def test_bf16_conv_gemm_epilogues_groups_sign(C, O, G, k, stride, pad, dil, sign, epi):
+def test_bf16_conv_gemm_epilogues_groups_sign(kernel, C, O, G, k, stride, pad, dil, sign, epi):
+    assert core.set_bf16_kernel(kernel)
     rng = np.random.default_rng(C * 100 + O)
     N, H, Wd = 2, 11, 9
     x = rng.standard_normal((N, C, H, Wd)).astype(np.float32)
@@ -114,7 +121,7 @@ def test_bf16_conv_gemm_epilogues_groups_sign(C, O, G, k, stride, pad, dil, sign
     m = rng.standard_normal((N, O) + out_hw).astype(np.float32)
     off = rng.standard_normal((O,) + out_hw).astype(np.float32)
     A = core.pack_weights(W, G, "bf16")
-    assert A.isa == "amx_bf16"
+    assert A.isa == kernel
     y = core.conv_gemm(x, A, (k, k), (stride, stride), (pad, pad), (dil, dil), out_hw, sign, core.epilogues[epi],
                        b if epi == "bias" else None, m if epi.startswith("mul") else None,
                        off if epi == "mulxoff" else None)
@@ -127,8 +134,9 @@ def test_bf16_conv_gemm_epilogues_groups_sign(C, O, G, k, stride, pad, dil, sign
     assert np.abs(y - want).max() <= 1e-5 * scale * np.abs(mult).max()
 
 
-@needs_bf16
-def test_bf16_split_output_and_direct_path_stays_float32():
+@kernels
+def test_bf16_split_output_and_direct_path_stays_float32(kernel):
+    assert core.set_bf16_kernel(kernel)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 3, 6, 7)).astype(np.float32)
     W = rng.standard_normal((5, 27)).astype(np.float32)
@@ -142,7 +150,7 @@ def test_bf16_split_output_and_direct_path_stays_float32():
     # a depthwise conv (few rows, short K per group) runs the float32 direct loops in either mode
     Wd = rng.standard_normal((3, 9)).astype(np.float32)
     Ad = core.pack_weights(Wd, 3, "bf16")
-    assert Ad.isa != "amx_bf16"
+    assert Ad.isa not in ("amx_bf16", "avx512_bf16")
     yd = core.conv_gemm(x, Ad, (3, 3), (1, 1), (1, 1), (1, 1), (6, 7), 0, 0, None, None, None)
     at = {"dims": 2, "stride": (1, 1), "padding": ((1, 1), (1, 1)), "dilation": (1, 1), "groups": 3}
     want = conv_forward(x.astype(np.float64), Wd.reshape(3, 1, 3, 3).astype(np.float64), None, at)
@@ -211,9 +219,10 @@ def measure(net, composite, n=16, seed=0):
     return heatmap_agreement(got, want)
 
 
-@needs_bf16
+@kernels
 @pytest.mark.parametrize("net,composite", CASES)
-def test_bf16_heatmaps_agree_with_float64(net, composite):
+def test_bf16_heatmaps_agree_with_float64(kernel, net, composite):
+    assert core.set_bf16_kernel(kernel)
     ex = fastlrp.Explainer(NETS[net](np.random.default_rng(0)), composite, backend="cpu", precision="bf16")
     assert ex.backend.precision == "bf16"
     corr, overlap = measure(net, composite)
@@ -234,8 +243,11 @@ def _float32_vs_reference(net, composite, n=4):
 if __name__ == "__main__":  # the table of docs/precision.md
     if WHY:
         raise SystemExit(f"bfloat16 GEMM unavailable: {WHY}")
-    print("| net | composite | correlation min / median | top-10% overlap min / median |")
-    print("|---|---|---|---|")
-    for net, composite in CASES:
-        c, o = measure(net, composite)
-        print(f"| {net} | {composite} | {c.min():.4f} / {np.median(c):.4f} | {o.min():.3f} / {np.median(o):.3f} |")
+    print("| kernel | net | composite | correlation min / median | top-10% overlap min / median |")
+    print("|---|---|---|---|---|")
+    for kernel in KERNELS:
+        core.set_bf16_kernel(kernel)
+        for net, composite in CASES:
+            c, o = measure(net, composite)
+            print(f"| {kernel} | {net} | {composite} | {c.min():.4f} / {np.median(c):.4f} "
+                  f"| {o.min():.3f} / {np.median(o):.3f} |")

@@ -32,9 +32,9 @@
 namespace fastlrp {
 namespace cpu {
 
-// AmxBf16 is never chosen automatically: only pack_a(..., bf16 = true) packs for it
-// (the opt-in reduced-precision mode, gemm_amx.cpp).
-enum class Isa : int { Generic = 0, Avx2 = 1, Avx512 = 2, AmxBf16 = 3 };
+// The bfloat16 kernels (AmxBf16, Avx512Bf16: the opt-in reduced-precision mode,
+// gemm_bf16.cpp) are never chosen automatically: only pack_a(..., bf16 = true) packs for one.
+enum class Isa : int { Generic = 0, Avx2 = 1, Avx512 = 2, AmxBf16 = 3, Avx512Bf16 = 4 };
 
 // The best micro-kernel this CPU can run (or the one forced by set_isa).
 Isa active_isa();
@@ -64,18 +64,24 @@ struct AlignedFree {
 using AlignedBuf = std::unique_ptr<float[], AlignedFree>;
 AlignedBuf aligned_floats(size_t n);
 
-// Empty when the bfloat16 mode (AMX-BF16 tiles, float32 accumulation) can run
-// here; otherwise why not (no AMX kernel in this build, CPU without AMX-BF16, the
-// OS refused the tile state).  The first call asks Linux for the tile state.
+// Empty when the bfloat16 mode (bfloat16 operands, float32 accumulation) can run
+// here; otherwise why not (no bf16 kernels in this build, a CPU without AMX-BF16 or
+// AVX512_BF16, the OS refused the AMX tile state).  The first call asks Linux for
+// the tile state.
 std::string bf16_unavailable();
+// The bf16 kernel pack_a(..., bf16 = true) packs for: AmxBf16 where it runs, else
+// Avx512Bf16, or the one forced by set_bf16_isa (tests, benchmarks; -1: automatic;
+// false if it cannot run here).
+Isa bf16_isa();
+bool set_bf16_isa(int isa);
 
 // A left operand for `groups` independent GEMMs, each m x k, packed as:
 // per group, per K block (kc wide), per micro-panel of mr rows: kc x mr elements
-// (float32; the bf16 kernel's own tile layout for Isa::AmxBf16, see gemm_amx.cpp).
+// (float32; bfloat16 in the bf16 kernels' own layouts, see gemm_bf16.cpp).
 struct PackedA {
     Isa isa = Isa::Generic;
     int mr = 1;
-    int kq = 1;      // each K block's panels hold its K rounded up to kq (AMX tiles: 32)
+    int kq = 1;      // each K block's panels hold its K rounded up to kq (bf16: 32 or 2)
     int ebytes = 4;  // bytes per element: 4 (float32) or 2 (bfloat16)
     int64_t kc = 1;
     int64_t groups = 0, m = 0, k = 0;
@@ -97,7 +103,7 @@ struct PackedA {
 constexpr int64_t kDirectMaxM = 16, kDirectMaxK = 64;
 
 // A: (groups * m) x k row-major; packs for the active ISA, or with bf16 for the
-// AMX-BF16 kernel (A and every B rounded to bfloat16, products summed in float32;
+// bf16_isa() kernel (A and every B rounded to bfloat16, products summed in float32;
 // throws std::runtime_error with bf16_unavailable() where it cannot run).  Operands
 // of conv_gemm's direct loops (PackedA::raw) stay float32 in either mode.
 std::shared_ptr<PackedA> pack_a(const float* A, int64_t groups, int64_t m, int64_t k, bool bf16 = false);
@@ -141,10 +147,13 @@ void pack_a_avx2(PackedA& P, const float* A);
 void conv_gemm_avx2(const ConvGemmArgs& a, int threads);
 void pack_a_avx512(PackedA& P, const float* A);
 void conv_gemm_avx512(const ConvGemmArgs& a, int threads);
-#ifdef FASTLRP_HAVE_AMX
+#ifdef FASTLRP_HAVE_BF16
 void pack_a_amx(PackedA& P, const float* A);
 void conv_gemm_amx(const ConvGemmArgs& a, int threads);
 Blocking blocking_amx();
+void pack_a_avx512bf16(PackedA& P, const float* A);
+void conv_gemm_avx512bf16(const ConvGemmArgs& a, int threads);
+Blocking blocking_avx512bf16();
 #endif
 Blocking blocking_generic();
 Blocking blocking_avx2();

@@ -181,7 +181,21 @@ void def_gemm_functions(py::module_& m, Threads threads) {
           "Force the micro-kernel (0 generic, 1 avx2, 2 avx512, -1 automatic); False if unavailable.");
     m.def("active_isa", []() { return std::string(cpu::isa_name(cpu::active_isa())); });
     m.def("bf16_unavailable", &cpu::bf16_unavailable,
-          "'' when the bfloat16 GEMM (AMX-BF16) can run here, else why not; asks Linux for the tile state.");
+          "'' when the bfloat16 GEMM (AMX-BF16 or AVX512_BF16) can run here, else why not; asks Linux for the "
+          "AMX tile state.");
+    m.def(
+        "set_bf16_kernel",
+        [](const std::string& name) {
+            if (name.empty()) return cpu::set_bf16_isa(-1);
+            for (const auto isa : {cpu::Isa::AmxBf16, cpu::Isa::Avx512Bf16})
+                if (name == cpu::isa_name(isa)) return cpu::set_bf16_isa(int(isa));
+            throw py::value_error("set_bf16_kernel: '" + name + "' is not amx_bf16, avx512_bf16 or ''");
+        },
+        py::arg("name"),
+        "Force the kernel of precision 'bf16' packs ('amx_bf16', 'avx512_bf16'; '': automatic); False if it "
+        "cannot run here.");
+    m.def("bf16_kernel", []() { return std::string(cpu::isa_name(cpu::bf16_isa())); },
+          "The kernel precision 'bf16' packs for (meaningful where bf16_unavailable() is '').");
     m.def("gemm_info", []() {
         py::dict d;
         py::list compiled, supported;

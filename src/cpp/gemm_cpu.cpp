@@ -39,6 +39,9 @@ bool cpu_has(Isa isa) {
         case Isa::AmxBf16:
             return __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
                    __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw");
+        case Isa::Avx512Bf16:
+            return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
+                   __builtin_cpu_supports("avx512f");
     }
     return false;
 #else
@@ -83,7 +86,8 @@ bool isa_compiled(Isa isa) {
             return false;
 #endif
         case Isa::AmxBf16:
-#ifdef FASTLRP_HAVE_AMX
+        case Isa::Avx512Bf16:
+#ifdef FASTLRP_HAVE_BF16
             return true;
 #else
             return false;
@@ -105,15 +109,41 @@ static std::string request_tile_state() {
 #endif
 }
 
+static const std::string& tile_state() {
+    static const std::string why = request_tile_state();
+    return why;
+}
+
+static bool bf16_runs(Isa isa) {
+    return isa_compiled(isa) && cpu_has(isa) && (isa != Isa::AmxBf16 || tile_state().empty());
+}
+
+static std::atomic<int> g_bf16_forced{-1};
+
+Isa bf16_isa() {
+    const int f = g_bf16_forced.load();
+    if (f >= 0) return Isa(f);
+    return bf16_runs(Isa::AmxBf16) ? Isa::AmxBf16 : Isa::Avx512Bf16;
+}
+
+bool set_bf16_isa(int isa) {
+    if (isa < 0) {
+        g_bf16_forced.store(-1);
+        return true;
+    }
+    if ((isa != int(Isa::AmxBf16) && isa != int(Isa::Avx512Bf16)) || !bf16_runs(Isa(isa))) return false;
+    g_bf16_forced.store(isa);
+    return true;
+}
+
 std::string bf16_unavailable() {
     if (!isa_compiled(Isa::AmxBf16))
-        return "this build of fastlrp._core has no AMX-BF16 kernel (the compiler lacks -mamx-tile -mamx-bf16 "
+        return "this build of fastlrp._core has no bfloat16 kernels (the compiler lacks -mamx-tile -mamx-bf16 "
                "-mavx512bf16, or the target is not x86-64)";
-    if (!cpu_has(Isa::AmxBf16))
-        return "this CPU lacks AMX-BF16 (the bfloat16 mode needs the amx_tile, amx_bf16, avx512_bf16 and "
-               "avx512bw features, e.g. Intel Sapphire Rapids or later)";
-    static const std::string os = request_tile_state();
-    return os;
+    if (bf16_runs(Isa::AmxBf16) || bf16_runs(Isa::Avx512Bf16)) return "";
+    if (cpu_has(Isa::AmxBf16)) return tile_state();
+    return "this CPU has neither AMX-BF16 nor AVX512_BF16 with AVX512BW (the bfloat16 mode's kernels: "
+           "Intel Sapphire Rapids or later, Cooper Lake, AMD Zen 4 or later)";
 }
 
 bool isa_supported(Isa isa) { return isa_compiled(isa) && cpu_has(isa); }
@@ -144,6 +174,8 @@ const char* isa_name(Isa isa) {
             return "avx512";
         case Isa::AmxBf16:
             return "amx_bf16";
+        case Isa::Avx512Bf16:
+            return "avx512_bf16";
     }
     return "?";
 }
@@ -158,9 +190,11 @@ Blocking blocking_of(Isa isa) {
         case Isa::Avx512:
             return detail::blocking_avx512();
 #endif
-#ifdef FASTLRP_HAVE_AMX
+#ifdef FASTLRP_HAVE_BF16
         case Isa::AmxBf16:
             return detail::blocking_amx();
+        case Isa::Avx512Bf16:
+            return detail::blocking_avx512bf16();
 #endif
         default:
             return detail::blocking_generic();
@@ -186,18 +220,19 @@ std::shared_ptr<PackedA> pack_a(const float* A, int64_t groups, int64_t m, int64
         const std::string why = bf16_unavailable();
         if (!why.empty()) throw std::runtime_error("bfloat16 GEMM unavailable: " + why);
     }
-    const Isa isa = bf16 && !direct ? Isa::AmxBf16 : active_isa();
+    const Isa isa = bf16 && !direct ? bf16_isa() : active_isa();
+    const bool bf16_kernel = isa == Isa::AmxBf16 || isa == Isa::Avx512Bf16;
     const Blocking b = blocking_of(isa);
     P->isa = isa;
     P->mr = b.mr;
-    if (isa == Isa::AmxBf16) P->kq = 32, P->ebytes = 2;
+    if (bf16_kernel) P->kq = isa == Isa::AmxBf16 ? 32 : 2, P->ebytes = 2;
     // Balanced K blocks (576 = 2 x 288, not 256 + 256 + 64): fewer passes of the
     // output tile through the sink, no short last block.
     // With one M block (m <= mc) each K block costs a pass of the output tiles
     // through the sink; allow K blocks up to 2 kc there (the B micro-panel then
     // streams from L2, which the 11 or fewer A panels per B panel tolerate).
-    // (The AMX driver sums K blocks in a buffer of its own: no sink pass to save there.)
-    const int64_t kcmax = m <= b.mc && isa != Isa::AmxBf16 ? 2 * b.kc : b.kc;
+    // (The bf16 driver sums K blocks in a buffer of its own: no sink pass to save there.)
+    const int64_t kcmax = m <= b.mc && !bf16_kernel ? 2 * b.kc : b.kc;
     const int64_t nkb = std::max<int64_t>(1, (k + kcmax - 1) / kcmax);
     P->kc = std::max<int64_t>(1, (k + nkb - 1) / nkb);
     P->kc = (P->kc + P->kq - 1) / P->kq * P->kq;  // (every block but the last: whole tiles)
@@ -215,9 +250,12 @@ std::shared_ptr<PackedA> pack_a(const float* A, int64_t groups, int64_t m, int64
     P->gstride = (P->mp * (P->kq > 1 ? kpanels : k) * P->ebytes / 4 + 15) / 16 * 16;
     P->data = aligned_floats(size_t(std::max<int64_t>(1, groups * P->gstride)));
     switch (isa) {
-#ifdef FASTLRP_HAVE_AMX
+#ifdef FASTLRP_HAVE_BF16
         case Isa::AmxBf16:
             detail::pack_a_amx(*P, A);
+            break;
+        case Isa::Avx512Bf16:
+            detail::pack_a_avx512bf16(*P, A);
             break;
 #endif
 #ifdef FASTLRP_HAVE_AVX2
@@ -278,9 +316,12 @@ void conv_gemm(const ConvGemmArgs& a, int threads) {
             detail::conv_gemm_avx512(a, threads);
             return;
 #endif
-#ifdef FASTLRP_HAVE_AMX
+#ifdef FASTLRP_HAVE_BF16
         case Isa::AmxBf16:
             detail::conv_gemm_amx(a, threads);
+            return;
+        case Isa::Avx512Bf16:
+            detail::conv_gemm_avx512bf16(a, threads);
             return;
 #endif
         default:
