@@ -136,7 +136,7 @@ class Explainer:
         (float64 NumPy), ``"cpu"``, ``"numba"``, ``"cuda"``.
     precision : str
         ``"float32"`` (default), or ``"bf16"``: the CPU backend's dense and conv
-        products on bfloat16 operands with float32 sums (AMX-BF16 CPUs; faster,
+        products on bfloat16 operands with float32 sums (AMX-BF16 or AVX512_BF16 CPUs; faster,
         heatmaps agree with float64 to the correlations of docs/precision.md).
     """
 

@@ -317,8 +317,8 @@ class CpuBackend:
     precision : ``"float32"`` (default) or ``"bf16"``
         ``"bf16"``: the dense and conv products (forward sums and relevance products)
         round their operands to bfloat16 and sum in float32, on the AMX-BF16 tiles of
-        Intel CPUs from Sapphire Rapids on (BackendError naming what is missing
-        elsewhere). Everything else stays float32: grouped convs with few rows and
+        Intel CPUs from Sapphire Rapids on, or with AVX512_BF16 (BackendError naming
+        what is missing elsewhere). Everything else stays float32: grouped convs with few rows and
         a short K (depthwise), attention's activation products, the rules' arithmetic.
         Heatmap agreement with the float64 reference: docs/precision.md.
     """
