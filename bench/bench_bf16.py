@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import statistics
 import sys
 import time
@@ -65,7 +66,7 @@ def bench_gemms(core, modes, repeats):
         rates = []
         for p in modes:
             P = packer(core, p)(A)
-            rates.append(2 * m * k * n / best_time(lambda: core.gemm_packed(P, B), repeats) / 1e9)
+            rates.append(2 * m * k * n / best_time(lambda P=P, B=B: core.gemm_packed(P, B), repeats) / 1e9)
         print(f"{name:<24} {f'{m} x {k} x {n}':>20} " + " ".join(f"{r:>12.0f}" for r in rates))
     for name, nb, c, o, hw in VGG_SHAPES:
         x = rng.standard_normal((nb, c, hw, hw)).astype(np.float32)
@@ -73,7 +74,8 @@ def bench_gemms(core, modes, repeats):
         rates = []
         for p in modes:
             P = packer(core, p)(W)
-            t = best_time(lambda: core.conv_gemm(x, P, (3, 3), (1, 1), (1, 1), (1, 1), (hw, hw)), repeats)
+            t = best_time(lambda x=x, P=P, hw=hw: core.conv_gemm(x, P, (3, 3), (1, 1), (1, 1), (1, 1), (hw, hw)),
+                          repeats)
             rates.append(2 * o * c * 9 * nb * hw * hw / t / 1e9)
         print(f"{name:<24} {f'{o} x {c * 9} x {nb * hw * hw}':>20} " + " ".join(f"{r:>12.0f}" for r in rates))
 
@@ -132,10 +134,10 @@ def main(argv=None):
     if why:
         print(f"# bf16 unavailable here ({why}): float32 only")
     fastlrp.set_num_threads(args.threads)
-    import platform
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    cpu = platform.processor()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     print(f"# {cpu}, {args.threads} threads, GEMM kernel {core.gemm_info()['active']}; best of {args.repeats}")
     bench_gemms(core, modes, args.repeats)
     if not args.no_explain:

@@ -59,7 +59,7 @@ from .dispatch import prepare as dispatch_prepare
 from .dispatch import register_kernel
 from .linear_plan import MUL_EPILOGUES, LinearPlan
 
-__all__ = ["CpuBackend", "PRECISIONS"]
+__all__ = ["PRECISIONS", "CpuBackend"]
 
 #: Precisions of the dense/conv products: float32, or bfloat16 operands summed in float32.
 PRECISIONS = ("float32", "bf16")
