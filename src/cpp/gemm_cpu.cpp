@@ -36,12 +36,18 @@ bool cpu_has(Isa isa) {
             return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
         case Isa::Avx512:
             return __builtin_cpu_supports("avx512f");
+#ifdef FASTLRP_HAVE_BF16  // (a compiler with these flags knows these feature names)
         case Isa::AmxBf16:
             return __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
                    __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw");
         case Isa::Avx512Bf16:
             return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
                    __builtin_cpu_supports("avx512f");
+#else
+        case Isa::AmxBf16:
+        case Isa::Avx512Bf16:
+            return false;
+#endif
     }
     return false;
 #else
