@@ -1,5 +1,6 @@
 // The float32 GEMM core of the CPU backend: packed panels, register-blocked SIMD
-// micro-kernels chosen at run time (AVX-512F, AVX2+FMA, portable), OpenMP threads.
+// micro-kernels chosen at run time (AVX-512F, AVX2+FMA, portable), OpenMP threads;
+// and, opt-in, bfloat16 operands with float32 sums (AMX-BF16, AVX512_BF16: gemm_bf16.cpp).
 //
 // Every dense and conv product of fastlrp is one "conv GEMM":
 //

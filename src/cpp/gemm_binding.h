@@ -206,6 +206,7 @@ void def_gemm_functions(py::module_& m, Threads threads) {
         d["compiled"] = compiled;
         d["supported"] = supported;
         d["active"] = cpu::isa_name(cpu::active_isa());
+        d["bf16"] = cpu::bf16_unavailable().empty() ? cpu::isa_name(cpu::bf16_isa()) : "";  // precision 'bf16'
         const auto b = cpu::blocking_of(cpu::active_isa());
         d["mr"] = b.mr, d["nr"] = b.nr, d["kc"] = b.kc, d["mc"] = b.mc, d["nc"] = b.nc;
         return d;
