@@ -67,6 +67,22 @@ def test_bf16_errors_name_what_is_missing():
             core.pack_weights(np.ones((2, 2), np.float32), 1, "bf16")
 
 
+def test_bf16_command_line(tmp_path, capsys):
+    """``fastlrp explain --precision bf16``: runs where a bf16 kernel does, else fails
+    with the reason; a backend without the mode is named."""
+    from fastlrp import cli
+
+    small_mlp(np.random.default_rng(0)).save(tmp_path / "m.npz")
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).standard_normal((3, 196)).astype(np.float32))
+    args = ["explain", str(tmp_path / "m.npz"), str(tmp_path / "x.npy"), "-q", "-c", "epsilon_plus",
+            "--precision", "bf16"]
+    assert cli.main(args + ["-o", str(tmp_path / "r.zarr"), "--backend", "reference"]) == 1
+    assert "offered by the compiled CPU backend only" in capsys.readouterr().err
+    assert cli.main(args + ["-o", str(tmp_path / "c.zarr"), "--backend", "cpu"]) == (1 if WHY else 0)
+    if WHY:
+        assert WHY[:30] in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- GEMM
 @kernels
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (7, 13, 5), (31, 33, 63), (33, 31, 65), (61, 97, 777),
