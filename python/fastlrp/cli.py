@@ -56,6 +56,10 @@ def _backend_lines() -> list[str]:
             f"OpenMP {'yes' if info['openmp'] else 'no'}; threads {info['num_threads']}; "
             f"SIMD paths {', '.join(info['simd_paths'])}; CPU features {feats})"
         )
+        if hasattr(_ext.core, "bf16_unavailable"):
+            why = _ext.core.bf16_unavailable()
+            lines.append("  cpu bf16  : " + (f"usable (precision='bf16': {_ext.core.bf16_kernel()})" if not why
+                                             else f"not available ({why})"))
     else:
         lines.append(f"  cpu       : not available ({_ext.core_error})")
     try:
@@ -275,6 +279,9 @@ def _add_explain(p: argparse.ArgumentParser):
     p.add_argument("--chunk-size", type=int, default=None, help="samples per stored chunk (the unit of resuming)")
     p.add_argument("--memory-budget", default=None, help="e.g. 2GB (default: a quarter of the RAM, at most 2 GiB)")
     p.add_argument("--backend", default="auto", help="auto, cpu, numba, cuda, reference (default: auto)")
+    p.add_argument("--precision", default="float32", choices=("float32", "bf16"),
+                   help="bf16: the cpu backend's bfloat16 products, float32 sums (docs/precision.md; "
+                        "default: %(default)s)")
     p.add_argument("--nonfinite", choices=("skip", "raise"), default="skip",
                    help="samples with NaN/Inf: skip (NaN relevance, valid=0) or raise (default: skip)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store instead of resuming it")
@@ -293,7 +300,7 @@ def cmd_explain(args) -> int:
         if args.save_graph:
             _ensure_parent(args.save_graph, "explain")
             graph.save(args.save_graph)
-        ex = Explainer(graph, args.composite, backend=args.backend)
+        ex = Explainer(graph, args.composite, backend=args.backend, precision=args.precision)
         target = _parse_target(args.target, getattr(src, "n", None))
         _ensure_parent(args.out, "explain")
         res = explain_dataset(ex, src, args.out, target=target, batch_size=args.batch_size,

@@ -17,12 +17,28 @@ from .targets import InputError, one_sample_target, parse_target
 __all__ = ["BatchResult", "Explainer", "InputError", "RelevanceReport", "get_backend"]
 
 
-def get_backend(backend="auto"):
+def get_backend(backend="auto", precision="float32"):
     """Return a backend instance for a name (``"auto"``, ``"reference"``, ``"cpu"``,
-    ``"numba"``, ``"cuda"``) or pass a backend object through."""
+    ``"numba"``, ``"cuda"``) or pass a backend object through. ``precision="bf16"``
+    (the compiled CPU backend's bfloat16 products, see :class:`~fastlrp.backends.cpu.CpuBackend`)
+    needs ``"cpu"`` or ``"auto"``."""
     if not isinstance(backend, str):
+        if precision != getattr(backend, "precision", "float32"):
+            from .backends.base import BackendError
+
+            raise BackendError(f"precision={precision!r} differs from the backend object's "
+                               f"({getattr(backend, 'precision', 'float32')!r}); pass it to the backend instead")
         return backend
     name = backend.lower()
+    if precision != "float32":
+        if name not in ("cpu", "auto"):
+            from .backends.base import BackendError
+
+            raise BackendError(f"precision={precision!r} is offered by the compiled CPU backend only "
+                               f"(backend='cpu'), not by backend={backend!r}")
+        from .backends.cpu import CpuBackend
+
+        return CpuBackend(precision=precision)
     if name == "reference":
         from .backends.reference import ReferenceBackend
 
@@ -118,9 +134,13 @@ class Explainer:
     backend : str
         ``"auto"`` (the compiled CPU backend when built), ``"reference"``
         (float64 NumPy), ``"cpu"``, ``"numba"``, ``"cuda"``.
+    precision : str
+        ``"float32"`` (default), or ``"bf16"``: the CPU backend's dense and conv
+        products on bfloat16 operands with float32 sums (AMX-BF16 or AVX512_BF16 CPUs; faster,
+        heatmaps agree with float64 to the correlations of docs/precision.md).
     """
 
-    def __init__(self, graph: Graph, composite="epsilon_plus", backend="auto"):
+    def __init__(self, graph: Graph, composite="epsilon_plus", backend="auto", precision="float32"):
         if not isinstance(graph, Graph):
             raise TypeError(
                 f"Explainer needs a fastlrp Graph, got {type(graph).__name__}; "
@@ -129,7 +149,7 @@ class Explainer:
         self.graph = graph
         self.composite: Composite = get_composite(composite)
         self.rules = self.composite.resolve(graph)
-        self.backend = get_backend(backend)
+        self.backend = get_backend(backend, precision)
         self.dtype = np.dtype(self.backend.dtype)
         self._nodes = graph.live_nodes()  # only nodes the output depends on are run
         graph.check_finite(self._nodes)

@@ -1,5 +1,6 @@
 // The float32 GEMM core of the CPU backend: packed panels, register-blocked SIMD
-// micro-kernels chosen at run time (AVX-512F, AVX2+FMA, portable), OpenMP threads.
+// micro-kernels chosen at run time (AVX-512F, AVX2+FMA, portable), OpenMP threads;
+// and, opt-in, bfloat16 operands with float32 sums (AMX-BF16, AVX512_BF16: gemm_bf16.cpp).
 //
 // Every dense and conv product of fastlrp is one "conv GEMM":
 //
@@ -22,6 +23,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <string>
 #ifdef _MSC_VER
 #include <malloc.h>
 #endif
@@ -31,7 +33,9 @@
 namespace fastlrp {
 namespace cpu {
 
-enum class Isa : int { Generic = 0, Avx2 = 1, Avx512 = 2 };
+// The bfloat16 kernels (AmxBf16, Avx512Bf16: the opt-in reduced-precision mode,
+// gemm_bf16.cpp) are never chosen automatically: only pack_a(..., bf16 = true) packs for one.
+enum class Isa : int { Generic = 0, Avx2 = 1, Avx512 = 2, AmxBf16 = 3, Avx512Bf16 = 4 };
 
 // The best micro-kernel this CPU can run (or the one forced by set_isa).
 Isa active_isa();
@@ -61,11 +65,25 @@ struct AlignedFree {
 using AlignedBuf = std::unique_ptr<float[], AlignedFree>;
 AlignedBuf aligned_floats(size_t n);
 
+// Empty when the bfloat16 mode (bfloat16 operands, float32 accumulation) can run
+// here; otherwise why not (no bf16 kernels in this build, a CPU without AMX-BF16 or
+// AVX512_BF16, the OS refused the AMX tile state).  The first call asks Linux for
+// the tile state.
+std::string bf16_unavailable();
+// The bf16 kernel pack_a(..., bf16 = true) packs for: AmxBf16 where it runs, else
+// Avx512Bf16, or the one forced by set_bf16_isa (tests, benchmarks; -1: automatic;
+// false if it cannot run here).
+Isa bf16_isa();
+bool set_bf16_isa(int isa);
+
 // A left operand for `groups` independent GEMMs, each m x k, packed as:
-// per group, per K block (kc wide), per micro-panel of mr rows: kc x mr floats.
+// per group, per K block (kc wide), per micro-panel of mr rows: kc x mr elements
+// (float32; bfloat16 in the bf16 kernels' own layouts, see gemm_bf16.cpp).
 struct PackedA {
     Isa isa = Isa::Generic;
     int mr = 1;
+    int kq = 1;      // each K block's panels hold its K rounded up to kq (bf16: 32 or 2)
+    int ebytes = 4;  // bytes per element: 4 (float32) or 2 (bfloat16)
     int64_t kc = 1;
     int64_t groups = 0, m = 0, k = 0;
     int64_t mp = 0;       // m rounded up to mr
@@ -77,15 +95,19 @@ struct PackedA {
     // mostly padding.
     AlignedBuf raw;
     const float* panel(int64_t g, int64_t k0, int64_t kl, int64_t ip) const {
-        return data.get() + g * gstride + k0 * mp + ip * mr * kl;
+        const int64_t klp = (kl + kq - 1) / kq * kq;
+        return data.get() + g * gstride + (k0 * mp + ip * mr * klp) * ebytes / 4;
     }
 };
 
 // The grouped GEMMs that run as direct loops (PackedA::raw): groups > 1, m and k at most these.
 constexpr int64_t kDirectMaxM = 16, kDirectMaxK = 64;
 
-// A: (groups * m) x k row-major; packs for the active ISA.
-std::shared_ptr<PackedA> pack_a(const float* A, int64_t groups, int64_t m, int64_t k);
+// A: (groups * m) x k row-major; packs for the active ISA, or with bf16 for the
+// bf16_isa() kernel (A and every B rounded to bfloat16, products summed in float32;
+// throws std::runtime_error with bf16_unavailable() where it cannot run).  Operands
+// of conv_gemm's direct loops (PackedA::raw) stay float32 in either mode.
+std::shared_ptr<PackedA> pack_a(const float* A, int64_t groups, int64_t m, int64_t k, bool bf16 = false);
 
 enum class Sign : int { Id = 0, PosNeg = 1 };
 
@@ -126,6 +148,14 @@ void pack_a_avx2(PackedA& P, const float* A);
 void conv_gemm_avx2(const ConvGemmArgs& a, int threads);
 void pack_a_avx512(PackedA& P, const float* A);
 void conv_gemm_avx512(const ConvGemmArgs& a, int threads);
+#ifdef FASTLRP_HAVE_BF16
+void pack_a_amx(PackedA& P, const float* A);
+void conv_gemm_amx(const ConvGemmArgs& a, int threads);
+Blocking blocking_amx();
+void pack_a_avx512bf16(PackedA& P, const float* A);
+void conv_gemm_avx512bf16(const ConvGemmArgs& a, int threads);
+Blocking blocking_avx512bf16();
+#endif
 Blocking blocking_generic();
 Blocking blocking_avx2();
 Blocking blocking_avx512();

@@ -118,16 +118,19 @@ void def_gemm_functions(py::module_& m, Threads threads) {
 
     m.def(
         "pack_weights",
-        [](const py::array& A, int64_t groups) {
+        [](const py::array& A, int64_t groups, const std::string& precision) {
             const float* p = f32_ptr(A, "A", "pack_weights", 2);
             if (groups < 1 || A.shape(0) % groups != 0)
                 throw py::value_error("pack_weights: rows must be divisible by groups");
+            if (precision != "float32" && precision != "bf16")
+                throw py::value_error("pack_weights: precision must be 'float32' or 'bf16', got '" + precision + "'");
             const int64_t m = A.shape(0) / groups, k = A.shape(1);
             py::gil_scoped_release release;
-            return cpu::pack_a(p, groups, m, k);
+            return cpu::pack_a(p, groups, m, k, precision == "bf16");
         },
-        py::arg("A"), py::arg("groups") = 1,
-        "Packs A ((groups * m) x k, float32) for the active micro-kernel.");
+        py::arg("A"), py::arg("groups") = 1, py::arg("precision") = "float32",
+        "Packs A ((groups * m) x k, float32) for the active micro-kernel; precision 'bf16': for the "
+        "AMX-BF16 kernel (A and B rounded to bfloat16, float32 sums; RuntimeError where unavailable).");
 
     m.def(
         "conv_gemm",
@@ -177,6 +180,22 @@ void def_gemm_functions(py::module_& m, Threads threads) {
     m.def("set_isa", [](int isa) { return cpu::set_isa(isa); }, py::arg("isa"),
           "Force the micro-kernel (0 generic, 1 avx2, 2 avx512, -1 automatic); False if unavailable.");
     m.def("active_isa", []() { return std::string(cpu::isa_name(cpu::active_isa())); });
+    m.def("bf16_unavailable", &cpu::bf16_unavailable,
+          "'' when the bfloat16 GEMM (AMX-BF16 or AVX512_BF16) can run here, else why not; asks Linux for the "
+          "AMX tile state.");
+    m.def(
+        "set_bf16_kernel",
+        [](const std::string& name) {
+            if (name.empty()) return cpu::set_bf16_isa(-1);
+            for (const auto isa : {cpu::Isa::AmxBf16, cpu::Isa::Avx512Bf16})
+                if (name == cpu::isa_name(isa)) return cpu::set_bf16_isa(int(isa));
+            throw py::value_error("set_bf16_kernel: '" + name + "' is not amx_bf16, avx512_bf16 or ''");
+        },
+        py::arg("name"),
+        "Force the kernel of precision 'bf16' packs ('amx_bf16', 'avx512_bf16'; '': automatic); False if it "
+        "cannot run here.");
+    m.def("bf16_kernel", []() { return std::string(cpu::isa_name(cpu::bf16_isa())); },
+          "The kernel precision 'bf16' packs for (meaningful where bf16_unavailable() is '').");
     m.def("gemm_info", []() {
         py::dict d;
         py::list compiled, supported;
@@ -187,6 +206,7 @@ void def_gemm_functions(py::module_& m, Threads threads) {
         d["compiled"] = compiled;
         d["supported"] = supported;
         d["active"] = cpu::isa_name(cpu::active_isa());
+        d["bf16"] = cpu::bf16_unavailable().empty() ? cpu::isa_name(cpu::bf16_isa()) : "";  // precision 'bf16'
         const auto b = cpu::blocking_of(cpu::active_isa());
         d["mr"] = b.mr, d["nr"] = b.nr, d["kc"] = b.kc, d["mc"] = b.mc, d["nc"] = b.nc;
         return d;

@@ -15,6 +15,12 @@
 #include <string>
 #include <vector>
 
+#if defined(__linux__) && (defined(__x86_64__) || defined(__i386__))
+#include <cerrno>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace fastlrp {
 namespace cpu {
 
@@ -30,6 +36,18 @@ bool cpu_has(Isa isa) {
             return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
         case Isa::Avx512:
             return __builtin_cpu_supports("avx512f");
+#ifdef FASTLRP_HAVE_BF16  // (a compiler with these flags knows these feature names)
+        case Isa::AmxBf16:
+            return __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
+                   __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw");
+        case Isa::Avx512Bf16:
+            return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
+                   __builtin_cpu_supports("avx512f");
+#else
+        case Isa::AmxBf16:
+        case Isa::Avx512Bf16:
+            return false;
+#endif
     }
     return false;
 #else
@@ -73,8 +91,65 @@ bool isa_compiled(Isa isa) {
 #else
             return false;
 #endif
+        case Isa::AmxBf16:
+        case Isa::Avx512Bf16:
+#ifdef FASTLRP_HAVE_BF16
+            return true;
+#else
+            return false;
+#endif
     }
     return false;
+}
+
+// Linux keeps the AMX tile state off until a process asks for it (once, for all threads).
+static std::string request_tile_state() {
+#if defined(__linux__) && (defined(__x86_64__) || defined(__i386__))
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0)
+        return std::string("Linux refused the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM: ") +
+               std::strerror(errno) + "; AMX needs Linux 5.16 or later)";
+    return "";
+#else
+    return "the AMX tile state is requested from Linux only (arch_prctl); this is another OS";
+#endif
+}
+
+static const std::string& tile_state() {
+    static const std::string why = request_tile_state();
+    return why;
+}
+
+static bool bf16_runs(Isa isa) {
+    return isa_compiled(isa) && cpu_has(isa) && (isa != Isa::AmxBf16 || tile_state().empty());
+}
+
+static std::atomic<int> g_bf16_forced{-1};
+
+Isa bf16_isa() {
+    const int f = g_bf16_forced.load();
+    if (f >= 0) return Isa(f);
+    return bf16_runs(Isa::AmxBf16) ? Isa::AmxBf16 : Isa::Avx512Bf16;
+}
+
+bool set_bf16_isa(int isa) {
+    if (isa < 0) {
+        g_bf16_forced.store(-1);
+        return true;
+    }
+    if ((isa != int(Isa::AmxBf16) && isa != int(Isa::Avx512Bf16)) || !bf16_runs(Isa(isa))) return false;
+    g_bf16_forced.store(isa);
+    return true;
+}
+
+std::string bf16_unavailable() {
+    if (!isa_compiled(Isa::AmxBf16))
+        return "this build of fastlrp._core has no bfloat16 kernels (the compiler lacks -mamx-tile -mamx-bf16 "
+               "-mavx512bf16, or the target is not x86-64)";
+    if (bf16_runs(Isa::AmxBf16) || bf16_runs(Isa::Avx512Bf16)) return "";
+    if (cpu_has(Isa::AmxBf16)) return tile_state();
+    return "this CPU has neither AMX-BF16 nor AVX512_BF16 with AVX512BW (the bfloat16 mode's kernels: "
+           "Intel Sapphire Rapids or later, Cooper Lake, AMD Zen 4 or later)";
 }
 
 bool isa_supported(Isa isa) { return isa_compiled(isa) && cpu_has(isa); }
@@ -103,6 +178,10 @@ const char* isa_name(Isa isa) {
             return "avx2";
         case Isa::Avx512:
             return "avx512";
+        case Isa::AmxBf16:
+            return "amx_bf16";
+        case Isa::Avx512Bf16:
+            return "avx512_bf16";
     }
     return "?";
 }
@@ -116,6 +195,12 @@ Blocking blocking_of(Isa isa) {
 #ifdef FASTLRP_HAVE_AVX512
         case Isa::Avx512:
             return detail::blocking_avx512();
+#endif
+#ifdef FASTLRP_HAVE_BF16
+        case Isa::AmxBf16:
+            return detail::blocking_amx();
+        case Isa::Avx512Bf16:
+            return detail::blocking_avx512bf16();
 #endif
         default:
             return detail::blocking_generic();
@@ -133,34 +218,52 @@ AlignedBuf aligned_floats(size_t n) {
     return AlignedBuf(static_cast<float*>(p));
 }
 
-std::shared_ptr<PackedA> pack_a(const float* A, int64_t groups, int64_t m, int64_t k) {
+std::shared_ptr<PackedA> pack_a(const float* A, int64_t groups, int64_t m, int64_t k, bool bf16) {
     if (groups < 1 || m < 0 || k < 0) throw std::invalid_argument("pack_a: bad sizes");
     auto P = std::make_shared<PackedA>();
-    const Isa isa = active_isa();
+    const bool direct = groups > 1 && m <= kDirectMaxM && k <= kDirectMaxK;
+    if (bf16 && !direct) {
+        const std::string why = bf16_unavailable();
+        if (!why.empty()) throw std::runtime_error("bfloat16 GEMM unavailable: " + why);
+    }
+    const Isa isa = bf16 && !direct ? bf16_isa() : active_isa();
+    const bool bf16_kernel = isa == Isa::AmxBf16 || isa == Isa::Avx512Bf16;
     const Blocking b = blocking_of(isa);
     P->isa = isa;
     P->mr = b.mr;
+    if (bf16_kernel) P->kq = isa == Isa::AmxBf16 ? 32 : 2, P->ebytes = 2;
     // Balanced K blocks (576 = 2 x 288, not 256 + 256 + 64): fewer passes of the
     // output tile through the sink, no short last block.
     // With one M block (m <= mc) each K block costs a pass of the output tiles
     // through the sink; allow K blocks up to 2 kc there (the B micro-panel then
     // streams from L2, which the 11 or fewer A panels per B panel tolerate).
-    const int64_t kcmax = m <= b.mc ? 2 * b.kc : b.kc;
+    // (The bf16 driver sums K blocks in a buffer of its own: no sink pass to save there.)
+    const int64_t kcmax = m <= b.mc && !bf16_kernel ? 2 * b.kc : b.kc;
     const int64_t nkb = std::max<int64_t>(1, (k + kcmax - 1) / kcmax);
     P->kc = std::max<int64_t>(1, (k + nkb - 1) / nkb);
+    P->kc = (P->kc + P->kq - 1) / P->kq * P->kq;  // (every block but the last: whole tiles)
     P->groups = groups;
     P->m = m;
     P->k = k;
     P->mp = (m + b.mr - 1) / b.mr * b.mr;
-    if (groups > 1 && m <= kDirectMaxM && k <= kDirectMaxK) {
+    if (direct) {
         // run by conv_gemm's direct loops only (a split output needs groups == 1): no panels
         P->raw = aligned_floats(size_t(std::max<int64_t>(1, groups * m * k)));
         std::copy(A, A + groups * m * k, P->raw.get());
         return P;
     }
-    P->gstride = (P->mp * k + 15) / 16 * 16;
+    const int64_t kpanels = (k + P->kc - 1) / P->kc * P->kc;  // K with each block's padding (kq > 1)
+    P->gstride = (P->mp * (P->kq > 1 ? kpanels : k) * P->ebytes / 4 + 15) / 16 * 16;
     P->data = aligned_floats(size_t(std::max<int64_t>(1, groups * P->gstride)));
     switch (isa) {
+#ifdef FASTLRP_HAVE_BF16
+        case Isa::AmxBf16:
+            detail::pack_a_amx(*P, A);
+            break;
+        case Isa::Avx512Bf16:
+            detail::pack_a_avx512bf16(*P, A);
+            break;
+#endif
 #ifdef FASTLRP_HAVE_AVX2
         case Isa::Avx2:
             detail::pack_a_avx2(*P, A);
@@ -217,6 +320,14 @@ void conv_gemm(const ConvGemmArgs& a, int threads) {
 #ifdef FASTLRP_HAVE_AVX512
         case Isa::Avx512:
             detail::conv_gemm_avx512(a, threads);
+            return;
+#endif
+#ifdef FASTLRP_HAVE_BF16
+        case Isa::AmxBf16:
+            detail::conv_gemm_amx(a, threads);
+            return;
+        case Isa::Avx512Bf16:
+            detail::conv_gemm_avx512bf16(a, threads);
             return;
 #endif
         default:

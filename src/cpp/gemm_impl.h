@@ -385,6 +385,16 @@ inline void grouped_direct_impl(const ConvGemmArgs& a, int threads) {
     }
 }
 
+// The K entries kt[0 .. kl) of the K block starting at pc (Kc = K per sign half).
+inline void k_entries(const ConvGemmArgs& a, int64_t Kc, int64_t pc, int64_t kl, KEntry* kt) {
+    const int64_t KKs = a.kh * a.kw, HW = a.h * a.w;
+    for (int64_t kk = 0; kk < kl; ++kk) {
+        const int64_t kabs = pc + kk, half = kabs / Kc, kr = kabs - half * Kc;
+        const int64_t ci2 = kr / KKs, rr = kr - ci2 * KKs, khh = rr / a.kw, kww = rr - khh * a.kw;
+        kt[kk] = KEntry{ci2 * HW, khh * a.dh, kww * a.dw, a.sign == Sign::Id ? 0 : (half == 0 ? 1 : 2), int(rr)};
+    }
+}
+
 inline void conv_gemm_impl(const ConvGemmArgs& a, int threads) {
     if (a.A->raw) {  // (no panels; a split output needs groups == 1)
         grouped_direct_impl(a, threads);
@@ -394,7 +404,7 @@ inline void conv_gemm_impl(const ConvGemmArgs& a, int threads) {
     const int64_t G = A.groups, Mg = A.m, K = A.k, O = G * Mg;
     const int64_t KKs = a.kh * a.kw, halves = a.sign == Sign::PosNeg ? 2 : 1;
     const int64_t cg = a.c / G, Kc = cg * KKs;
-    const int64_t P = a.oh * a.ow, cols = a.n * P, HW = a.h * a.w;
+    const int64_t P = a.oh * a.ow, cols = a.n * P;
     const int64_t kcb = A.kc;  // K block chosen when A was packed (<= 2 KC)
     const int64_t mpanels = (Mg + MR - 1) / MR, npanels = (cols + NR - 1) / NR;
     (void)halves;
@@ -441,12 +451,7 @@ inline void conv_gemm_impl(const ConvGemmArgs& a, int threads) {
                 const int64_t nl = imin(ncs, je - jc);
                 for (int64_t pc = 0; pc < K; pc += kcb) {
                     const int64_t kl = imin(kcb, K - pc);
-                    for (int64_t kk = 0; kk < kl; ++kk) {
-                        const int64_t kabs = pc + kk, half = kabs / Kc, kr = kabs - half * Kc;
-                        const int64_t ci2 = kr / KKs, rr = kr - ci2 * KKs, khh = rr / a.kw, kww = rr - khh * a.kw;
-                        kt[kk] = KEntry{ci2 * HW, khh * a.dh, kww * a.dw,
-                                        a.sign == Sign::Id ? 0 : (half == 0 ? 1 : 2), int(rr)};
-                    }
+                    k_entries(a, Kc, pc, kl, kt);
                     pack_b_block(a, cg, g, kt, kl, jc, nl, bbuf, tb.pinfo, tb.tabs.data());
                     const bool first = pc == 0, last = pc + kl >= K;
                     for (int64_t ic = p0; ic < p1; ic += mcp) {

@@ -59,7 +59,10 @@ from .dispatch import prepare as dispatch_prepare
 from .dispatch import register_kernel
 from .linear_plan import MUL_EPILOGUES, LinearPlan
 
-__all__ = ["CpuBackend"]
+__all__ = ["PRECISIONS", "CpuBackend"]
+
+#: Precisions of the dense/conv products: float32, or bfloat16 operands summed in float32.
+PRECISIONS = ("float32", "bf16")
 
 #: Largest col2im buffer of the strided backward pass (bytes); bigger batches go in chunks.
 COL_BUDGET = 32 << 20
@@ -77,8 +80,8 @@ class _LinearOp:
     """A dense or conv node with a parametric rule, on the packed GEMM core
     (the model-constant operands come from :class:`LinearPlan`, packed here)."""
 
-    def __init__(self, core, graph, node, rule, nonneg: bool):
-        self.core, self.node, self.rule = core, node, rule
+    def __init__(self, core, graph, node, rule, nonneg: bool, precision: str = "float32"):
+        self.core, self.node, self.rule, self.precision = core, node, rule, precision
         self.plan = p = LinearPlan(graph, node, rule, nonneg)
         self.epi = dict(core.epilogues)
         self.rule_code = dict(core.rule_kinds)[p.kind]
@@ -88,7 +91,7 @@ class _LinearOp:
 
     # -- prepare helpers -------------------------------------------------------------
     def _pack(self, A2d):
-        return self.core.pack_weights(_f32(A2d), self.plan.G)
+        return self.core.pack_weights(_f32(A2d), self.plan.G, self.precision)
 
     def _bwd_term(self, Wst, epi, off):
         """Packs backward weights for the transposed conv of Wst ((G*O'g, Cg, KH, KW))."""
@@ -269,18 +272,35 @@ class CpuBackend:
     num_threads : int, optional
         Threads for the kernels (process-wide setting of ``fastlrp._core``);
         default: leave it as it is (OpenMP's default, usually all cores).
+    precision : ``"float32"`` (default) or ``"bf16"``
+        ``"bf16"``: the dense and conv products (forward sums and relevance products)
+        round their operands to bfloat16 and sum in float32, on the AMX-BF16 tiles of
+        Intel CPUs from Sapphire Rapids on, or with AVX512_BF16 (BackendError naming
+        what is missing elsewhere). Everything else stays float32: grouped convs with few rows and
+        a short K (depthwise), attention's activation products, the rules' arithmetic.
+        Heatmap agreement with the float64 reference: docs/precision.md.
     """
 
     name = "cpu"
     dtype = np.dtype(np.float32)
 
-    def __init__(self, num_threads: Optional[int] = None, core=None):
+    def __init__(self, num_threads: Optional[int] = None, core=None, precision: str = "float32"):
         core = core if core is not None else _ext.core
         if core is None:
             raise BackendError(f"the compiled CPU backend is not available: {_ext.core_error}")
-        self.core = core
+        if precision not in PRECISIONS:
+            raise ValueError(f"CpuBackend: precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision == "bf16":
+            why = core.bf16_unavailable() if hasattr(core, "bf16_unavailable") else (
+                "this build of fastlrp._core predates the bfloat16 kernel")
+            if why:
+                raise BackendError(f"CpuBackend: precision='bf16' is unavailable: {why}")
+        self.core, self.precision = core, precision
         if num_threads is not None:
             self.core.set_num_threads(int(num_threads))
+
+    def __repr__(self):
+        return f"CpuBackend(precision={self.precision!r})"
 
     def prepare(self, graph, node, rule):
         return dispatch_prepare(self, graph, node, rule)
@@ -291,7 +311,7 @@ class CpuBackend:
 def _linear_kernel(be, graph, node, rule):
     if not LinearPlan.supported(graph, node, rule):
         return None
-    return _LinearOp(be.core, graph, node, rule, graph.known_nonnegative(node.inputs[0]))
+    return _LinearOp(be.core, graph, node, rule, graph.known_nonnegative(node.inputs[0]), be.precision)
 
 
 def grouped_matmul(core, a, b):
