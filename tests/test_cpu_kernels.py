@@ -22,10 +22,10 @@ if core is None or not hasattr(core, "conv_gemm"):  # pragma: no cover
 
 import fastlrp  # noqa: E402
 from fastlrp import rules  # noqa: E402
-from fastlrp.backends.base import BackendError  # noqa: E402
+from fastlrp.backends.base import BackendError, Float32Op  # noqa: E402
 from fastlrp.backends.cpu import CpuBackend  # noqa: E402
 from fastlrp.graph import GraphBuilder  # noqa: E402
-from _nets import RTOL_LAYER, RTOL_NET, rel_err, signed, small_resnet, small_vgg  # noqa: E402,I001
+from _nets import RTOL_LAYER, RTOL_NET, attention_block, rel_err, signed, small_resnet, small_vgg  # noqa: E402,I001
 
 
 @pytest.fixture(autouse=True)
@@ -257,6 +257,26 @@ def test_threads_1_and_2_identical_large_layer(rule):
         res.append(fastlrp.Explainer(graph, comp, backend="cpu").explain(x, target=5))
     np.testing.assert_array_equal(res[0], res[1])
     want = fastlrp.Explainer(graph, comp, backend="reference").explain(x.astype(np.float64), target=5)
+    assert rel_err(res[1], want) < RTOL_NET
+
+
+@pytest.mark.parametrize("composite", ["attnlrp(epsilon=1e-9)", "cp_lrp(epsilon=1e-9)"])
+def test_threads_1_and_2_identical_attention_block(composite):
+    """A transformer block big enough that the elementwise kernels (LayerNorm, softmax,
+    GELU, the residual add, the matmul quotient) fork; they run compiled, not the fallback."""
+    rng = np.random.default_rng(9)
+    graph = attention_block(rng, T=67, D=96, H=3, activation="gelu")
+    be, chosen = CpuBackend(), fastlrp.composites.get_composite(composite).resolve(graph)
+    for node in graph.nodes:
+        if node.op in ("layernorm", "softmax", "add", "activation"):
+            assert not isinstance(be.prepare(graph, node, chosen[node.name]), Float32Op), node.describe()
+    x = rng.standard_normal((6,) + graph.input_shape).astype(np.float32)
+    res = []
+    for t in (1, 2):
+        core.set_num_threads(t)
+        res.append(fastlrp.Explainer(graph, composite, backend="cpu").explain(x))
+    np.testing.assert_array_equal(res[0], res[1])
+    want = fastlrp.Explainer(graph, composite, backend="reference").explain(x.astype(np.float64))
     assert rel_err(res[1], want) < RTOL_NET
 
 
