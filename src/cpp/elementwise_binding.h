@@ -169,7 +169,7 @@ void def_elementwise_functions(py::module_& m, Threads threads) {
 
     m.def(
         "stabilized_quotient",
-        [threads](const py::array& R, const py::array& z, double eps, double factor, bool guard_zero) {
+        [threads](const py::array& R, const py::array& z, double eps, double factor) {
             const char* fn = "stabilized_quotient";
             const float* rp = f32_ptr(R, "R", fn);
             const float* zp = f32_ptr(z, "z", fn);
@@ -178,11 +178,40 @@ void def_elementwise_functions(py::module_& m, Threads threads) {
             float* gp = g.mutable_data();
             const int t = threads();
             py::gil_scoped_release release;
-            cpu::stabilized_quotient(rp, zp, gp, R.size(), float(eps), float(factor), guard_zero, t);
+            cpu::stabilized_quotient(rp, zp, gp, R.size(), float(eps), float(factor), t);
             return g;
         },
-        py::arg("R"), py::arg("z"), py::arg("eps"), py::arg("factor") = 1.0, py::arg("guard_zero") = false,
-        "R / (s(z) * factor); guard_zero: s(z) is z with exact zeros replaced by eps.");
+        py::arg("R"), py::arg("z"), py::arg("eps"), py::arg("factor") = 1.0, "R / (s(z) * factor).");
+
+    m.def(
+        "norm_shares",
+        [threads](const py::array& R, const py::array& z, const py::list& xs, double eps, bool guard_zero) {
+            const char* fn = "norm_shares";
+            const float* rp = f32_ptr(R, "R", fn);
+            const float* zp = f32_ptr(z, "z", fn);
+            same_size(R, z, "z", fn);
+            std::vector<py::array> keep;
+            std::vector<const float*> xp;
+            std::vector<float*> op;
+            py::list outs;
+            for (const auto& item : xs) {
+                keep.push_back(py::reinterpret_borrow<py::array>(item));
+                xp.push_back(f32_ptr(keep.back(), "an input", fn));
+                same_size(R, keep.back(), "an input", fn);
+                auto o = like(R);
+                op.push_back(o.mutable_data());
+                outs.append(o);
+            }
+            const int t = threads();
+            {
+                py::gil_scoped_release release;
+                cpu::norm_shares(rp, zp, xp.data(), op.data(), int64_t(xp.size()), R.size(), float(eps), guard_zero, t);
+            }
+            return outs;
+        },
+        py::arg("R"), py::arg("z"), py::arg("xs"), py::arg("eps"), py::arg("guard_zero") = false,
+        "[x * R / s(z) for x in xs]: Norm's shares of the sum z; guard_zero: s(z) is z with exact zeros "
+        "replaced by eps.");
 }
 
 }  // namespace binding

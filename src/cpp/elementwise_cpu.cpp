@@ -130,17 +130,17 @@ void layernorm_forward(const LayerNormArgs& a, float* y, float* std_out, int thr
     each_row(a.rows, C, threads, [&](int64_t r) {
         const float* __restrict x = a.x + r * C;
         float* __restrict yr = y + r * C;
-        float mean = 0.0f;
+        float mean = 0.0f;  // (row sums in double: the float32 sum of C = 768 terms erred by 1e-7 relative)
         if (!a.rms) {
-            float s = 0.0f;
+            double s = 0.0;
 #pragma omp simd reduction(+ : s)
             for (int64_t j = 0; j < C; ++j) s += x[j];
-            mean = s / float(C);
+            mean = float(s / double(C));
         }
-        float q = 0.0f;
+        double q = 0.0;
 #pragma omp simd reduction(+ : q)
-        for (int64_t j = 0; j < C; ++j) q += (x[j] - mean) * (x[j] - mean);
-        const float sd = std::sqrt(q / float(C) + a.eps);
+        for (int64_t j = 0; j < C; ++j) q += double(x[j] - mean) * double(x[j] - mean);
+        const float sd = float(std::sqrt(q / double(C) + double(a.eps)));
         std_out[r] = sd;
         for (int64_t j = 0; j < C; ++j) {
             float v = (x[j] - mean) / sd;
@@ -160,7 +160,7 @@ void layernorm_relevance_row(const LayerNormArgs& a, const float* __restrict x, 
     const int64_t C = a.C;
     const float* __restrict w = a.w;
     const float* __restrict b = a.b;
-    float s = 0.0f;
+    double s = 0.0;
 #pragma omp simd reduction(+ : s)
     for (int64_t j = 0; j < C; ++j) {
         const float z = kB ? yr[j] - b[j] : yr[j];
@@ -170,7 +170,7 @@ void layernorm_relevance_row(const LayerNormArgs& a, const float* __restrict x, 
         o[j] = g;
         s += g;
     }
-    const float m = a.rms ? 0.0f : s / float(C);
+    const float m = a.rms ? 0.0f : float(s / double(C));
     for (int64_t j = 0; j < C; ++j) o[j] = x[j] * (o[j] - m);
 }
 
@@ -234,15 +234,28 @@ void softmax_taylor(const float* x, const float* y, const float* R, float* out, 
 }
 
 void stabilized_quotient(const float* R, const float* z, float* g, int64_t n, float eps, float factor,
-                         bool guard_zero, int threads) {
+                         int threads) {
     each_chunk(n, threads, [&](int64_t s, int64_t len) {
         const float* __restrict Rs = R + s;
         const float* __restrict zs = z + s;
         float* __restrict gs = g + s;
-        if (guard_zero)
-            for (int64_t i = 0; i < len; ++i) gs[i] = Rs[i] / ((zs[i] == 0.0f ? eps : zs[i]) * factor);
-        else
-            for (int64_t i = 0; i < len; ++i) gs[i] = Rs[i] / (stabilize(zs[i], eps) * factor);
+        for (int64_t i = 0; i < len; ++i) gs[i] = Rs[i] / (stabilize(zs[i], eps) * factor);
+    });
+}
+
+void norm_shares(const float* R, const float* z, const float* const* xs, float* const* outs, int64_t count,
+                 int64_t n, float eps, bool guard_zero, int threads) {
+    each_chunk(n, threads, [&](int64_t s, int64_t len) {
+        const float* __restrict Rs = R + s;
+        const float* __restrict zs = z + s;
+        for (int64_t k = 0; k < count; ++k) {
+            const float* __restrict x = xs[k] + s;
+            float* __restrict o = outs[k] + s;
+            if (guard_zero)
+                for (int64_t i = 0; i < len; ++i) o[i] = x[i] * (Rs[i] / (zs[i] == 0.0f ? eps : zs[i]));
+            else
+                for (int64_t i = 0; i < len; ++i) o[i] = x[i] * (Rs[i] / stabilize(zs[i], eps));
+        }
     });
 }
 

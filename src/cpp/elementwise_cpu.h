@@ -47,9 +47,15 @@ void softmax_forward(const float* x, float* y, int64_t rows, int64_t L, int thre
 void softmax_taylor(const float* x, const float* y, const float* R, float* out, int64_t rows, int64_t L,
                     int threads);
 
-// g = R / (s(z) * factor), n elements (guard_zero as for layernorm_relevance).
+// g = R / (s(z) * factor), n elements (the matmul rules: factor 2 for UniformEpsilon).
 void stabilized_quotient(const float* R, const float* z, float* g, int64_t n, float eps, float factor,
-                         bool guard_zero, int threads);
+                         int threads);
+
+// outs[k] = xs[k] * R / s(z) for k = 0 .. count - 1, n elements each: Norm's shares of a sum
+// z of same-shape inputs, R / s(z) recomputed per input from cache (one pass over memory);
+// guard_zero as for layernorm_relevance.
+void norm_shares(const float* R, const float* z, const float* const* xs, float* const* outs, int64_t count,
+                 int64_t n, float eps, bool guard_zero, int threads);
 
 }  // namespace cpu
 }  // namespace fastlrp

@@ -468,8 +468,9 @@ def _softmax_kernel(be, graph, node, rule):
 
 
 class _AddOp:
-    """Norm on a sum of same-shape inputs: ctx keeps the sum, each target's ``R / s(sum)`` is
-    one compiled pass (NumPy's ``s(sum)`` in the forward pass cost more than the sum)."""
+    """Norm on a sum of same-shape inputs: ctx keeps the sum, each target's shares
+    ``x_i R / s(sum)`` are one compiled pass (NumPy's ``s(sum)`` in the forward pass cost
+    more than the sum)."""
 
     def __init__(self, core, rule):
         self.core, self.rule = core, rule
@@ -486,8 +487,7 @@ class _AddOp:
     def relevance(self, ctx, R):
         xs, out = ctx
         r = self.rule
-        g = self.core.stabilized_quotient(_f32(R), out, r.stabilizer, 1.0, r.guard == "zero")
-        return [x * g for x in xs]
+        return self.core.norm_shares(_f32(R), out, xs, r.stabilizer, r.guard == "zero")
 
 
 @register_kernel("cpu", "add", rules=("norm",), options=("guard",), variants="inputs of one per-sample shape")
