@@ -260,10 +260,12 @@ def test_threads_1_and_2_identical_large_layer(rule):
     assert rel_err(res[1], want) < RTOL_NET
 
 
-@pytest.mark.parametrize("composite", ["attnlrp(epsilon=1e-9)", "cp_lrp(epsilon=1e-9)"])
+@pytest.mark.parametrize("composite", ["attnlrp(gamma=0.25)", "cp_lrp(epsilon=1e-9)"])
 def test_threads_1_and_2_identical_attention_block(composite):
     """A transformer block big enough that the elementwise kernels (LayerNorm, softmax,
-    GELU, the residual add, the matmul quotient) fork; they run compiled, not the fallback."""
+    GELU, the residual add, the matmul quotient) fork; they run compiled, not the fallback.
+    (Against the reference: 4.7e-5 and 1.6e-5 measured, the numba backend's fallback
+    1.1e-4 and 2.6e-5: this random block's float32 conditioning, not the kernels.)"""
     rng = np.random.default_rng(9)
     graph = attention_block(rng, T=67, D=96, H=3, activation="gelu")
     be, chosen = CpuBackend(), fastlrp.composites.get_composite(composite).resolve(graph)

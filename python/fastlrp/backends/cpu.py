@@ -365,6 +365,11 @@ class _MatmulOp(MatmulReference):
     def quotient(self, R, z):
         return self.core.stabilized_quotient(_f32(R), z, self.rule.epsilon, 1.0 if self.keep is not None else 2.0)
 
+    def relevance(self, ctx, R):
+        if not np.any(R):  # nothing reaches it (CP-LRP's q k^T): zeros without the two GEMMs
+            return [np.zeros((R.shape[0],) + s, np.float32) for s in self.shapes]
+        return super().relevance(ctx, R)
+
 
 @register_kernel("cpu", "matmul")
 def _matmul_kernel(be, graph, node, rule):
@@ -457,6 +462,8 @@ class _SoftmaxOp:
         if self.rule.kind == "pass":
             return [R]
         x, y = ctx
+        if not np.any(R):  # (CP-LRP's softmax receives none)
+            return [np.zeros_like(x)]
         return [self.core.softmax_taylor(x, y, _f32(R))]
 
 
