@@ -33,14 +33,22 @@ sum of g (fused into ``rule_g``), scattered through the taps.
 
 Products of two activations (``matmul``: attention's ``q k^T`` and ``A v``, their
 relevance products) run as one grouped GEMM of the core per product
-(:func:`grouped_matmul`), with the registry's rule arithmetic around them.
+(:func:`grouped_matmul`), with the registry's rule arithmetic around them; ctx keeps
+``z`` and each target's ``R / s(z)`` is one compiled pass.
+
+The memory-bound ops of transformers run compiled (src/cpp/elementwise_cpu.cpp, one
+pass per row or element, docs/transformers.md "Kernels and memory"): GELU (erf and
+tanh) and SiLU with Pass; ``batchnorm`` with Pass (the per-channel affine map, e.g.
+the attention's score scale); ``layernorm`` over trailing axes with Epsilon (std held
+constant; ``zero_bias``, ``guard``) or Pass; ``softmax`` along the last axis with
+Taylor or Pass; ``add`` of same-shape inputs with Norm (``guard``). A relevance of
+zeros reaching a ``matmul`` or a Taylor ``softmax`` returns zeros without the work.
 
 Max pooling runs in C++ (arg-max indices kept in ctx); average pooling runs as
-two float32 BLAS calls (or a mean for a global pool). Every other op (residual
-add with ``s(sum)`` kept from the forward pass, concat, reshape, pad,
-activations, ...) runs the one fallback of :mod:`fastlrp.backends.dispatch`,
-the registry's NumPy implementation in float32: they are memory-bound, one or
-two passes over a tensor, which NumPy already runs at memory bandwidth.
+two float32 BLAS calls (or a mean for a global pool). Every other op and variant
+(concat, reshape, pad, other activations, Gradient rules, a broadcast add, ...) runs
+the one fallback of :mod:`fastlrp.backends.dispatch`, the registry's NumPy
+implementation in float32: mostly copies or one pass over a tensor.
 """
 
 from __future__ import annotations
