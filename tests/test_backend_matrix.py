@@ -307,6 +307,10 @@ CASES = {
             h, gb.activation(gb.adaptive_avgpool(h, 1), "tanh"), name="op"), mode="positive"),
         Case("const-operand", (2, 3), lambda gb, h, rng: gb.add(
             h, gb.add_node("const", [], params={"value": np.abs(signed(rng, (3,)))}), name="op"), absorbs=True),
+        # a position embedding: the constant's batch of 1 broadcasts at run time
+        Case("const-same-shape", (5, 7), lambda gb, h, rng: gb.add(
+            h, gb.add_node("const", [], params={"value": np.abs(signed(rng, (5, 7)))}), name="op"), absorbs=True,
+            mode="positive"),
     ],
     "activation": [
         *(_case(kind, (2, 3, 4), lambda gb, h, kind=kind: gb.activation(h, kind, name="op")) for kind in ACTIVATIONS),

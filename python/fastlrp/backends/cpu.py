@@ -410,7 +410,8 @@ def _activation_kernel(be, graph, node, rule):
 @register_kernel("cpu", "batchnorm", rules=("pass",))
 def _batchnorm_kernel(be, graph, node, rule):
     scale, shift = _f32(node.params["scale"]), _f32(node.params["shift"])
-    return _PassOp(lambda x: be.core.channel_affine(x.reshape(x.shape[:2] + (-1,)), scale, shift).reshape(x.shape))
+    inner = int(np.prod(node.shape[1:]))  # (per-sample axis 0 is the channel axis)
+    return _PassOp(lambda x: be.core.channel_affine(x.reshape(x.shape[:2] + (inner,)), scale, shift).reshape(x.shape))
 
 
 class _LayerNormOp:
