@@ -426,7 +426,7 @@ class _LayerNormOp:
     def forward(self, inputs):
         x = _f32(inputs[0])
         y, std = self.core.layernorm_forward(x, self.C, self.w, self.b, self.eps, self.rms)
-        return y, (x, std, y)
+        return y, (None if self.rule.kind == "pass" else (x, std, y))
 
     def relevance(self, ctx, R):
         r = self.rule
@@ -465,7 +465,7 @@ class _SoftmaxOp:
     def forward(self, inputs):
         x = _f32(inputs[0])
         y = self.core.softmax_forward(x)
-        return y, (x, y)
+        return y, (None if self.rule.kind == "pass" else (x, y))
 
     def relevance(self, ctx, R):
         if self.rule.kind == "pass":
