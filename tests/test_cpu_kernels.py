@@ -282,6 +282,20 @@ def test_threads_1_and_2_identical_attention_block(composite):
     assert rel_err(res[1], want) < RTOL_NET
 
 
+def test_activation_kernels_equal_on_every_isa():
+    """GELU (erf, tanh) and SiLU run at the GEMM's ISA; built without FMA contraction, every
+    ISA computes the same bits (over [-12, 12], odd length, a chunk edge, 2 threads)."""
+    x = np.linspace(-12.0, 12.0, 3 * (1 << 14) + 7).astype(np.float32)
+    core.set_num_threads(2)
+    for code in range(len(core.activation_kinds)):
+        outs = []
+        for isa in _isas():
+            assert core.set_isa({"generic": 0, "avx2": 1, "avx512": 2}[isa])
+            outs.append(core.activation(code, x))
+        for y in outs[1:]:
+            np.testing.assert_array_equal(y, outs[0])
+
+
 @pytest.mark.skipif(len(_isas()) < 2, reason="only one micro-kernel runs on this CPU")
 def test_portable_kernel_matches_simd_kernel():
     rng = np.random.default_rng(4)

@@ -1,0 +1,10 @@
+// The activation loops of elementwise_math.h compiled for AVX2 (-mavx2, see CMakeLists.txt).
+#include "elementwise_math.h"
+
+namespace fastlrp {
+namespace cpu {
+
+void activation_avx2(Act kind, const float* x, float* y, int64_t n) { activation_loop(kind, x, y, n); }
+
+}  // namespace cpu
+}  // namespace fastlrp
