@@ -1,6 +1,6 @@
 // Memory-bound transformer kernels (see elementwise_cpu.h).  The loops are written so that
 // GCC and Clang vectorise them at the baseline ISA (exp and erf: elementwise_math.h; the
-// activations, compute-bound, also run at AVX2 / AVX-512), row reductions use
+// activations and the softmax, compute-bound, also run at AVX2 / AVX-512), row reductions use
 // `omp simd reduction`.
 #include "elementwise_cpu.h"
 
@@ -140,20 +140,16 @@ void layernorm_relevance(const LayerNormArgs& a, const float* y, const float* st
 }
 
 void softmax_forward(const float* x, float* y, int64_t rows, int64_t L, int threads) {
+    const Isa isa = active_isa();
+    (void)isa;
     each_row(rows, L, threads, [&](int64_t r) {
-        const float* __restrict xr = x + r * L;
-        float* __restrict yr = y + r * L;
-        float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-        for (int64_t j = 0; j < L; ++j) m = xr[j] > m ? xr[j] : m;
-        float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-        for (int64_t j = 0; j < L; ++j) {
-            const float e = exp_f(xr[j] - m);
-            yr[j] = e;
-            s += e;
-        }
-        for (int64_t j = 0; j < L; ++j) yr[j] /= s;
+#ifdef FASTLRP_HAVE_AVX512
+        if (isa == Isa::Avx512) return softmax_row_avx512(x + r * L, y + r * L, L);
+#endif
+#ifdef FASTLRP_HAVE_AVX2
+        if (isa == Isa::Avx2) return softmax_row_avx2(x + r * L, y + r * L, L);
+#endif
+        softmax_row(x + r * L, y + r * L, L);
     });
 }
 

@@ -1,12 +1,14 @@
 // The per-element math of elementwise_cpu.cpp: exp and erf as branch-free float
 // polynomials (a GELU loop over libm's scalar erff took 27 ns an element on one core of a
-// 2-vCPU Xeon) and the activation loops, included by the generic translation unit and by
+// 2-vCPU Xeon), the activation loops and the softmax row, included by the generic translation unit and by
 // the AVX2 / AVX-512 ones (elementwise_avx2.cpp, elementwise_avx512.cpp; chosen at run time
 // with the GEMM's ISA, cpu::active_isa).  All of them are built with -fno-trapping-math
 // (the clamps are if-converted, so the loops vectorise; no value changes) and
-// -ffp-contract=off (no FMA contraction): every ISA computes the same bits.
+// -ffp-contract=off (no FMA contraction): every ISA computes the same bits per element
+// (a row sum's order follows the vector width).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -15,9 +17,11 @@
 namespace fastlrp {
 namespace cpu {
 
-// y = f(x) over n elements on one thread, at the ISA of the calling translation unit.
+// activation_loop and softmax_row below, built for AVX2 and AVX-512 (one thread each).
 void activation_avx2(Act kind, const float* x, float* y, int64_t n);
 void activation_avx512(Act kind, const float* x, float* y, int64_t n);
+void softmax_row_avx2(const float* x, float* y, int64_t L);
+void softmax_row_avx512(const float* x, float* y, int64_t L);
 
 namespace {  // one copy per translation unit (each is compiled for its own ISA)
 
@@ -92,6 +96,21 @@ inline void activation_loop(Act kind, const float* __restrict xs, float* __restr
             for (int64_t i = 0; i < len; ++i) ys[i] = xs[i] / (1.0f + exp_f(-xs[i]));
             break;
     }
+}
+
+// y = softmax(x) over one row of L values.
+inline void softmax_row(const float* __restrict x, float* __restrict y, int64_t L) {
+    float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (int64_t j = 0; j < L; ++j) m = x[j] > m ? x[j] : m;
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < L; ++j) {
+        const float e = exp_f(x[j] - m);
+        y[j] = e;
+        s += e;
+    }
+    for (int64_t j = 0; j < L; ++j) y[j] /= s;
 }
 
 }  // namespace
