@@ -282,18 +282,23 @@ def test_threads_1_and_2_identical_attention_block(composite):
     assert rel_err(res[1], want) < RTOL_NET
 
 
-def test_activation_kernels_equal_on_every_isa():
-    """GELU (erf, tanh) and SiLU run at the GEMM's ISA; built without FMA contraction, every
-    ISA computes the same bits (over [-12, 12], odd length, a chunk edge, 2 threads)."""
+def test_activation_and_softmax_kernels_on_every_isa():
+    """GELU (erf, tanh), SiLU and the softmax run at the GEMM's ISA; built without FMA
+    contraction, every ISA computes the same activation bits (over [-12, 12], odd length, a
+    chunk edge, 2 threads), and softmax rows that differ by their sum's rounding only."""
     x = np.linspace(-12.0, 12.0, 3 * (1 << 14) + 7).astype(np.float32)
+    rows = (np.random.default_rng(3).standard_normal((301, 197)) * 8).astype(np.float32)
     core.set_num_threads(2)
-    for code in range(len(core.activation_kinds)):
-        outs = []
-        for isa in _isas():
-            assert core.set_isa({"generic": 0, "avx2": 1, "avx512": 2}[isa])
-            outs.append(core.activation(code, x))
-        for y in outs[1:]:
-            np.testing.assert_array_equal(y, outs[0])
+    outs = {}
+    for isa in _isas():
+        assert core.set_isa({"generic": 0, "avx2": 1, "avx512": 2}[isa])
+        outs[isa] = [core.activation(code, x) for code in range(len(core.activation_kinds))]
+        outs[isa].append(core.softmax_forward(rows))
+    first = outs[_isas()[0]]
+    for got in outs.values():
+        for y, want in zip(got[:-1], first[:-1]):
+            np.testing.assert_array_equal(y, want)
+        np.testing.assert_allclose(got[-1], first[-1], rtol=1e-6, atol=0)
 
 
 @pytest.mark.skipif(len(_isas()) < 2, reason="only one micro-kernel runs on this CPU")
