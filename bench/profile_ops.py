@@ -54,6 +54,8 @@ def build(a):
         torch.manual_seed(0)
         kw = {"image_size": a.size} if a.model.startswith("vit_") else {}
         model = getattr(tv.models, a.model)(weights=None, **kw).eval()
+        if a.model.startswith("vit_"):  # torchvision zero-initialises the head: every relevance would be 0
+            torch.nn.init.normal_(model.heads.head.weight, std=0.02)  # (as bench_vit.py)
         x = np.random.default_rng(0).standard_normal((a.batch, 3, a.size, a.size)).astype(np.float32)
     else:
         from models import build as build_model

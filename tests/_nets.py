@@ -1,6 +1,6 @@
 """Backends, tolerances, inputs and small networks shared by the backend tests
 (the backend matrix test_backend_matrix.py, and the backend-specific
-test_cpu_kernels.py, test_numba_backend.py, test_gpu_engine.py)."""
+test_cpu_kernels.py, test_numba_backend.py, test_gpu_engine.py, test_attention.py)."""
 
 from __future__ import annotations
 
@@ -139,4 +139,26 @@ def structure_net(rng):
     h = gb.permute(h, (1, 2, 0))
     h = gb.flatten(h)
     gb.dense(h, rng.standard_normal((3, 216)) / 15, None)
+    return gb.build()
+
+
+def attention_block(rng, T=5, D=6, H=2, bias=True, activation="gelu_tanh"):
+    """One pre-norm attention block with a residual, an activation and a dense head: tokens (T, D)."""
+    d = D // H
+    gb = GraphBuilder((T, D))
+    h = gb.add_node("layernorm", gb.input, {"axes": (-1,), "eps": 1e-5},
+                    {"weight": rng.standard_normal((1, D)), "bias": rng.standard_normal((1, D)) if bias else None})
+    heads = []
+    for t in "qkv":
+        p = gb.dense(h, rng.standard_normal((D, D)), rng.standard_normal(D) if bias else None, name=f"{t}_proj")
+        heads.append(gb.permute(gb.reshape(p, (T, H, d)), (1, 0, 2)))
+    s = gb.add_node("matmul", heads[:2], {"transpose_b": True}, name="scores")
+    s = gb.add_node("mul", [s, gb.add_node("const", [], params={"value": np.array(d ** -0.5)})])
+    a = gb.add_node("softmax", s, {"axis": -1}, name="softmax")
+    o = gb.add_node("matmul", [a, heads[2]], name="values")
+    o = gb.reshape(gb.permute(o, (1, 0, 2)), (T, D))
+    o = gb.dense(o, rng.standard_normal((D, D)), rng.standard_normal(D) if bias else None, name="out_proj")
+    o = gb.add(o, gb.input, name="residual")
+    o = gb.reshape(gb.activation(o, activation), (T * D,))
+    gb.dense(o, rng.standard_normal((3, T * D)), None, name="head")
     return gb.build()

@@ -18,31 +18,9 @@ import fastlrp
 from fastlrp.composites import AttnLRP, CPLRP
 from fastlrp.graph import GraphBuilder
 from fastlrp.rules import Epsilon, Gamma, GateEpsilon, Pass, RuleError, Taylor, UniformEpsilon
-from _nets import BACKENDS, RTOL_NET, rel_err
+from _nets import BACKENDS, RTOL_NET, attention_block, rel_err
 
 RNG = np.random.default_rng(12)
-
-
-def _attention_graph(rng, T=5, D=6, H=2, bias=True):
-    """One pre-norm attention block with a residual and a dense head: tokens (T, D)."""
-    d = D // H
-    gb = GraphBuilder((T, D))
-    h = gb.add_node("layernorm", gb.input, {"axes": (-1,), "eps": 1e-5},
-                    {"weight": rng.standard_normal((1, D)), "bias": rng.standard_normal((1, D)) if bias else None})
-    heads = []
-    for t in "qkv":
-        p = gb.dense(h, rng.standard_normal((D, D)), rng.standard_normal(D) if bias else None, name=f"{t}_proj")
-        heads.append(gb.permute(gb.reshape(p, (T, H, d)), (1, 0, 2)))
-    s = gb.add_node("matmul", heads[:2], {"transpose_b": True}, name="scores")
-    s = gb.add_node("mul", [s, gb.add_node("const", [], params={"value": np.array(d ** -0.5)})])
-    a = gb.add_node("softmax", s, {"axis": -1}, name="softmax")
-    o = gb.add_node("matmul", [a, heads[2]], name="values")
-    o = gb.reshape(gb.permute(o, (1, 0, 2)), (T, D))
-    o = gb.dense(o, rng.standard_normal((D, D)), rng.standard_normal(D) if bias else None, name="out_proj")
-    o = gb.add(o, gb.input, name="residual")
-    o = gb.reshape(gb.activation(o, "gelu_tanh"), (T * D,))
-    gb.dense(o, rng.standard_normal((3, T * D)), None, name="head")
-    return gb.build()
 
 
 # ----------------------------------------------------------------------------- references
@@ -132,7 +110,7 @@ def test_softmax_and_matmul_shape_errors():
 
 # ----------------------------------------------------------------------------- composites, conservation
 def test_composites_resolve():
-    graph = _attention_graph(np.random.default_rng(0))
+    graph = attention_block(np.random.default_rng(0))
     attn = AttnLRP().resolve(graph)
     cp = CPLRP(gamma=0.25).resolve(graph)
     assert attn["scores"] == attn["values"] == UniformEpsilon(1e-6)
@@ -151,7 +129,7 @@ def test_conservation_per_node(composite):
     """Without biases, at epsilon 0, every node conserves except the softmax (Taylor drops
     the offset) and the graph's LayerNorm, dense and matmul nodes pass on exactly what
     arrives (return_layers)."""
-    graph = _attention_graph(np.random.default_rng(1), bias=False)
+    graph = attention_block(np.random.default_rng(1), bias=False)
     x = RNG.standard_normal((3,) + graph.input_shape)
     _, report = fastlrp.Explainer(graph, composite, backend="reference").explain(x, return_layers=True)
     checked = 0
@@ -170,7 +148,7 @@ def test_conservation_per_node(composite):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("composite", ["attnlrp", "cp_lrp(gamma=0.25)"])
 def test_attention_block_on_every_backend(backend, composite):
-    graph = _attention_graph(np.random.default_rng(2))
+    graph = attention_block(np.random.default_rng(2))
     x = RNG.standard_normal((4,) + graph.input_shape).astype(np.float32)
     want = fastlrp.Explainer(graph, composite, backend="reference").explain(x.astype(np.float64))
     got = fastlrp.Explainer(graph, composite, backend=backend).explain(x)

@@ -307,6 +307,10 @@ CASES = {
             h, gb.activation(gb.adaptive_avgpool(h, 1), "tanh"), name="op"), mode="positive"),
         Case("const-operand", (2, 3), lambda gb, h, rng: gb.add(
             h, gb.add_node("const", [], params={"value": np.abs(signed(rng, (3,)))}), name="op"), absorbs=True),
+        # a position embedding: the constant's batch of 1 broadcasts at run time
+        Case("const-same-shape", (5, 7), lambda gb, h, rng: gb.add(
+            h, gb.add_node("const", [], params={"value": np.abs(signed(rng, (5, 7)))}), name="op"), absorbs=True,
+            mode="positive"),
     ],
     "activation": [
         *(_case(kind, (2, 3, 4), lambda gb, h, kind=kind: gb.activation(h, kind, name="op")) for kind in ACTIVATIONS),
@@ -316,6 +320,10 @@ CASES = {
         _case("relu6", (2, 3, 4), lambda gb, h: gb.activation(h, "hardtanh", min_val=0.0, max_val=6.0, name="op")),
         _case("clipped_relu", (2, 3, 4), lambda gb, h: gb.activation(
             h, "clipped_relu", max_value=0.8, threshold=0.2, negative_slope=0.3, name="op")),
+        # the compiled CPU kinds over [-8, 8] (their exp and erf approximations), odd sizes
+        *(Case(f"{kind}-wide", (37, 5), lambda gb, h, rng, kind=kind: gb.activation(
+            gb.batchnorm(h, np.full(37, 6.0), np.linspace(-2.0, 2.0, 37)), kind, name="op"))
+          for kind in ("gelu", "gelu_tanh", "silu")),
     ],
     "conv_transpose": [  # the fallback on every float32 backend (no kernel yet)
         Case("2d-s2-op1", (3, 4, 5), lambda gb, h, rng: gb.add_node("conv_transpose", h, {
@@ -360,6 +368,15 @@ CASES = {
             "layernorm", h, {"axes": (0,), "eps": 1e-6}, {"weight": signed(rng, (3, 1, 1))}, name="op")),
         _case("rms-two-axes", (3, 4, 5), lambda gb, h: gb.add_node(
             "layernorm", h, {"axes": (1, 2), "eps": 1e-5, "rms": True}, name="op")),
+        Case("tokens-odd", (13, 37), lambda gb, h, rng: gb.add_node(
+            "layernorm", h, {"axes": (-1,), "eps": 1e-6}, {"weight": signed(rng, (1, 37)),
+                                                          "bias": signed(rng, (1, 37))}, name="op")),
+        Case("two-axes-broadcast-affine", (3, 5, 7), lambda gb, h, rng: gb.add_node(
+            "layernorm", h, {"axes": (1, 2), "eps": 1e-5}, {"weight": signed(rng, (1, 5, 1)),
+                                                           "bias": signed(rng, (1, 1, 7))}, name="op")),
+        Case("rms-affine", (5, 9), lambda gb, h, rng: gb.add_node(
+            "layernorm", h, {"axes": (-1,), "eps": 1e-5, "rms": True}, {"weight": signed(rng, (1, 9)),
+                                                                       "bias": signed(rng, (1, 9))}, name="op")),
     ],
     # attention: weights A = softmax(h h^T) (positive), values h; the scores h h^T; broadcast leading axes
     "matmul": [
@@ -373,6 +390,9 @@ CASES = {
     "softmax": [
         _case("last-axis", (3, 5), lambda gb, h: gb.add_node("softmax", h, {"axis": -1}, name="op")),
         _case("middle-axis", (2, 4, 3), lambda gb, h: gb.add_node("softmax", h, {"axis": 1}, name="op")),
+        # scores over a range of about 40 (the compiled exp), odd row length
+        Case("last-axis-wide", (6, 37), lambda gb, h, rng: gb.add_node("softmax", gb.batchnorm(
+            h, np.full(6, 20.0), signed(rng, 6)), {"axis": -1}, name="op")),
     ],
     "batchnorm": [
         Case("3d", (3, 4, 5), lambda gb, h, rng: gb.batchnorm(h, signed(rng, 3), signed(rng, 3), name="op")),

@@ -22,10 +22,10 @@ if core is None or not hasattr(core, "conv_gemm"):  # pragma: no cover
 
 import fastlrp  # noqa: E402
 from fastlrp import rules  # noqa: E402
-from fastlrp.backends.base import BackendError  # noqa: E402
+from fastlrp.backends.base import BackendError, Float32Op  # noqa: E402
 from fastlrp.backends.cpu import CpuBackend  # noqa: E402
 from fastlrp.graph import GraphBuilder  # noqa: E402
-from _nets import RTOL_LAYER, RTOL_NET, rel_err, signed, small_resnet, small_vgg  # noqa: E402,I001
+from _nets import RTOL_LAYER, RTOL_NET, attention_block, rel_err, signed, small_resnet, small_vgg  # noqa: E402,I001
 
 
 @pytest.fixture(autouse=True)
@@ -294,6 +294,47 @@ def test_threads_1_and_2_identical_large_layer(rule):
     np.testing.assert_array_equal(res[0], res[1])
     want = fastlrp.Explainer(graph, comp, backend="reference").explain(x.astype(np.float64), target=5)
     assert rel_err(res[1], want) < RTOL_NET
+
+
+@pytest.mark.parametrize("composite", ["attnlrp(gamma=0.25)", "cp_lrp(epsilon=1e-9)"])
+def test_threads_1_and_2_identical_attention_block(composite):
+    """A transformer block big enough that the elementwise kernels (LayerNorm, softmax,
+    GELU, the residual add, the matmul quotient) fork; they run compiled, not the fallback.
+    (Against the reference: 4.7e-5 and 1.6e-5 measured, the numba backend's fallback
+    1.1e-4 and 2.6e-5: this random block's float32 conditioning, not the kernels.)"""
+    rng = np.random.default_rng(9)
+    graph = attention_block(rng, T=67, D=96, H=3, activation="gelu")
+    be, chosen = CpuBackend(), fastlrp.composites.get_composite(composite).resolve(graph)
+    for node in graph.nodes:
+        if node.op in ("layernorm", "softmax", "add", "activation"):
+            assert not isinstance(be.prepare(graph, node, chosen[node.name]), Float32Op), node.describe()
+    x = rng.standard_normal((6,) + graph.input_shape).astype(np.float32)
+    res = []
+    for t in (1, 2):
+        core.set_num_threads(t)
+        res.append(fastlrp.Explainer(graph, composite, backend="cpu").explain(x))
+    np.testing.assert_array_equal(res[0], res[1])
+    want = fastlrp.Explainer(graph, composite, backend="reference").explain(x.astype(np.float64))
+    assert rel_err(res[1], want) < RTOL_NET
+
+
+def test_activation_and_softmax_kernels_on_every_isa():
+    """GELU (erf, tanh), SiLU and the softmax run at the GEMM's ISA; built without FMA
+    contraction, every ISA computes the same activation bits (over [-12, 12], odd length, a
+    chunk edge, 2 threads), and softmax rows that differ by their sum's rounding only."""
+    x = np.linspace(-12.0, 12.0, 3 * (1 << 14) + 7).astype(np.float32)
+    rows = (np.random.default_rng(3).standard_normal((301, 197)) * 8).astype(np.float32)
+    core.set_num_threads(2)
+    outs = {}
+    for isa in _isas():
+        assert core.set_isa({"generic": 0, "avx2": 1, "avx512": 2}[isa])
+        outs[isa] = [core.activation(code, x) for code in range(len(core.activation_kinds))]
+        outs[isa].append(core.softmax_forward(rows))
+    first = outs[_isas()[0]]
+    for got in outs.values():
+        for y, want in zip(got[:-1], first[:-1]):
+            np.testing.assert_array_equal(y, want)
+        np.testing.assert_allclose(got[-1], first[-1], rtol=1e-6, atol=0)
 
 
 @pytest.mark.skipif(len(_isas()) < 2, reason="only one micro-kernel runs on this CPU")

@@ -6,6 +6,7 @@
 
 #include "code_tables.h"
 #include "conv_binding.h"
+#include "elementwise_binding.h"
 #include "threads.h"
 #include "gemm.h"
 #include "gemm_binding.h"
@@ -56,7 +57,7 @@ py::dict build_info() {
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
-    m.doc() = "fastlrp compiled CPU kernels: GEMM core, conv/dense relevance epilogues, pooling.";
+    m.doc() = "fastlrp compiled CPU kernels: GEMM core, conv/dense relevance epilogues, pooling, transformer elementwise ops.";
 
     m.def("build_info", &build_info, "Compiler, OpenMP, SIMD paths and thread count of this build.");
     m.def(
@@ -75,4 +76,5 @@ PYBIND11_MODULE(_core, m) {
     const auto threads = []() { return fastlrp::cpu::get_num_threads(); };
     fastlrp::binding::def_gemm_functions(m, threads);
     fastlrp::binding::def_conv_functions(m, threads);
+    fastlrp::binding::def_elementwise_functions(m, threads);
 }

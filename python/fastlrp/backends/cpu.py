@@ -33,14 +33,22 @@ sum of g (fused into ``rule_g``), scattered through the taps.
 
 Products of two activations (``matmul``: attention's ``q k^T`` and ``A v``, their
 relevance products) run as one grouped GEMM of the core per product
-(:func:`grouped_matmul`), with the registry's rule arithmetic around them.
+(:func:`grouped_matmul`), with the registry's rule arithmetic around them; ctx keeps
+``z`` and each target's ``R / s(z)`` is one compiled pass.
+
+The memory-bound ops of transformers run compiled (src/cpp/elementwise_cpu.cpp, one
+pass per row or element, docs/transformers.md "Kernels and memory"): GELU (erf and
+tanh) and SiLU with Pass; ``batchnorm`` with Pass (the per-channel affine map, e.g.
+the attention's score scale); ``layernorm`` over trailing axes with Epsilon (std held
+constant; ``zero_bias``, ``guard``) or Pass; ``softmax`` along the last axis with
+Taylor or Pass; ``add`` of same-shape inputs with Norm (``guard``). A relevance of
+zeros reaching a ``matmul`` or a Taylor ``softmax`` returns zeros without the work.
 
 Max pooling runs in C++ (arg-max indices kept in ctx); average pooling runs as
-two float32 BLAS calls (or a mean for a global pool). Every other op (residual
-add with ``s(sum)`` kept from the forward pass, concat, reshape, pad,
-activations, ...) runs the one fallback of :mod:`fastlrp.backends.dispatch`,
-the registry's NumPy implementation in float32: they are memory-bound, one or
-two passes over a tensor, which NumPy already runs at memory bandwidth.
+two float32 BLAS calls (or a mean for a global pool). Every other op and variant
+(concat, reshape, pad, other activations, Gradient rules, a broadcast add, ...) runs
+the one fallback of :mod:`fastlrp.backends.dispatch`, the registry's NumPy
+implementation in float32: mostly copies or one pass over a tensor.
 """
 
 from __future__ import annotations
@@ -328,9 +336,159 @@ def grouped_matmul(core, a, b):
     return np.asarray(y).reshape(lead + (m, n))
 
 
+class _MatmulOp(MatmulReference):
+    """The registry's matmul rules with the products as grouped GEMMs of the core; ctx keeps
+    ``z`` itself and each target's ``R / s(z)`` (doubled for UniformEpsilon) is one compiled
+    pass, where NumPy's ``s(z)`` alone took twice the forward GEMM on ViT-B/16's scores."""
+
+    def __init__(self, core, graph, node, rule):
+        super().__init__(graph, node, rule, lambda a, b: grouped_matmul(core, a, b))
+        self.core = core
+
+    def denominator(self, z):
+        return z
+
+    def quotient(self, R, z):
+        return self.core.stabilized_quotient(_f32(R), z, self.rule.epsilon, 1.0 if self.keep is not None else 2.0)
+
+    def relevance(self, ctx, R):
+        if not np.any(R):  # nothing reaches it (CP-LRP's q k^T): zeros without the two GEMMs
+            return [np.zeros((R.shape[0],) + s, np.float32) for s in self.shapes]
+        return super().relevance(ctx, R)
+
+
 @register_kernel("cpu", "matmul")
 def _matmul_kernel(be, graph, node, rule):
-    return Float32Op(MatmulReference(graph, node, rule, lambda a, b: grouped_matmul(be.core, a, b)))
+    return Float32Op(_MatmulOp(be.core, graph, node, rule))
+
+
+class _PassOp:
+    """An elementwise forward of the core; Pass hands relevance through."""
+
+    def __init__(self, forward):
+        self.f = forward
+
+    def forward(self, inputs):
+        return self.f(_f32(inputs[0])), None
+
+    def relevance(self, ctx, R):
+        return [R]
+
+
+@register_kernel("cpu", "activation", rules=("pass",), variants="gelu, gelu_tanh, silu")
+def _activation_kernel(be, graph, node, rule):
+    kinds = be.core.activation_kinds
+    kind = node.attrs["kind"]
+    if kind not in kinds:
+        return None
+    code = kinds.index(kind)
+    return _PassOp(lambda x: be.core.activation(code, x))
+
+
+@register_kernel("cpu", "batchnorm", rules=("pass",))
+def _batchnorm_kernel(be, graph, node, rule):
+    scale, shift = _f32(node.params["scale"]), _f32(node.params["shift"])
+    inner = int(np.prod(node.shape[1:]))  # (per-sample axis 0 is the channel axis)
+    return _PassOp(lambda x: be.core.channel_affine(x.reshape(x.shape[:2] + (inner,)), scale, shift).reshape(x.shape))
+
+
+class _LayerNormOp:
+    """LayerNorm / RMSNorm over the trailing per-sample axes, one pass of the core per row of
+    C features each way; the epsilon rule with std held constant (zero_bias, guard)."""
+
+    def __init__(self, core, node, rule, C, w, b):
+        self.core, self.rule, self.C, self.w, self.b = core, rule, C, w, b
+        self.eps = float(node.attrs.get("eps", 1e-5))
+        self.rms = bool(node.attrs.get("rms", False))
+
+    def forward(self, inputs):
+        x = _f32(inputs[0])
+        y, std = self.core.layernorm_forward(x, self.C, self.w, self.b, self.eps, self.rms)
+        return y, (None if self.rule.kind == "pass" else (x, std, y))
+
+    def relevance(self, ctx, R):
+        r = self.rule
+        if r.kind == "pass":
+            return [R]
+        x, std, y = ctx
+        return [self.core.layernorm_relevance(x, y, std, self.w, self.b if r.zero_bias else None, _f32(R), self.C,
+                                              r.epsilon, r.guard == "zero", self.rms)]
+
+
+@register_kernel("cpu", "layernorm", options=("guard",),
+                 variants="normalised axes trailing, weight and bias constant along the others")
+def _layernorm_kernel(be, graph, node, rule):
+    shape = tuple(node.shape)
+    axes = tuple(node.attrs["axes"])
+    lead = len(shape) - len(axes)
+    if axes != tuple(range(lead, len(shape))):
+        return None
+    params = []
+    for k in ("weight", "bias"):
+        p = node.params.get(k)
+        if p is not None:
+            if any(d != 1 for d in p.shape[:lead]):
+                return None
+            p = _f32(np.broadcast_to(p.reshape(p.shape[lead:]), shape[lead:])).reshape(-1)
+        params.append(p)
+    return _LayerNormOp(be.core, node, rule, int(np.prod(shape[lead:])), *params)
+
+
+class _SoftmaxOp:
+    """Softmax along the last axis in one compiled pass per row; Taylor's relevance likewise."""
+
+    def __init__(self, core, rule):
+        self.core, self.rule = core, rule
+
+    def forward(self, inputs):
+        x = _f32(inputs[0])
+        y = self.core.softmax_forward(x)
+        return y, (None if self.rule.kind == "pass" else (x, y))
+
+    def relevance(self, ctx, R):
+        if self.rule.kind == "pass":
+            return [R]
+        x, y = ctx
+        if not np.any(R):  # (CP-LRP's softmax receives none)
+            return [np.zeros_like(x)]
+        return [self.core.softmax_taylor(x, y, _f32(R))]
+
+
+@register_kernel("cpu", "softmax", variants="the last axis")
+def _softmax_kernel(be, graph, node, rule):
+    if node.attrs["axis"] != len(node.shape) - 1:
+        return None
+    return _SoftmaxOp(be.core, rule)
+
+
+class _AddOp:
+    """Norm on a sum of same-shape inputs: ctx keeps the sum, each target's shares
+    ``x_i R / s(sum)`` are one compiled pass (NumPy's ``s(sum)`` in the forward pass cost
+    more than the sum)."""
+
+    def __init__(self, core, rule):
+        self.core, self.rule = core, rule
+
+    def forward(self, inputs):
+        xs = [_f32(x) for x in inputs]
+        shape = np.broadcast_shapes(*[x.shape for x in xs])  # a batch-1 constant operand
+        xs = [x if x.shape == shape else np.ascontiguousarray(np.broadcast_to(x, shape)) for x in xs]
+        out = xs[0] + xs[1]
+        for x in xs[2:]:
+            out += x
+        return out, (xs, out)
+
+    def relevance(self, ctx, R):
+        xs, out = ctx
+        r = self.rule
+        return self.core.norm_shares(_f32(R), out, xs, r.stabilizer, r.guard == "zero")
+
+
+@register_kernel("cpu", "add", rules=("norm",), options=("guard",), variants="inputs of one per-sample shape")
+def _add_kernel(be, graph, node, rule):
+    if any(tuple(graph[i].shape) != tuple(node.shape) for i in node.inputs):
+        return None
+    return _AddOp(be.core, rule)
 
 
 @register_kernel("cpu", "maxpool", rules=("winner",))

@@ -685,10 +685,12 @@ def _avgpool_kernel(be, graph, node, rule):
     return _AvgPoolOp(be, graph, node, rule)
 
 
-@register_kernel("cuda", "add", variants="operands of one shape")
+@register_kernel("cuda", "add", variants="operands of one shape, no constant")
 def _add_kernel(be, graph, node, rule):
-    same = all(tuple(graph[i].shape) == tuple(node.shape) for i in node.inputs)
-    return _AddOp(be, node, rule) if same else None  # broadcasting: the fallback
+    # broadcasting, and a constant (a batch of 1 at run time: a position embedding), run the
+    # fallback; the kernel adds whole buffers of the output's size
+    same = all(tuple(graph[i].shape) == tuple(node.shape) and graph[i].op != "const" for i in node.inputs)
+    return _AddOp(be, node, rule) if same else None
 
 
 @register_kernel("cuda", "input")

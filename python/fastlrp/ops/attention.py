@@ -67,7 +67,8 @@ def _t(m: np.ndarray) -> np.ndarray:
 
 class MatmulReference:
     """``matmul``: a batched product of stacks of matrices with NumPy's broadcasting (default:
-    ``np.matmul``; the compiled CPU backend passes its grouped GEMM)."""
+    ``np.matmul``; the compiled CPU backend passes its grouped GEMM and overrides
+    ``denominator`` / ``quotient`` to divide in one compiled pass)."""
 
     def __init__(self, graph, node, rule, matmul=np.matmul):
         self.node, self.rule, self.mm = node, rule, matmul
@@ -81,14 +82,21 @@ class MatmulReference:
     def forward(self, inputs):
         a, b = matmul_operands(inputs[0], inputs[1], self.tb)
         z = self.mm(a, b)
+        return z, (a, b, self.denominator(z))
+
+    def denominator(self, z):
+        """What ``relevance`` divides by, kept in ctx for every target: ``s(z)``, doubled for
+        UniformEpsilon (each operand gets half)."""
         s = stabilize(z, self.rule.epsilon)
-        if self.keep is None:
-            s = s * 2
-        return z, (a, b, s)
+        return s if self.keep is not None else s * 2
+
+    def quotient(self, R, s):
+        """``g = R / s`` for the kept ``s = denominator(z)``."""
+        return np.divide(R, s, order="C")
 
     def relevance(self, ctx, R):
         a, b, s = ctx
-        g = np.divide(R, s, order="C")
+        g = self.quotient(R, s)
         out = [None, None]
         if self.keep != 1:
             out[0] = unbroadcast(a * self.mm(g, _t(b)), self.shapes[0])
