@@ -68,7 +68,7 @@ inline void ukr(int64_t kc, const float* __restrict a, const float* __restrict b
 namespace fastlrp {
 namespace cpu {
 namespace detail {
-void pack_a_avx2(PackedA& P, const float* A) { isa_avx2::pack_a_impl(P, A); }
+void pack_a_avx2(PackedA& P, const float* A) { isa_avx2::pack_a_impl(P, A, get_num_threads()); }
 void conv_gemm_avx2(const ConvGemmArgs& a, int threads) { isa_avx2::conv_gemm_impl(a, threads); }
 Blocking blocking_avx2() { return isa_avx2::blocking(); }
 }  // namespace detail

@@ -43,7 +43,7 @@ inline void ukr(int64_t kc, const float* __restrict a, const float* __restrict b
 namespace fastlrp {
 namespace cpu {
 namespace detail {
-void pack_a_avx512(PackedA& P, const float* A) { isa_avx512::pack_a_impl(P, A); }
+void pack_a_avx512(PackedA& P, const float* A) { isa_avx512::pack_a_impl(P, A, get_num_threads()); }
 void conv_gemm_avx512(const ConvGemmArgs& a, int threads) { isa_avx512::conv_gemm_impl(a, threads); }
 Blocking blocking_avx512() { return isa_avx512::blocking(); }
 }  // namespace detail

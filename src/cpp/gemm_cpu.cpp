@@ -6,6 +6,10 @@
 // blocking they were packed for, so a later set_isa() cannot mix layouts.
 #include "gemm.h"
 
+#if !defined(_MSC_VER)
+#include <sys/mman.h>
+#endif
+
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -208,11 +212,20 @@ Blocking blocking_of(Isa isa) {
 }
 
 AlignedBuf aligned_floats(size_t n) {
-    const size_t bytes = ((n * sizeof(float) + 63) / 64) * 64 + 64;
+    size_t bytes = ((n * sizeof(float) + 63) / 64) * 64 + 64;
 #ifdef _MSC_VER
     void* p = _aligned_malloc(bytes, 64);
 #else
-    void* p = std::aligned_alloc(64, bytes);
+    // Large buffers (operands packed per call, e.g. attention matrices of tens of MB) on
+    // transparent huge pages where the kernel offers them: first-touch faults of 4 KiB
+    // pages cost more than the packing itself.
+    constexpr size_t kHuge = size_t(2) << 20;
+    const bool huge = bytes >= 2 * kHuge;
+    if (huge) bytes = (bytes + kHuge - 1) / kHuge * kHuge;
+    void* p = std::aligned_alloc(huge ? kHuge : 64, bytes);
+#ifdef MADV_HUGEPAGE
+    if (p && huge) madvise(p, bytes, MADV_HUGEPAGE);  // advice only: failure changes nothing
+#endif
 #endif
     if (!p) throw std::bad_alloc();
     return AlignedBuf(static_cast<float*>(p));

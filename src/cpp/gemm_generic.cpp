@@ -35,7 +35,7 @@ inline void ukr(int64_t kc, const float* __restrict a, const float* __restrict b
 namespace fastlrp {
 namespace cpu {
 namespace detail {
-void pack_a_generic(PackedA& P, const float* A) { isa_generic::pack_a_impl(P, A); }
+void pack_a_generic(PackedA& P, const float* A) { isa_generic::pack_a_impl(P, A, get_num_threads()); }
 void conv_gemm_generic(const ConvGemmArgs& a, int threads) { isa_generic::conv_gemm_impl(a, threads); }
 Blocking blocking_generic() { return isa_generic::blocking(); }
 }  // namespace detail

@@ -27,6 +27,7 @@
 #endif
 
 #include "gemm.h"
+#include "threads.h"
 
 namespace fastlrp {
 namespace cpu {
@@ -40,25 +41,25 @@ static_assert(KC % 8 == 0 && NC % NR == 0 && MC % MR == 0, "inconsistent blockin
 
 inline Blocking blocking() { return Blocking{MR, NR, KC, MC, NC}; }
 
-inline void pack_a_impl(PackedA& P, const float* A) {
-    const int64_t m = P.m, k = P.k;
-    for (int64_t g = 0; g < P.groups; ++g) {
-        const float* Ag = A + g * m * k;
-        for (int64_t k0 = 0; k0 < k; k0 += P.kc) {
-            const int64_t kl = imin(P.kc, k - k0);
-            for (int64_t ip = 0; ip * MR < m; ++ip) {
-                float* dst = P.data.get() + g * P.gstride + k0 * P.mp + ip * MR * kl;
-                for (int r = 0; r < MR; ++r) {
-                    const int64_t row = ip * MR + r;
-                    if (row < m) {
-                        const float* src = Ag + row * k + k0;
-                        for (int64_t kk = 0; kk < kl; ++kk) dst[kk * MR + r] = src[kk];
-                    } else {
-                        for (int64_t kk = 0; kk < kl; ++kk) dst[kk * MR + r] = 0.0f;
-                    }
-                }
-            }
+// Panels are written in order (kk outer: MR contiguous floats per kk) from MR rows read
+// side by side; (group, K block, panel) items on the kernels' threads, since operands
+// packed per call (attention's activations) can be tens of MB.
+inline void pack_a_impl(PackedA& P, const float* A, int threads) {
+    const int64_t m = P.m, k = P.k, nkb = (k + P.kc - 1) / P.kc, npan = (m + MR - 1) / MR;
+    const int64_t items = P.groups * nkb * npan;
+    if (threads < 1 || P.groups * m * k < (int64_t(1) << 18)) threads = 1;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (int64_t it = 0; it < items; ++it) {
+        const int64_t g = it / (nkb * npan), rem = it - g * nkb * npan, kb = rem / npan, ip = rem - kb * npan;
+        const int64_t k0 = kb * P.kc, kl = imin(P.kc, k - k0);
+        float* __restrict dst = P.data.get() + g * P.gstride + k0 * P.mp + ip * MR * kl;
+        const float* src[MR];
+        for (int r = 0; r < MR; ++r) {
+            const int64_t row = ip * MR + r;
+            src[r] = row < m ? A + (g * m + row) * k + k0 : nullptr;
         }
+        for (int64_t kk = 0; kk < kl; ++kk)
+            for (int r = 0; r < MR; ++r) dst[kk * MR + r] = src[r] ? src[r][kk] : 0.0f;
     }
 }
 
