@@ -28,6 +28,7 @@ from fastlrp.backends.base import BackendError  # noqa: E402
 from fastlrp.backends.cpu import CpuBackend  # noqa: E402
 from fastlrp.backends.reference import conv_forward  # noqa: E402
 from fastlrp.graph import GraphBuilder  # noqa: E402
+from _nets import attention_block  # noqa: E402
 
 WHY = core.bf16_unavailable()
 needs_bf16 = pytest.mark.skipif(bool(WHY), reason=f"bfloat16 GEMM unavailable: {WHY}")
@@ -201,13 +202,18 @@ def small_mlp(rng):
     return gb.build()
 
 
-NETS = {"cnn": small_cnn, "mlp": small_mlp}
+def small_attention(rng):
+    """A pre-norm attention block (17 tokens of 32, 4 heads): its matmuls run in bf16 too."""
+    return attention_block(rng, T=17, D=32, H=4)
+
+
+NETS = {"cnn": small_cnn, "mlp": small_mlp, "attention": small_attention}
 #: The CNN with the Flat composites (Flat on the first conv, ZPlus or AlphaBeta(2, 1) on
 #: the other convs, Epsilon on the dense layers); the MLP without Flat, whose first dense
 #: layer would spread relevance evenly over the input (a constant heatmap): all Epsilon,
 #: and all ZPlus (excitation_backprop).
 CASES = [("cnn", "epsilon_plus_flat"), ("cnn", "epsilon_alpha2_beta1_flat"), ("mlp", "epsilon_plus"),
-         ("mlp", "excitation_backprop")]
+         ("mlp", "excitation_backprop"), ("attention", "cp_lrp"), ("attention", "attnlrp")]
 #: Floors of the heatmap agreement over 16 samples (the measured values: docs/precision.md):
 #: every sample's correlation and top-10% overlap, and the median correlation.
 MIN_CORR, MIN_MEDIAN_CORR, MIN_TOPK = 0.9, 0.99, 0.8
