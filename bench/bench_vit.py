@@ -12,6 +12,10 @@ LXT's Gradient x Input through torch autograd, float32. The model has random wei
 each sample's arg-max class. The graph is imported before LXT patches torch.nn's classes;
 the model's parameters do not require gradients on LXT's side (only the input's is needed).
 
+``--bf16`` adds fastlrp's ``precision="bf16"`` (bfloat16 GEMM inputs, float32 sums; needs
+AMX or AVX512_BF16) and LXT under ``torch.autocast("cpu", bfloat16)``; their error is against
+LXT in float32.
+
 Per batch: one warm-up call of each method on the batch (which also gives peak memory and
 the difference between the two relevances, max|R - R_lxt| / max|R_lxt|), then
 ``--repeats`` interleaved timed rounds; the median is reported.
@@ -49,6 +53,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", default=None, help="write the rows to this JSON file")
+    ap.add_argument("--bf16", action="store_true",
+                    help="also fastlrp precision='bf16' and LXT under torch.autocast(bfloat16) (err vs LXT float32)")
     a = ap.parse_args(argv)
 
     import torch
@@ -67,6 +73,7 @@ def main(argv=None):
     graph = fastlrp.from_torch(model, x0)
     import_s = time.perf_counter() - t
     ex = fastlrp.Explainer(graph, COMPOSITE, backend="cpu")
+    ex16 = fastlrp.Explainer(graph, COMPOSITE, backend="cpu", precision="bf16") if a.bf16 else None
 
     import lxt.efficient as le
     from lxt.efficient.models import vit_torch
@@ -74,11 +81,12 @@ def main(argv=None):
     le.monkey_patch(tv.models.vision_transformer, vit_torch.cp_LRP)
     model.requires_grad_(False)  # LXT needs the input's gradient only (no weight gradients)
 
-    def lxt(x, target):
+    def lxt(x, target, bf16=False):
         xg = x.clone().requires_grad_()
-        y = model(xg)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = model(xg)
         y[torch.arange(len(x)), torch.as_tensor(target)].sum().backward()
-        return (xg * xg.grad).detach().numpy()
+        return (xg * xg.grad).detach().float().numpy()
 
     info = machine_info()
     info.update(torch=torch.__version__, threads=a.threads, model=a.model, size=a.size, import_s=round(import_s, 2),
@@ -92,6 +100,9 @@ def main(argv=None):
         with torch.no_grad():
             target = model(x).argmax(1).numpy()
         methods = {"fastlrp cpu": lambda: ex.explain(xn, target=target), "LXT 2.1": lambda: lxt(x, target)}
+        if ex16 is not None:  # reduced precision on both sides: fastlrp's bf16 GEMMs, torch's bf16 autocast
+            methods["fastlrp bf16"] = lambda: ex16.explain(xn, target=target)
+            methods["LXT bf16"] = lambda: lxt(x, target, bf16=True)
         out, peak, times = {}, {}, {k: [] for k in methods}
         for k, f in methods.items():
             out[k], peak[k] = measure_peak(f)
@@ -105,10 +116,13 @@ def main(argv=None):
         for k in methods:
             row = {"model": a.model, "size": a.size, "batch": n, "method": k, "samples_per_s": n / med[k],
                    "x_lxt": med["LXT 2.1"] / med[k], "peak_mib": peak[k],
+                   "x_lxt_bf16": med["LXT bf16"] / med[k] if "LXT bf16" in med else None,
                    "err_vs_lxt": float(np.abs(out[k] - ref).max() / np.abs(ref).max()), "times_s": times[k]}
             rows.append(row)
             print(f"{a.model} {a.size} batch {n:3d}  {k:12s} {row['samples_per_s']:8.3f} samples/s  "
-                  f"x LXT {row['x_lxt']:5.2f}  peak {row['peak_mib']:8.0f} MiB  err vs LXT {row['err_vs_lxt']:.1e}",
+                  f"x LXT {row['x_lxt']:5.2f}"
+                  + (f" (x LXT bf16 {row['x_lxt_bf16']:5.2f})" if row["x_lxt_bf16"] is not None else "")
+                  + f"  peak {row['peak_mib']:8.0f} MiB  err vs LXT {row['err_vs_lxt']:.1e}",
                   flush=True)
     if a.json:
         with open(a.json, "w") as f:
