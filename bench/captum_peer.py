@@ -34,12 +34,14 @@ import numpy as np
 
 #: Captum's EpsilonRule with this epsilon hands relevance through a reshape (and a folded
 #: BatchNorm, an identity) and gives a max pooling window's relevance to its maximum, as
-#: fastlrp does (x / (x + eps) = 1 in
-#: float32 for |x| > 1e-23; Captum's default, 1e-9, is not negligible for small activations)
+#: fastlrp does (x / (x + eps) = 1 in float32 for |x| > 1e-23; Captum's default, 1e-9, is
+#: not negligible for small activations)
 PASS_EPSILON = 1e-30
 
-#: per bench composite: the Captum rule of (first dense/conv layer, other convs, other
-#: denses) as (class name, kwargs), fastlrp's equivalent rule, and what differs
+#: per bench composite: the Captum rule of the first dense/conv layer, the other convs and
+#: the other dense layers as (class name in captum.attr._utils.lrp_rules, kwargs), and
+#: what differs from the composite (Alpha1_Beta0 and Gamma stabilize with 1e-9, fastlrp
+#: with 1e-6; Captum splits no inputs by sign, which only the first layer's inputs need)
 CAPTUM_RULES = {
     "epsilon_plus_flat": {
         "first": ("EpsilonRule", {"epsilon": 1e-6}),
@@ -51,7 +53,7 @@ CAPTUM_RULES = {
         "first": ("EpsilonRule", {"epsilon": 1e-6}),
         "conv": ("Alpha1_Beta0_Rule", {"set_bias_to_zero": True}),
         "dense": ("EpsilonRule", {"epsilon": 1e-6}),
-        "differs": "first layer Epsilon (no Flat), conv Alpha1Beta0 without bias (no Alpha2Beta1)",
+        "differs": "first layer Epsilon (no Flat), conv Alpha1Beta0 without bias (Captum has no Alpha2Beta1)",
     },
     "epsilon_gamma_box": {
         "first": ("EpsilonRule", {"epsilon": 1e-6}),
@@ -150,12 +152,12 @@ class CaptumRunner:
         self.model, folded = fold_batchnorm(model, x)
         spec = CAPTUM_RULES[comp_key]
         first = (nn.Conv2d,) if first_types(comp_key) == ("conv",) else (nn.Conv2d, nn.Linear)
-        self.first, self.rules = None, []
+        first_layer, self.rules = None, []
         for m, _, _ in _call_order(self.model, x):
             if isinstance(m, (nn.Conv2d, nn.Linear)):
-                if self.first is None and isinstance(m, first):
-                    self.first = m
-                key = "first" if m is self.first else ("conv" if isinstance(m, nn.Conv2d) else "dense")
+                if first_layer is None and isinstance(m, first):
+                    first_layer = m
+                key = "first" if m is first_layer else ("conv" if isinstance(m, nn.Conv2d) else "dense")
                 name, kw = spec[key]
                 self.rules.append((m, getattr(lrp_rules, name)(**kw)))
             elif isinstance(m, (nn.Flatten, nn.MaxPool2d)) or any(m is f for f in folded):

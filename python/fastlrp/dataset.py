@@ -44,8 +44,8 @@ specification or number of samples is refused with :class:`StoreMismatchError`.
 Speed. Finished chunks are hashed and written by a background thread while the next
 chunks are explained; at most two wait for it (``put`` blocks), so the memory held
 for writing is about three chunks of relevance and input. zarr arrays are compressed
-with LZ4 (:func:`_zarr_create`). zarr (3.x) costs about 2-4 ms of CPU per array
-write, six writes per chunk (four data arrays, checksum, done): with chunks of a few
+with LZ4 (:func:`_zarr_create`). zarr (3.x) cost about 2-4 ms of CPU per array
+write on a 2-vCPU Xeon VM, six writes per chunk (four data arrays, checksum, done): with chunks of a few
 hundred KB that is several times the .npy store's cost, and a larger ``chunk_size``
 spreads it (bench/bench_dataset.py).
 """
