@@ -1,7 +1,10 @@
-"""CPU benchmark: fastlrp against zennit 1.0.0, same process, same inputs, same threads.
+"""CPU benchmark: fastlrp against zennit 1.0.0 and Captum 0.9.0's LRP, same process,
+same inputs, same threads.
 
 For each model, correctness comes first: every fastlrp backend is compared with
-the float64 reference backend and with zennit on a small batch. Then each
+the float64 reference backend and with zennit on a small batch, and Captum with
+fastlrp's reference computing the rules Captum has (captum_peer.py: Captum cannot
+express these composites, its rows are timings of different rules). Then each
 (batch size, composite) is timed with the methods interleaved: one warm-up call
 each, then ``--repeats`` rounds, median reported. The FLOP limit is docs/design.md
 section 3's: per layer, the GEMM work its rule really needs (a multiple of the
@@ -175,6 +178,37 @@ def max_rel_err(a, b):
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
+def captum_status() -> str:
+    """"ok" when Captum's LRP imports, else why not ("not installed", or the error)."""
+    try:
+        import captum.attr  # noqa: F401
+    except ModuleNotFoundError:
+        return "not installed"
+    except Exception as e:  # noqa: BLE001 - report and go on
+        return f"fails: import: {e}"
+    return "ok"
+
+
+def captum_check(graph, cmodel, comp, xs, tgt):
+    """(runner or None, what its rows are, max rel error of Captum's relevance against
+    fastlrp's float64 reference computing the same rules (nan where fastlrp has none))."""
+    import fastlrp
+    from captum_peer import CAPTUM_RULES, CaptumRunner, matched_composite
+
+    matched = matched_composite(comp)
+    try:
+        cr = CaptumRunner(cmodel, comp, xs)
+        got = cr(xs, [tgt])
+    except Exception as e:  # noqa: BLE001 - the row says why
+        return None, f"fails: {type(e).__name__}: {str(e).splitlines()[0][:160]}", float("nan")
+    rules = f"rules differ: {CAPTUM_RULES[comp]['differs']}"
+    if matched is None:
+        return cr, rules + "; unchecked (no fastlrp rule computes Captum's GammaRule)", float("nan")
+    want = fastlrp.Explainer(graph, matched, backend="reference").explain(xs.astype(np.float64), target=tgt)
+    err = max_rel_err(got, want)
+    return cr, rules + f"; max rel error vs fastlrp's reference with Captum's rules {err:.1e}", err
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["mlp", "mnist_cnn", "vgg16", "resnet18"])
@@ -186,6 +220,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-zennit", action="store_true")
+    ap.add_argument("--no-captum", action="store_true")
     ap.add_argument("--quick", action="store_true", help="small models and batches, 2 repeats")
     ap.add_argument("--json", type=str, default=None, help="write the rows to this JSON file")
     args = ap.parse_args(argv)
@@ -218,16 +253,21 @@ def main(argv=None):
             print(f"# zennit unavailable ({e}); ratios to zennit are not reported")
             use_zennit = False
 
+    captum = "off" if args.no_captum else captum_status()
+    if captum != "ok":
+        print(f"# captum: {captum}")
+
     info = machine_info()
     info.update(torch=torch.__version__, fastlrp=fastlrp.__version__, threads=args.threads)
     print("# machine:", json.dumps(info))
     rows = []
     rng = np.random.default_rng(0)
     header = (f"{'model':<10} {'batch':>5} {'composite':<26} {'tgt':>3} {'method':<14} {'samples/s':>10} "
-              f"{'x zennit':>8} {'x limit':>8} {'peak MiB':>9} {'err vs ref':>10}")
+              f"{'x zennit':>8} {'x captum':>13} {'x limit':>8} {'peak MiB':>9} {'err vs ref':>10}")
     for mname in args.models:
         model, shape = build(mname)
         zmodel = build(mname, zennit_sum=True)[0] if use_zennit else None
+        cmodel = build(mname, zennit_sum="captum")[0] if captum == "ok" else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             graph = fastlrp.from_torch(model, torch.zeros((1, *shape)))
@@ -246,11 +286,16 @@ def main(argv=None):
             xs = xf[:2]
             want = ref.explain(xs.astype(np.float64))
             errs = {b: max_rel_err(e.explain(xs), want) for b, e in exps.items()}
+            tgt = ref.forward(xs.astype(np.float64)).argmax(axis=1)
             if zr is not None:
-                tgt = [ref.forward(xs.astype(np.float64)).argmax(axis=1)]
-                errs["zennit"] = max_rel_err(zr(xs, tgt), want)
+                errs["zennit"] = max_rel_err(zr(xs, [tgt]), want)
             print(f"# {mname} {comp}: max rel error vs float64 reference: "
                   + ", ".join(f"{k} {v:.1e}" for k, v in errs.items()))
+            cr, cstatus = None, captum
+            if cmodel is not None:
+                cr, cstatus, errs["captum*"] = captum_check(graph, cmodel, comp, xs, tgt)
+            if not args.no_captum:
+                print(f"# {mname} {comp}: captum* = {cstatus}")
             runs = [(b, 1) for b in args.batches] + ([(max(args.batches), 10)] if args.targets10 else [])
             print(header)
             for batch, ntgt in runs:
@@ -264,12 +309,16 @@ def main(argv=None):
                         methods[f"fastlrp-{b}"] = (lambda e=e, t=tgt_np: e.explain(x, target=t))
                     if zr is not None:
                         methods["zennit"] = (lambda t=tgt_np: zr(x, [t]))
+                    if cr is not None:
+                        methods["captum*"] = (lambda t=tgt_np: cr(x, [t]))
                 else:
                     allt = np.tile(np.arange(k), (batch, 1))
                     for b, e in exps.items():
                         methods[f"fastlrp-{b}"] = (lambda e=e: e.explain(x, target=allt))
                     if zr is not None:
                         methods["zennit"] = (lambda: zr(x, [allt[:, j] for j in range(k)]))
+                    if cr is not None:
+                        methods["captum*"] = (lambda: cr(x, [allt[:, j] for j in range(k)]))
                 times = {m: [] for m in methods}
                 peaks = {m: 0.0 for m in methods}
                 for m, fn in methods.items():  # warm-up, and peak memory
@@ -284,14 +333,17 @@ def main(argv=None):
                 for m in methods:
                     sps = batch / med[m]
                     xz = (med["zennit"] / med[m]) if "zennit" in med else float("nan")
+                    xc = f"{med['captum*'] / med[m]:.2f}" if "captum*" in med else cstatus.split(":")[0]
                     xl = med[m] / t_limit
                     err = errs.get(m.replace("fastlrp-", ""), float("nan"))
                     row = dict(model=mname, batch=batch, composite=comp, targets=ntgt, method=m,
-                               samples_per_s=sps, ratio_zennit=xz, ratio_limit=xl, peak_mib=peaks[m],
-                               err_vs_ref=err, seconds=med[m])
+                               samples_per_s=sps, ratio_zennit=xz, ratio_captum=xc, ratio_limit=xl,
+                               peak_mib=peaks[m], err_vs_ref=err, seconds=med[m])
+                    if m == "captum*":
+                        row["captum_rules"] = cstatus
                     rows.append(row)
                     print(f"{mname:<10} {batch:>5} {comp:<26} {ntgt:>3} {m:<14} {sps:>10.2f} {xz:>8.2f} "
-                          f"{xl:>8.2f} {peaks[m]:>9.1f} {err:>10.1e}", flush=True)
+                          f"{xc:>13} {xl:>8.2f} {peaks[m]:>9.1f} {err:>10.1e}", flush=True)
             if zr is not None:
                 zr.close()
     if args.json:

@@ -2,7 +2,8 @@
 
 Residuals are plain ``out + identity`` in ``forward``; with ``zennit_sum=True``
 the same model routes them through zennit's ``Sum`` module instead, which is how
-zennit must see them to apply its Norm rule (same weights, same function).
+zennit must see them to apply its Norm rule (same weights, same function), and
+with ``zennit_sum="captum"`` through Captum's ``Addition_Module``, for Captum's LRP.
 """
 
 from __future__ import annotations
@@ -27,6 +28,15 @@ def mnist_cnn(num_classes: int = 10) -> nn.Module:
         nn.Flatten(),
         nn.Linear(64 * 7 * 7, 128), nn.ReLU(),
         nn.Linear(128, num_classes),
+    )
+
+
+def tiny_cnn(num_classes: int = 10) -> nn.Module:
+    """For 3x16x16 inputs: the dataset benchmark's model, where the store's cost shows."""
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 4 * 4, num_classes),
     )
 
 
@@ -55,12 +65,17 @@ def vgg16(num_classes: int = 10, size: int = 64, batchnorm: bool = False) -> nn.
 
 
 class _Residual(nn.Module):
-    """``a + b``, or zennit's Sum over a stacked pair when zennit must see it."""
+    """``a + b``; with ``zennit_sum=True`` zennit's Sum over a stacked pair, with
+    ``zennit_sum="captum"`` Captum's ``Addition_Module``, where that peer must see it."""
 
-    def __init__(self, zennit_sum: bool):
+    def __init__(self, zennit_sum: bool | str):
         super().__init__()
-        self.sum = None
-        if zennit_sum:
+        self.sum, self.stacked = None, zennit_sum != "captum"
+        if zennit_sum == "captum":
+            from captum.attr._utils.custom_modules import Addition_Module
+
+            self.sum = Addition_Module()
+        elif zennit_sum:
             from zennit.layer import Sum
 
             self.sum = Sum()
@@ -68,7 +83,9 @@ class _Residual(nn.Module):
     def forward(self, a, b):
         if self.sum is None:
             return a + b
-        return self.sum(torch.stack([a, b], dim=-1))
+        if self.stacked:
+            return self.sum(torch.stack([a, b], dim=-1))
+        return self.sum(a, b)
 
 
 class BasicBlock(nn.Module):
@@ -177,6 +194,7 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
 MODELS = {
     "mlp": (lambda zs=False: mlp(), (1, 28, 28)),
     "mnist_cnn": (lambda zs=False: mnist_cnn(), (1, 28, 28)),
+    "tiny_cnn": (lambda zs=False: tiny_cnn(), (3, 16, 16)),
     "vgg16": (lambda zs=False: vgg16(), (3, 64, 64)),
     "resnet18": (lambda zs=False: randomize_batchnorm(ResNet18(zennit_sum=zs)), (3, 64, 64)),
     # squeeze-excitation: zennit passes the product's gradient (relevance scaled by the gate)

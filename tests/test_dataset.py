@@ -214,6 +214,34 @@ def test_resume_after_interrupt_array(tmp_path, fmt):
     same_store(tmp_path / f"ref{suf}", tmp_path / f"s{suf}")
 
 
+@pytest.mark.parametrize("fmt", ["zarr", "npy"])
+def test_writer_thread_error_surfaces_and_resumes(tmp_path, fmt, monkeypatch):
+    """A chunk write failing in the writer thread: explain_dataset raises that same
+    error, no chunk from the failing one on is marked done, and the same call resumes
+    to the store of an uninterrupted run."""
+    from fastlrp import dataset
+
+    x = data(50)
+    suf = ".zarr" if fmt == "zarr" else ".npy"
+    explain_dataset(make(), x, tmp_path / f"ref{suf}", batch_size=8, quiet=True)
+    write = dataset._Store.write_chunk
+
+    def failing(self, c, *args):
+        if c == 2:
+            raise RuntimeError("disk gremlin at chunk 2")
+        write(self, c, *args)
+
+    monkeypatch.setattr(dataset._Store, "write_chunk", failing)
+    with pytest.raises(RuntimeError, match="^disk gremlin at chunk 2$"):
+        explain_dataset(make(), x, tmp_path / f"s{suf}", batch_size=8, quiet=True)
+    done = np.asarray(load_store(tmp_path / f"s{suf}")["done"][:])
+    assert done[:2].all() and not done[2:].any()
+    monkeypatch.setattr(dataset._Store, "write_chunk", write)
+    res = explain_dataset(make(), x, tmp_path / f"s{suf}", batch_size=8, quiet=True)
+    assert res.computed_chunks == 5 and res.reused_chunks == 2
+    same_store(tmp_path / f"ref{suf}", tmp_path / f"s{suf}")
+
+
 CHILD = textwrap.dedent("""
     import os, signal, sys
     import numpy as np
