@@ -174,6 +174,13 @@ def torch_forward_rate(model, x, repeats):
     return statistics.median(ts)
 
 
+def make_explainer(fastlrp, graph, spec, backend: str):
+    """``cpu-bf16`` is the cpu backend with ``precision="bf16"``; other names are backends."""
+    if backend == "cpu-bf16":
+        return fastlrp.Explainer(graph, spec, backend="cpu", precision="bf16")
+    return fastlrp.Explainer(graph, spec, backend=backend)
+
+
 def max_rel_err(a, b):
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
@@ -214,7 +221,8 @@ def main(argv=None):
     ap.add_argument("--models", nargs="+", default=["mlp", "mnist_cnn", "vgg16", "resnet18"])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 16, 64])
     ap.add_argument("--composites", nargs="+", default=list(COMPOSITES))
-    ap.add_argument("--backends", nargs="+", default=["cpu", "numba"])
+    ap.add_argument("--backends", nargs="+", default=["cpu", "numba"],
+                    help="fastlrp backends; cpu-bf16: the cpu backend with precision='bf16' (AMX / AVX512_BF16)")
     ap.add_argument("--targets10", action=argparse.BooleanOptionalAction, default=True,
                     help="also time explaining all 10 classes of each sample")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -236,7 +244,7 @@ def main(argv=None):
     backends = []
     for name in args.backends:
         try:
-            fastlrp.get_backend(name)
+            fastlrp.get_backend("cpu", precision="bf16") if name == "cpu-bf16" else fastlrp.get_backend(name)
             backends.append(name)
         except Exception as e:  # noqa: BLE001 - report and go on
             print(f"# backend {name} unavailable: {e}")
@@ -280,7 +288,7 @@ def main(argv=None):
         for comp in args.composites:
             spec = COMPOSITES[comp][0]
             ref = fastlrp.Explainer(graph, spec, backend="reference")
-            exps = {b: fastlrp.Explainer(graph, spec, backend=b) for b in backends}
+            exps = {b: make_explainer(fastlrp, graph, spec, b) for b in backends}
             zr = ZennitRunner(zmodel, comp) if use_zennit else None
             # correctness first, on a small batch
             xs = xf[:2]
