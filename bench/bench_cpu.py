@@ -59,16 +59,36 @@ LIMIT_MULTIPLE = {
 # ------------------------------------------------------------------------------------
 # machine and memory
 # ------------------------------------------------------------------------------------
+#: The /proc/cpuinfo flags the kernels care about (the ISA a number was measured with).
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
 def machine_info() -> dict:
+    """Python, platform, CPU model (name, family, model), the ISA flags and, when fastlrp's
+    core is built, the micro-kernels it runs (float32 and bf16)."""
     info = {"python": platform.python_version(), "platform": platform.platform()}
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                key, val = key.strip(), val.strip()
+                if key in ("model name", "cpu family", "model") and key.replace(" ", "_") not in info:
+                    info["cpu" if key == "model name" else key.replace(" ", "_")] = val
+                elif key == "flags":
+                    have = set(val.split())
+                    info["isa_flags"] = [f for f in ISA_FLAGS if f in have]
+                    break
     except OSError:
         pass
     info["logical_cpus"] = os.cpu_count()
+    try:
+        from fastlrp import _core
+
+        gi = _core.gemm_info()
+        info["fastlrp_kernel"] = gi.get("active")
+        info["fastlrp_bf16_kernel"] = gi.get("bf16") or None
+    except Exception:  # noqa: BLE001 - the core is optional: the bench still runs (numba)
+        pass
     return info
 
 

@@ -1,4 +1,5 @@
-"""The compiled CPU backend (:mod:`fastlrp._core`), float32.
+"""The compiled CPU backend (:mod:`fastlrp._core`), float32; ``precision="bf16"`` rounds the
+inputs of its GEMMs to bfloat16 (float32 sums; docs/precision.md).
 
 Dense and conv layers (1-d and 2-d, stride, padding pairs, dilation, groups,
 with or without bias) run on the packed GEMM core for every parametric rule,
