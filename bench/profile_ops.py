@@ -63,7 +63,7 @@ def build(a):
         model, shape = build_model(a.model)
         x = np.random.default_rng(0).standard_normal((a.batch,) + tuple(shape)).astype(np.float32)
     graph = fastlrp.from_torch(model, torch.from_numpy(x[:1]))
-    return fastlrp.Explainer(graph, a.composite, backend=a.backend), x
+    return fastlrp.Explainer(graph, a.composite, backend=a.backend, precision=a.precision), x
 
 
 def main(argv=None):
@@ -73,6 +73,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--composite", default="epsilon_plus_flat")
     ap.add_argument("--backend", default="cpu")
+    ap.add_argument("--precision", default="float32", help="float32, or bf16 (the cpu backend's bfloat16 GEMMs)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     a = ap.parse_args(argv)
 
@@ -90,7 +91,7 @@ def main(argv=None):
     t = time.perf_counter()
     ex.explain(x)
     total = time.perf_counter() - t
-    print(f"{a.model} batch {a.batch} {a.composite} backend {a.backend}, {a.threads} threads: {total:.3f} s "
+    print(f"{a.model} batch {a.batch} {a.composite} backend {a.backend} {a.precision}, {a.threads} threads: {total:.3f} s "
           f"({a.batch / total:.2f} samples/s)")
     rows = sorted(table.items(), key=lambda kv: -kv[1])
     for (op, phase), s in rows:

@@ -323,18 +323,19 @@ def _linear_kernel(be, graph, node, rule):
     return _LinearOp(be.core, graph, node, rule, graph.known_nonnegative(node.inputs[0]), be.precision)
 
 
-def grouped_matmul(core, a, b, precision: str = "float32"):
+def grouped_matmul(core, a, b):
     """``a @ b`` of float32 stacks of matrices (NumPy broadcasting of the leading axes) as ONE
     grouped GEMM of the core: the G = prod(leading axes) left matrices packed as the weights of
     a G-group 1x1 convolution of the right ones (1.6x NumPy's batched sgemm on ViT-B/16's heads,
-    48 x (197 x 64) @ (64 x 197), on 2 cores); ``precision="bf16"``: both operands rounded
-    to bfloat16, float32 sums (the backend's bf16 mode)."""
+    48 x (197 x 64) @ (64 x 197), on 2 cores). float32 in the backend's bf16 mode too: rounding
+    and packing both activations per call cost more than the bf16 products saved (ViT-B/16,
+    batch 16: the matmul nodes 3.0 s in bf16 against 2.0 s, 2-vCPU Xeon family 6 model 167)."""
     lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     G = int(np.prod(lead))
     a = _f32(np.broadcast_to(a, lead + a.shape[-2:])).reshape(G * m, k)
     b = _f32(np.broadcast_to(b, lead + b.shape[-2:])).reshape(1, G * k, 1, n)
-    y = core.conv_gemm(b, core.pack_weights(a, G, precision), (1, 1), (1, 1), (0, 0), (1, 1), (1, n))
+    y = core.conv_gemm(b, core.pack_weights(a, G), (1, 1), (1, 1), (0, 0), (1, 1), (1, n))
     return np.asarray(y).reshape(lead + (m, n))
 
 
@@ -343,8 +344,8 @@ class _MatmulOp(MatmulReference):
     ``z`` itself and each target's ``R / s(z)`` (doubled for UniformEpsilon) is one compiled
     pass, where NumPy's ``s(z)`` alone took twice the forward GEMM on ViT-B/16's scores."""
 
-    def __init__(self, core, graph, node, rule, precision="float32"):
-        super().__init__(graph, node, rule, lambda a, b: grouped_matmul(core, a, b, precision))
+    def __init__(self, core, graph, node, rule):
+        super().__init__(graph, node, rule, lambda a, b: grouped_matmul(core, a, b))
         self.core = core
 
     def denominator(self, z):
@@ -361,7 +362,7 @@ class _MatmulOp(MatmulReference):
 
 @register_kernel("cpu", "matmul")
 def _matmul_kernel(be, graph, node, rule):
-    return Float32Op(_MatmulOp(be.core, graph, node, rule, be.precision))
+    return Float32Op(_MatmulOp(be.core, graph, node, rule))
 
 
 class _PassOp:
