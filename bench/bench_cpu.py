@@ -72,8 +72,9 @@ def machine_info() -> dict:
             for line in f:
                 key, _, val = line.partition(":")
                 key, val = key.strip(), val.strip()
-                if key in ("model name", "cpu family", "model") and key.replace(" ", "_") not in info:
-                    info["cpu" if key == "model name" else key.replace(" ", "_")] = val
+                names = {"model name": "cpu", "cpu family": "cpu_family", "model": "cpu_model"}
+                if key in names and names[key] not in info:
+                    info[names[key]] = val
                 elif key == "flags":
                     have = set(val.split())
                     info["isa_flags"] = [f for f in ISA_FLAGS if f in have]
