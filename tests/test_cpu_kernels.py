@@ -138,6 +138,34 @@ def test_conv_gemm_feature_rows(isa, S, C, O, groups, sign):
         assert rel_err(y[:, :, 0, 0], (z + b)[:, :split]) < 1e-5 and rel_err(y2[:, :, 0, 0], z[:, split:]) < 1e-5
 
 
+@pytest.mark.parametrize("isa", _isas())
+def test_one_column_panels_equal_the_micro_kernel(isa):
+    """A micro-panel with one real column (batch 1 of a dense layer; the last column of a
+    conv's output) runs a one-column loop: bit for bit what the full micro-kernel gives the
+    same column inside a wider batch, with the epilogue and the sign split, and near float64."""
+    assert core.set_isa({"generic": 0, "avx2": 1, "avx512": 2}[isa])
+    rng = np.random.default_rng(11)
+    W = rng.standard_normal((29, 2 * 300)).astype(np.float32)
+    A = core.pack_weights(W, 1)
+    b = rng.standard_normal(29).astype(np.float32)
+    wide = signed(rng, (41, 300, 1, 1)).astype(np.float32)
+    for S in (1, 33):  # 33 = one full panel of 32 and one of a single column (AVX-512, AVX2 NR = 32, 16)
+        one = core.conv_gemm(wide[:S], A, (1, 1), (1, 1), (0, 0), (1, 1), (1, 1), 1, 1, b, None, None)
+        full = core.conv_gemm(wide, A, (1, 1), (1, 1), (0, 0), (1, 1), (1, 1), 1, 1, b, None, None)[:S]
+        np.testing.assert_array_equal(one, full)
+        x64 = wide[:S, :, 0, 0].astype(np.float64)
+        want = np.maximum(x64, 0) @ W[:, :300].T.astype(np.float64) + np.minimum(x64, 0) @ W[:, 300:].T + b
+        assert rel_err(one[:, :, 0, 0], want) < 1e-5
+    # a conv with 7 x 7 outputs of one image: 49 columns, a last panel of one column where NR is 16 or 8
+    x = signed(rng, (1, 3, 9, 9)).astype(np.float32)
+    Wc = rng.standard_normal((5, 27)).astype(np.float32)
+    y = core.conv_gemm(x, core.pack_weights(Wc, 1), (3, 3), (1, 1), (0, 0), (1, 1), (7, 7))
+    from fastlrp.backends.reference import conv_forward
+
+    at = {"dims": 2, "stride": (1, 1), "padding": ((0, 0), (0, 0)), "dilation": (1, 1), "groups": 1}
+    assert rel_err(y, conv_forward(x.astype(np.float64), Wc.reshape(5, 3, 3, 3).astype(np.float64), None, at)) < 1e-5
+
+
 def _grouped_conv64(x, W, groups, stride, pad, dil, out_hw, sign):
     """float64 conv GEMM of conv_gemm's definition: W (O, halves * Cg * KH * KW) per group."""
     N, C, H, Wd = x.shape
