@@ -195,11 +195,10 @@ def torch_forward_rate(model, x, repeats):
     return statistics.median(ts)
 
 
-def make_explainer(fastlrp, graph, spec, backend: str):
-    """``cpu-bf16`` is the cpu backend with ``precision="bf16"``; other names are backends."""
-    if backend == "cpu-bf16":
-        return fastlrp.Explainer(graph, spec, backend="cpu", precision="bf16")
-    return fastlrp.Explainer(graph, spec, backend=backend)
+def backend_args(name: str) -> dict:
+    """Explainer / get_backend arguments of a --backends name: ``cpu-bf16`` is the cpu
+    backend with ``precision="bf16"``; other names are backends."""
+    return {"backend": "cpu", "precision": "bf16"} if name == "cpu-bf16" else {"backend": name}
 
 
 def max_rel_err(a, b):
@@ -265,7 +264,7 @@ def main(argv=None):
     backends = []
     for name in args.backends:
         try:
-            fastlrp.get_backend("cpu", precision="bf16") if name == "cpu-bf16" else fastlrp.get_backend(name)
+            fastlrp.get_backend(**backend_args(name))
             backends.append(name)
         except Exception as e:  # noqa: BLE001 - report and go on
             print(f"# backend {name} unavailable: {e}")
@@ -309,7 +308,7 @@ def main(argv=None):
         for comp in args.composites:
             spec = COMPOSITES[comp][0]
             ref = fastlrp.Explainer(graph, spec, backend="reference")
-            exps = {b: make_explainer(fastlrp, graph, spec, b) for b in backends}
+            exps = {b: fastlrp.Explainer(graph, spec, **backend_args(b)) for b in backends}
             zr = ZennitRunner(zmodel, comp) if use_zennit else None
             # correctness first, on a small batch
             xs = xf[:2]

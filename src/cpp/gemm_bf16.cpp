@@ -214,18 +214,12 @@ void conv_gemm_bf16(const ConvGemmArgs& a, int threads) {
     const int64_t cg = a.c / G, Kc = cg * a.kh * a.kw, P = a.oh * a.ow, cols = a.n * P;
     const int64_t kcb = A.kc, nkb = (K + kcb - 1) / kcb;  // K blocks chosen when A was packed
     const int64_t Kp = (nkb - 1) * kcb + round_up(K - (nkb - 1) * kcb, Kn::KQ);  // with the last block's padding
-    const int64_t mpanels = (Mg + KMR - 1) / KMR, npanels = (cols + NR - 1) / NR;
+    const int64_t mpanels = (Mg + KMR - 1) / KMR;
     // column block: the bf16 B block of all K in L2
     const int64_t ncs = imax(NR, imin(NC, kBBlockBytes / (2 * Kp) / NR * NR));
-    if (threads < 1 || 2.0 * double(O) * double(K) * double(cols) < 4e6) threads = 1;
-    // work items (group, column block, row block), >= 4 per thread, handed out dynamically
-    const int64_t want = threads > 1 ? 4 * threads : 1;
-    const int64_t ncb = imin(ncs, imax(1, (npanels + want - 1) / want) * NR);
-    const int64_t nci = (cols + ncb - 1) / ncb;
-    const int64_t mi_per = (want + G * nci - 1) / (G * nci);  // row blocks per column block
-    const int64_t mpi = imax(1, (mpanels + mi_per - 1) / mi_per);
-    const int64_t nmi = (mpanels + mpi - 1) / mpi, items = G * nci * nmi;
-    const int nthreads = int(imin(threads, items));
+    const WorkItems wi = split_work(a, mpanels, ncs, threads);  // (the float driver's split)
+    const int64_t ncb = wi.ncb, mpi = wi.mpi, nci = wi.nci, nmi = wi.nmi, items = wi.items;
+    const int nthreads = wi.threads;
 
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {

@@ -418,30 +418,22 @@ inline void ukr_column(int64_t kc, const float* __restrict a, const float* __res
     for (int r = 0; r < MR; ++r) ct[r * NR] = acc[r];
 }
 
-inline void conv_gemm_impl(const ConvGemmArgs& a, int threads) {
-    if (a.A->raw) {  // (no panels; a split output needs groups == 1)
-        grouped_direct_impl(a, threads);
-        return;
-    }
+// How a conv GEMM is split over threads: work items (group, column block of ncb columns,
+// row block of mpi micro-panels), handed out dynamically so a core that is busy with
+// something else does not hold the other one at a barrier.  Aim for >= 4 items per
+// thread; column blocks first (each item packs only its own B), row blocks when there are
+// few columns.  One thread when the product is not worth a fork.  ncs: the largest column
+// block the driver packs at once.
+struct WorkItems {
+    int64_t ncb, nci, mpi, nmi, items;
+    int threads;
+};
+
+inline WorkItems split_work(const ConvGemmArgs& a, int64_t mpanels, int64_t ncs, int threads) {
     const PackedA& A = *a.A;
-    const int64_t G = A.groups, Mg = A.m, K = A.k, O = G * Mg;
-    const int64_t KKs = a.kh * a.kw, halves = a.sign == Sign::PosNeg ? 2 : 1;
-    const int64_t cg = a.c / G, Kc = cg * KKs;
-    const int64_t P = a.oh * a.ow, cols = a.n * P;
-    const int64_t kcb = A.kc;  // K block chosen when A was packed (<= 2 KC)
-    const int64_t mpanels = (Mg + MR - 1) / MR, npanels = (cols + NR - 1) / NR;
-    (void)halves;
+    const int64_t G = A.groups, O = G * A.m, cols = a.n * a.oh * a.ow, npanels = (cols + NR - 1) / NR;
     // not worth a fork, unless streaming A alone is (a dense layer at batch 1: memory-bound)
-    if (threads < 1 || 2.0 * double(O) * double(K) * double(cols) < 4e6) threads = 1;
-    // Work items: (group, column block, row block), handed out dynamically so a
-    // core that is busy with something else does not hold the other one at a
-    // barrier.  Aim for >= 4 items per thread; column blocks first (each item
-    // packs only its own B), row blocks when there are few columns.
-    // Column block: NC, or for few rows (one M block) small enough that the packed
-    // B block (kc x nc) stays in L2 next to the A block: with few rows each packed
-    // B element is used only m times, so it must not take a round trip to L3.
-    int64_t ncs = NC;
-    if (mpanels * MR <= MC) ncs = imax(NR, imin(NC, (int64_t(256 * 1024) / (kcb * 4)) / NR * NR));
+    if (threads < 1 || 2.0 * double(O) * double(A.k) * double(cols) < 4e6) threads = 1;
     const int64_t want = threads > 1 ? 4 * threads : 1;
     int64_t ncb = ncs, mpi = mpanels;
     if (threads > 1) {
@@ -453,9 +445,29 @@ inline void conv_gemm_impl(const ConvGemmArgs& a, int threads) {
             mpi = imax(1, (mpanels + mi - 1) / mi);
         }
     }
-    const int64_t nci = (cols + ncb - 1) / ncb, nmi = (mpanels + mpi - 1) / mpi;
-    const int64_t items = G * nci * nmi;
-    const int nthreads = int(imin(threads, items));
+    const int64_t nci = (cols + ncb - 1) / ncb, nmi = (mpanels + mpi - 1) / mpi, items = G * nci * nmi;
+    return WorkItems{ncb, nci, mpi, nmi, items, int(imin(threads, items))};
+}
+
+inline void conv_gemm_impl(const ConvGemmArgs& a, int threads) {
+    if (a.A->raw) {  // (no panels; a split output needs groups == 1)
+        grouped_direct_impl(a, threads);
+        return;
+    }
+    const PackedA& A = *a.A;
+    const int64_t G = A.groups, Mg = A.m, K = A.k, O = G * Mg;
+    const int64_t cg = a.c / G, Kc = cg * a.kh * a.kw;
+    const int64_t P = a.oh * a.ow, cols = a.n * P;
+    const int64_t kcb = A.kc;  // K block chosen when A was packed (<= 2 KC)
+    const int64_t mpanels = (Mg + MR - 1) / MR;
+    // Column block: NC, or for few rows (one M block) small enough that the packed
+    // B block (kc x nc) stays in L2 next to the A block: with few rows each packed
+    // B element is used only m times, so it must not take a round trip to L3.
+    int64_t ncs = NC;
+    if (mpanels * MR <= MC) ncs = imax(NR, imin(NC, (int64_t(256 * 1024) / (kcb * 4)) / NR * NR));
+    const WorkItems wi = split_work(a, mpanels, ncs, threads);
+    const int64_t ncb = wi.ncb, mpi = wi.mpi, nci = wi.nci, nmi = wi.nmi, items = wi.items;
+    const int nthreads = wi.threads;
 
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
