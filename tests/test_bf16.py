@@ -152,6 +152,38 @@ def test_bf16_conv_gemm_epilogues_groups_sign(kernel, C, O, G, k, stride, pad, d
 
 
 @kernels
+@pytest.mark.parametrize("S,C,O,sign", [(1, 5, 3, 0), (37, 300, 29, 0), (70, 33, 13, 1), (300, 700, 100, 1),
+                                        (600, 64, 70, 0)])
+def test_bf16_sample_rows(kernel, S, C, O, sign):
+    """Weights packed with rows=True (a dense layer; AMX: tiles of samples x features, A
+    tiles loaded from bfloat16 rows of x; the other kernel keeps the conv layout), with
+    the sign split, epilogues and a split output, against float64 of the rounded operands;
+    a sample alone is bit for bit the same as inside the batch."""
+    assert core.set_bf16_kernel(kernel)
+    rng = np.random.default_rng(S + C + O)
+    x = rng.standard_normal((S, C, 1, 1)).astype(np.float32)
+    W = rng.standard_normal((O, (1 + sign) * C)).astype(np.float32)
+    A = core.pack_weights(W, 1, "bf16", rows=True)
+    assert A.isa == kernel and A.rows == (kernel == "amx_bf16")
+    x64 = x[:, :, 0, 0].astype(np.float64)
+    xs = np.concatenate([np.maximum(x64, 0), np.minimum(x64, 0)], 1) if sign else x64
+    z, scale = bf16(xs) @ bf16(W).T, (np.abs(bf16(xs)) @ np.abs(bf16(W)).T).max()
+    b = rng.standard_normal(O).astype(np.float32)
+    m = rng.standard_normal((S, O, 1, 1)).astype(np.float32)
+    args = ((1, 1), (1, 1), (0, 0), (1, 1), (1, 1), sign)
+    y = core.conv_gemm(x, A, *args, core.epilogues["bias"], b, None, None)
+    assert np.abs(y[:, :, 0, 0] - (z + b)).max() <= 1e-5 * scale
+    y = core.conv_gemm(x, A, *args, core.epilogues["mulx"], None, m, None)
+    assert np.abs(y[:, :, 0, 0] - z * m[:, :, 0, 0]).max() <= 1e-5 * scale * np.abs(m).max()
+    sp = O // 2 + 1
+    y, y2 = core.conv_gemm(x, A, *args, core.epilogues["bias"], b[:sp], None, None, sp)
+    assert np.abs(y[:, :, 0, 0] - (z + b)[:, :sp]).max() <= 1e-5 * scale
+    assert np.abs(y2[:, :, 0, 0] - z[:, sp:]).max() <= 1e-5 * scale
+    one = core.conv_gemm(x[-1:], A, *args, core.epilogues["bias"], b, None, None)
+    np.testing.assert_array_equal(one, core.conv_gemm(x, A, *args, core.epilogues["bias"], b, None, None)[-1:])
+
+
+@kernels
 def test_bf16_split_output_and_direct_path_stays_float32(kernel):
     assert core.set_bf16_kernel(kernel)
     rng = np.random.default_rng(3)

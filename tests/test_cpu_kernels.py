@@ -103,12 +103,17 @@ def test_conv_gemm_split_output():
 
 
 @pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("rows", [False, True])
 @pytest.mark.parametrize("S,C,O,groups,sign", [(1, 5, 3, 1, 0), (37, 300, 29, 1, 0), (70, 33, 13, 1, 1),
-                                                (45, 600, 40, 1, 1), (33, 18, 12, 3, 0), (65, 24, 30, 3, 1)])
-def test_conv_gemm_feature_rows(isa, S, C, O, groups, sign):
-    """S images of 1x1 (a dense layer's rows, the tokens of a transformer): B packed by
-    transposing x's rows, tiles written as rows of features (gemm_impl.h rows_layout /
-    sink_features), with sign split, every epilogue and a split output, against float64."""
+                                                (45, 600, 40, 1, 1), (33, 18, 12, 3, 0), (65, 24, 30, 3, 1),
+                                                (300, 700, 100, 1, 1), (13, 1, 1, 1, 0)])
+def test_conv_gemm_feature_rows(isa, rows, S, C, O, groups, sign):
+    """S images of 1x1 (a dense layer's rows, the tokens of a transformer), with sign split,
+    every epilogue and a split output, against float64.  Weights packed as usual: B packed
+    by transposing x's rows, tiles written as rows of features (gemm_impl.h rows_layout /
+    sink_features); packed with rows=True (groups 1): the sample-rows driver, tiles of
+    samples x features with the weights as B (rows_gemm_impl); more than 144 samples
+    (AVX-512's block of samples) and K past one block take several of each."""
     assert core.set_isa({"generic": 0, "avx2": 1, "avx512": 2}[isa])
     rng = np.random.default_rng(S + C + O)
     x = signed(rng, (S, C, 1, 1)).astype(np.float32)
@@ -121,7 +126,8 @@ def test_conv_gemm_feature_rows(isa, S, C, O, groups, sign):
     for g in range(groups):
         for h, xs in enumerate(parts):
             z[:, g * Og:(g + 1) * Og] += xs[:, g * Cg:(g + 1) * Cg] @ W64[g * Og:(g + 1) * Og, h * Cg:(h + 1) * Cg].T
-    A = core.pack_weights(W, groups)
+    A = core.pack_weights(W, groups, rows=rows)
+    assert A.rows == (rows and groups == 1)
     b = rng.standard_normal(O).astype(np.float32)
     m = signed(rng, (S, O, 1, 1)).astype(np.float32)
     off = rng.standard_normal((O, 1)).astype(np.float32)
@@ -136,6 +142,29 @@ def test_conv_gemm_feature_rows(isa, S, C, O, groups, sign):
         split = O // 2 + 1
         y, y2 = core.conv_gemm(x, A, (1, 1), (1, 1), (0, 0), (1, 1), (1, 1), sign, 1, b[:split], None, None, split)
         assert rel_err(y[:, :, 0, 0], (z + b)[:, :split]) < 1e-5 and rel_err(y2[:, :, 0, 0], z[:, split:]) < 1e-5
+
+
+@pytest.mark.parametrize("isa", _isas())
+def test_sample_rows_driver_one_row_and_errors(isa):
+    """Weights packed for sample rows: a sample's row is bit for bit the same alone (a
+    panel of one real row runs ukr_row) and inside a batch (the full micro-kernel), with
+    the sign split and the epilogue; images other than 1x1 are refused with the reason."""
+    assert core.set_isa({"generic": 0, "avx2": 1, "avx512": 2}[isa])
+    rng = np.random.default_rng(12)
+    W = rng.standard_normal((45, 2 * 300)).astype(np.float32)
+    A = core.pack_weights(W, 1, rows=True)
+    assert A.rows
+    b = rng.standard_normal(45).astype(np.float32)
+    wide = signed(rng, (157, 300, 1, 1)).astype(np.float32)
+    full = core.conv_gemm(wide, A, (1, 1), (1, 1), (0, 0), (1, 1), (1, 1), 1, 1, b, None, None)
+    for s in (0, 13, 156):  # (156: the one real row of the last panel where MR is 12, 6)
+        one = core.conv_gemm(wide[s:s + 1], A, (1, 1), (1, 1), (0, 0), (1, 1), (1, 1), 1, 1, b, None, None)
+        np.testing.assert_array_equal(one, full[s:s + 1])
+    x64 = wide[:, :, 0, 0].astype(np.float64)
+    want = np.maximum(x64, 0) @ W[:, :300].T.astype(np.float64) + np.minimum(x64, 0) @ W[:, 300:].T + b
+    assert rel_err(full[:, :, 0, 0], want) < 1e-5
+    with pytest.raises(ValueError, match="sample rows"):
+        core.conv_gemm(signed(rng, (2, 600, 3, 3)).astype(np.float32), A, (1, 1), (1, 1), (0, 0), (1, 1), (3, 3))
 
 
 @pytest.mark.parametrize("isa", _isas())

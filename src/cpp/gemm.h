@@ -84,6 +84,10 @@ struct PackedA {
     int mr = 1;
     int kq = 1;      // each K block's panels hold its K rounded up to kq (bf16: 32 or 2)
     int ebytes = 4;  // bytes per element: 4 (float32) or 2 (bfloat16)
+    // Packed for sample rows (pack_a's rows): panels of A^T, mr = the kernel's NR features
+    // wide, the micro-kernel's B operand; conv_gemm then needs a rows layout (S images of
+    // 1x1, a 1x1 kernel, no padding): a dense layer over S samples or tokens.
+    bool rows = false;
     int64_t kc = 1;
     int64_t groups = 0, m = 0, k = 0;
     int64_t mp = 0;       // m rounded up to mr
@@ -106,8 +110,11 @@ constexpr int64_t kDirectMaxM = 16, kDirectMaxK = 64;
 // A: (groups * m) x k row-major; packs for the active ISA, or with bf16 for the
 // bf16_isa() kernel (A and every B rounded to bfloat16, products summed in float32;
 // throws std::runtime_error with bf16_unavailable() where it cannot run).  Operands
-// of conv_gemm's direct loops (PackedA::raw) stay float32 in either mode.
-std::shared_ptr<PackedA> pack_a(const float* A, int64_t groups, int64_t m, int64_t k, bool bf16 = false);
+// of conv_gemm's direct loops (PackedA::raw) stay float32 in either mode.  rows: for
+// sample rows (PackedA::rows) where the kernel has that driver (groups == 1; float32
+// and AMX-BF16), else the conv layout (PackedA::rows tells which was made).
+std::shared_ptr<PackedA> pack_a(const float* A, int64_t groups, int64_t m, int64_t k, bool bf16 = false,
+                                bool rows = false);
 
 enum class Sign : int { Id = 0, PosNeg = 1 };
 

@@ -77,8 +77,11 @@ struct Amx {
     // context switches); other libraries configure the tiles for themselves
     static void end() { _tile_release(); }
 
-    // ct (32 x 32 float32, row stride NR) = (accumulate ? ct : 0) + A panel x B panel.
-    static void ukr(int64_t kc, const uint16_t* A, const uint16_t* B, float* ct, bool accumulate) {
+    // ct (32 x 32 float32, row stride NR) = (accumulate ? ct : 0) + A panel x B panel.  A's
+    // rows are lda elements apart and its chunks of 32 k astep apart: a packed panel (32,
+    // 32 * 32), or rows of a row-major matrix (its row length, 32: the sample rows driver).
+    static void ukr(int64_t kc, const uint16_t* A, const uint16_t* B, float* ct, bool accumulate,
+                    int64_t lda = 32, int64_t astep = 32 * 32) {
         if (accumulate) {
             _tile_loadd(0, ct, NR * 4);
             _tile_loadd(1, ct + 16, NR * 4);
@@ -91,15 +94,15 @@ struct Amx {
             _tile_zero(3);
         }
         for (int64_t c = 0; c < round_up(kc, KQ) / KQ; ++c) {
-            _tile_loadd(4, A, 64);
-            _tile_loadd(5, A + 16 * 32, 64);
+            _tile_loadd(4, A, lda * 2);
+            _tile_loadd(5, A + 16 * lda, lda * 2);
             _tile_loadd(6, B, 64);
             _tile_loadd(7, B + 16 * 32, 64);
             _tile_dpbf16ps(0, 4, 6);
             _tile_dpbf16ps(1, 4, 7);
             _tile_dpbf16ps(2, 5, 6);
             _tile_dpbf16ps(3, 5, 7);
-            A += 32 * 32;
+            A += astep;
             B += 32 * 32;
         }
         _tile_stored(0, ct, NR * 4);
@@ -187,8 +190,31 @@ namespace fastlrp {
 namespace cpu {
 namespace isa_bf16 {
 
+// Weights for sample rows (AMX): per K block, per panel of 32 features, A^T in the B
+// panels' VNNI layout (b_slot): element (k, feature c) at b_slot(k / 2, c / 16) * 32 +
+// (c % 16) * 2 + k % 2.
+inline void pack_rows_amx(PackedA& P, const float* A) {
+    const int64_t m = P.m, k = P.k;
+    for (int64_t k0 = 0; k0 < k; k0 += P.kc) {
+        const int64_t kl = imin(P.kc, k - k0), kp = round_up(kl, Amx::KQ);
+        for (int64_t jp = 0; jp * NR < m; ++jp) {
+            auto* dst = reinterpret_cast<uint16_t*>(const_cast<float*>(P.panel(0, k0, kl, jp)));
+            for (int64_t kk = 0; kk < kp; ++kk)
+                for (int c = 0; c < NR; ++c) {
+                    const int64_t row = jp * NR + c;
+                    dst[Amx::b_slot(kk / 2, c / 16) * 32 + (c % 16) * 2 + kk % 2] =
+                        to_bf16(row < m && kk < kl ? A[row * k + k0 + kk] : 0.0f);
+                }
+        }
+    }
+}
+
 template <class Kn>
 void pack_a_bf16(PackedA& P, const float* A) {
+    if (P.rows) {  // (AMX only: pack_a makes no rows packs for the other kernel)
+        pack_rows_amx(P, A);
+        return;
+    }
     const int64_t m = P.m, k = P.k;
     for (int64_t g = 0; g < P.groups; ++g) {
         const float* Ag = A + g * m * k;
@@ -203,6 +229,78 @@ void pack_a_bf16(PackedA& P, const float* A) {
                 }
             }
         }
+    }
+}
+
+// x's rows s0 .. s0 + ns as bfloat16 rows of kp (the sign transform fused, K past k and
+// rows past ns zero, to 32-row panels): the A operand of the sample rows driver, whose
+// tiles are loaded straight from these rows.
+inline void sample_rows_bf16(const ConvGemmArgs& a, int64_t k, int64_t kp, int64_t s0, int64_t ns, uint16_t* dst) {
+    const int64_t C = a.c, rows = round_up(ns, 32);
+    const bool split = a.sign == Sign::PosNeg;  // k = 2C: [x+ | x-]
+    alignas(64) float t[32];
+    for (int64_t r = 0; r < rows; ++r) {
+        const float* xr = r < ns ? a.x + (s0 + r) * C : nullptr;
+        uint16_t* d = dst + r * kp;
+        for (int64_t k0 = 0; k0 < kp; k0 += 32) {
+            for (int q = 0; q < 32; ++q) {
+                const int64_t kk = k0 + q;
+                float v = 0.0f;
+                if (xr && kk < k) {
+                    v = xr[split && kk >= C ? kk - C : kk];
+                    if (split) v = kk < C ? (v > 0.0f ? v : 0.0f) : (v < 0.0f ? v : 0.0f);
+                }
+                t[q] = v;
+            }
+            _mm512_store_si512(reinterpret_cast<__m512i*>(d + k0),
+                               (__m512i)_mm512_cvtne2ps_pbh(_mm512_load_ps(t + 16), _mm512_load_ps(t)));
+        }
+    }
+}
+
+// Sample rows (weights packed with rows: a dense layer over S samples or tokens) on AMX:
+// tiles of 32 samples x 32 features, A tiles loaded from the bfloat16 rows of x (no
+// panels), B the weights' VNNI panels of A^T; per B micro-panel of one K block (16 KiB,
+// in L1) the item's sample panels pass with their partial sums parked in a float32
+// buffer, and each finished tile goes once through the rows sink (unit stride, the
+// epilogue along the row).  Items: gemm_impl.h's split_rows.
+inline void rows_gemm_amx(const ConvGemmArgs& a, int threads) {
+    constexpr int64_t MS = 256;  // samples per item (the partial sums: 32 KiB)
+    const PackedA& A = *a.A;
+    const int64_t O = A.m, K = A.k, S = a.n, kcb = A.kc, nkb = (K + kcb - 1) / kcb;
+    const int64_t Kp = (nkb - 1) * kcb + round_up(K - (nkb - 1) * kcb, Amx::KQ);
+    const RowsItems wi = split_rows(a, MS, threads);
+    const int64_t fpanels = wi.fpanels, fpb = wi.fpb, fblocks = wi.fblocks, items = wi.items;
+
+#pragma omp parallel num_threads(wi.threads) if (wi.threads > 1)
+    {
+        static thread_local AlignedBuf xbuf, cbuf;
+        static thread_local size_t xcap = 0;
+        if (xcap < size_t(MS * Kp)) xbuf = aligned_floats(size_t(MS * Kp / 2 + 16)), xcap = size_t(MS * Kp);
+        if (!cbuf) cbuf = aligned_floats(size_t(MS * NR));
+        auto* xb = reinterpret_cast<uint16_t*>(xbuf.get());
+        float* cb = cbuf.get();
+        Amx::begin();
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t it = 0; it < items; ++it) {
+            const int64_t sb = it / fblocks, fb = it - sb * fblocks;
+            const int64_t s0 = sb * MS, ns = imin(MS, S - s0), spanels = (ns + 31) / 32;
+            const int64_t p0 = fb * fpb, p1 = imin(fpanels, p0 + fpb);
+            sample_rows_bf16(a, K, Kp, s0, ns, xb);
+            for (int64_t jr = p0; jr < p1; ++jr) {
+                for (int64_t pc = 0; pc < K; pc += kcb) {
+                    const int64_t kl = imin(kcb, K - pc);
+                    const auto* bp = reinterpret_cast<const uint16_t*>(A.panel(0, pc, kl, jr));
+                    for (int64_t ir = 0; ir < spanels; ++ir)
+                        Amx::ukr(kl, xb + ir * 32 * Kp + pc, bp, cb + ir * 32 * NR, pc > 0, Kp, 32);
+                }
+                const int nr = int(imin(NR, O - jr * NR));
+                for (int64_t ir = 0; ir < spanels; ++ir)
+                    sink_rows(a, O, s0 + ir * 32, int(imin(32, ns - ir * 32)), jr * NR, nr, cb + ir * 32 * NR,
+                              true, true);
+            }
+        }
+        Amx::end();
     }
 }
 
@@ -279,7 +377,12 @@ Blocking blocking_of() {
 
 namespace detail {
 void pack_a_amx(PackedA& P, const float* A) { isa_bf16::pack_a_bf16<isa_bf16::Amx>(P, A); }
-void conv_gemm_amx(const ConvGemmArgs& a, int threads) { isa_bf16::conv_gemm_bf16<isa_bf16::Amx>(a, threads); }
+void conv_gemm_amx(const ConvGemmArgs& a, int threads) {
+    if (a.A->rows)
+        isa_bf16::rows_gemm_amx(a, threads);
+    else
+        isa_bf16::conv_gemm_bf16<isa_bf16::Amx>(a, threads);
+}
 Blocking blocking_amx() { return isa_bf16::blocking_of<isa_bf16::Amx>(); }
 void pack_a_avx512bf16(PackedA& P, const float* A) { isa_bf16::pack_a_bf16<isa_bf16::Avx512Bf16>(P, A); }
 void conv_gemm_avx512bf16(const ConvGemmArgs& a, int threads) {

@@ -112,13 +112,14 @@ void def_gemm_functions(py::module_& m, Threads threads) {
         .def_property_readonly("m", [](const PackedA& p) { return p.m; })
         .def_property_readonly("k", [](const PackedA& p) { return p.k; })
         .def_property_readonly("isa", [](const PackedA& p) { return std::string(cpu::isa_name(p.isa)); })
+        .def_property_readonly("rows", [](const PackedA& p) { return p.rows; })
         .def_property_readonly("nbytes", [](const PackedA& p) {
             return (p.raw ? p.groups * p.m * p.k : p.groups * p.gstride) * 4;
         });
 
     m.def(
         "pack_weights",
-        [](const py::array& A, int64_t groups, const std::string& precision) {
+        [](const py::array& A, int64_t groups, const std::string& precision, bool rows) {
             const float* p = f32_ptr(A, "A", "pack_weights", 2);
             if (groups < 1 || A.shape(0) % groups != 0)
                 throw py::value_error("pack_weights: rows must be divisible by groups");
@@ -126,11 +127,13 @@ void def_gemm_functions(py::module_& m, Threads threads) {
                 throw py::value_error("pack_weights: precision must be 'float32' or 'bf16', got '" + precision + "'");
             const int64_t m = A.shape(0) / groups, k = A.shape(1);
             py::gil_scoped_release release;
-            return cpu::pack_a(p, groups, m, k, precision == "bf16");
+            return cpu::pack_a(p, groups, m, k, precision == "bf16", rows);
         },
-        py::arg("A"), py::arg("groups") = 1, py::arg("precision") = "float32",
+        py::arg("A"), py::arg("groups") = 1, py::arg("precision") = "float32", py::arg("rows") = false,
         "Packs A ((groups * m) x k, float32) for the active micro-kernel; precision 'bf16': for the "
-        "AMX-BF16 kernel (A and B rounded to bfloat16, float32 sums; RuntimeError where unavailable).");
+        "AMX-BF16 kernel (A and B rounded to bfloat16, float32 sums; RuntimeError where unavailable). "
+        "rows: for conv_gemm on S images of 1x1 with a 1x1 kernel only (a dense layer; tiles of samples x "
+        "features), where the kernel has that driver (groups 1); .rows tells.");
 
     m.def(
         "conv_gemm",

@@ -231,7 +231,7 @@ AlignedBuf aligned_floats(size_t n) {
     return AlignedBuf(static_cast<float*>(p));
 }
 
-std::shared_ptr<PackedA> pack_a(const float* A, int64_t groups, int64_t m, int64_t k, bool bf16) {
+std::shared_ptr<PackedA> pack_a(const float* A, int64_t groups, int64_t m, int64_t k, bool bf16, bool rows) {
     if (groups < 1 || m < 0 || k < 0) throw std::invalid_argument("pack_a: bad sizes");
     auto P = std::make_shared<PackedA>();
     const bool direct = groups > 1 && m <= kDirectMaxM && k <= kDirectMaxK;
@@ -243,7 +243,8 @@ std::shared_ptr<PackedA> pack_a(const float* A, int64_t groups, int64_t m, int64
     const bool bf16_kernel = isa == Isa::AmxBf16 || isa == Isa::Avx512Bf16;
     const Blocking b = blocking_of(isa);
     P->isa = isa;
-    P->mr = b.mr;
+    P->rows = rows && groups == 1 && !direct && isa != Isa::Avx512Bf16;
+    P->mr = P->rows ? b.nr : b.mr;
     if (bf16_kernel) P->kq = isa == Isa::AmxBf16 ? 32 : 2, P->ebytes = 2;
     // Balanced K blocks (576 = 2 x 288, not 256 + 256 + 64): fewer passes of the
     // output tile through the sink, no short last block.
@@ -251,14 +252,15 @@ std::shared_ptr<PackedA> pack_a(const float* A, int64_t groups, int64_t m, int64
     // through the sink; allow K blocks up to 2 kc there (the B micro-panel then
     // streams from L2, which the 11 or fewer A panels per B panel tolerate).
     // (The bf16 driver sums K blocks in a buffer of its own: no sink pass to save there.)
-    const int64_t kcmax = m <= b.mc && !bf16_kernel ? 2 * b.kc : b.kc;
+    // (Sample rows: the tile's pass through the sink is a unit-stride add, K blocks stay kc.)
+    const int64_t kcmax = m <= b.mc && !bf16_kernel && !P->rows ? 2 * b.kc : b.kc;
     const int64_t nkb = std::max<int64_t>(1, (k + kcmax - 1) / kcmax);
     P->kc = std::max<int64_t>(1, (k + nkb - 1) / nkb);
     P->kc = (P->kc + P->kq - 1) / P->kq * P->kq;  // (every block but the last: whole tiles)
     P->groups = groups;
     P->m = m;
     P->k = k;
-    P->mp = (m + b.mr - 1) / b.mr * b.mr;
+    P->mp = (m + P->mr - 1) / P->mr * P->mr;
     if (direct) {
         // run by conv_gemm's direct loops only (a split output needs groups == 1): no panels
         P->raw = aligned_floats(size_t(std::max<int64_t>(1, groups * m * k)));
@@ -309,6 +311,10 @@ void conv_gemm(const ConvGemmArgs& a, int threads) {
     if (!is_epilogue(int(a.epi))) throw std::invalid_argument("conv_gemm: unknown epilogue code " + std::to_string(int(a.epi)));
     if ((epi_reads_bias(a.epi) && !a.bias) || (epi_reads_mul(a.epi) && !a.mul) || (epi_reads_off(a.epi) && !a.off))
         throw std::invalid_argument("conv_gemm: the epilogue's operand is missing");
+    if (A.rows && !(a.h == 1 && a.w == 1 && a.kh == 1 && a.kw == 1 && a.oh == 1 && a.ow == 1 && a.ph == 0 &&
+                    a.pw == 0))
+        throw std::invalid_argument("conv_gemm: weights packed for sample rows need S images of 1x1, a 1x1 "
+                                    "kernel and no padding (a dense layer)");
     if (a.y2 && (A.groups != 1 || a.split <= 0 || a.split >= A.m))
         throw std::invalid_argument("conv_gemm: a split output needs groups == 1 and 0 < split < rows");
     const int64_t O = A.groups * A.m, P = a.oh * a.ow;

@@ -41,26 +41,36 @@ static_assert(KC % 8 == 0 && NC % NR == 0 && MC % MR == 0, "inconsistent blockin
 
 inline Blocking blocking() { return Blocking{MR, NR, KC, MC, NC}; }
 
-// Panels are written in order (kk outer: MR contiguous floats per kk) from MR rows read
-// side by side; (group, K block, panel) items on the kernels' threads, since operands
-// packed per call (attention's activations) can be tens of MB.
-inline void pack_a_impl(PackedA& P, const float* A, int threads) {
-    const int64_t m = P.m, k = P.k, nkb = (k + P.kc - 1) / P.kc, npan = (m + MR - 1) / MR;
+// Panels of W rows each (MR for the A operand of conv GEMMs; NR for weights packed for
+// sample rows, which are the micro-kernel's B operand: see rows_gemm_impl), written in
+// order (kk outer: W contiguous floats per kk) from W rows read side by side; (group,
+// K block, panel) items on the kernels' threads, since operands packed per call
+// (attention's activations) can be tens of MB.
+template <int W>
+inline void pack_panels(PackedA& P, const float* A, int threads) {
+    const int64_t m = P.m, k = P.k, nkb = (k + P.kc - 1) / P.kc, npan = (m + W - 1) / W;
     const int64_t items = P.groups * nkb * npan;
     if (threads < 1 || P.groups * m * k < (int64_t(1) << 18)) threads = 1;
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int64_t it = 0; it < items; ++it) {
         const int64_t g = it / (nkb * npan), rem = it - g * nkb * npan, kb = rem / npan, ip = rem - kb * npan;
         const int64_t k0 = kb * P.kc, kl = imin(P.kc, k - k0);
-        float* __restrict dst = P.data.get() + g * P.gstride + k0 * P.mp + ip * MR * kl;
-        const float* src[MR];
-        for (int r = 0; r < MR; ++r) {
-            const int64_t row = ip * MR + r;
+        float* __restrict dst = P.data.get() + g * P.gstride + k0 * P.mp + ip * W * kl;
+        const float* src[W];
+        for (int r = 0; r < W; ++r) {
+            const int64_t row = ip * W + r;
             src[r] = row < m ? A + (g * m + row) * k + k0 : nullptr;
         }
         for (int64_t kk = 0; kk < kl; ++kk)
-            for (int r = 0; r < MR; ++r) dst[kk * MR + r] = src[r] ? src[r][kk] : 0.0f;
+            for (int r = 0; r < W; ++r) dst[kk * W + r] = src[r] ? src[r][kk] : 0.0f;
     }
+}
+
+inline void pack_a_impl(PackedA& P, const float* A, int threads) {
+    if (P.rows)
+        pack_panels<NR>(P, A, threads);
+    else
+        pack_panels<MR>(P, A, threads);
 }
 
 // One row of K in the current block: where its tap reads the image.
@@ -449,7 +459,161 @@ inline WorkItems split_work(const ConvGemmArgs& a, int64_t mpanels, int64_t ncs,
     return WorkItems{ncb, nci, mpi, nmi, items, int(imin(threads, items))};
 }
 
+// ---- Sample rows: weights packed with rows = true (a dense layer over S samples or tokens) ----
+// y[s, o] = epilogue(sum_k T(x[s, k]) A[o, k]) with the roles of the conv GEMM swapped:
+// a tile is MR samples x NR features, so the weights are the micro-kernel's B operand,
+// packed once as panels of A^T (pack_panels<NR>), and the samples its A operand, packed
+// per call from x's rows (MR rows side by side, the sign transform fused; each packed
+// element then serves O features).  Each tile row is a run of NR features of one output
+// row: stored, accumulated and given its epilogue with unit stride.  Against the
+// conv-GEMM orientation this drops the transpose of x into B panels and the transposing
+// sink, and pads a batch of S samples to MR (12 on AVX-512) instead of NR (32).
+
+// Samples s0 .. s0 + ns of x (rows of a.c floats) for the K entries kt[k0 .. k1) of a block
+// of kl: MR-row micro-panels dst + ip * kl * MR, [kk][r] (rows past ns zero).
+template <int Mode>
+inline void pack_sample_rows(const ConvGemmArgs& a, const KEntry* kt, int64_t k0, int64_t k1, int64_t kl,
+                             int64_t s0, int64_t ns, float* dst) {
+    for (int64_t ip = 0; ip * MR < ns; ++ip) {
+        const float* src[MR];
+        for (int r = 0; r < MR; ++r) src[r] = ip * MR + r < ns ? a.x + (s0 + ip * MR + r) * a.c : nullptr;
+        float* __restrict d = dst + ip * kl * MR;
+        for (int64_t kk = k0; kk < k1; ++kk) {
+            const int64_t ch = kt[kk].choff;
+            for (int r = 0; r < MR; ++r) d[kk * MR + r] = src[r] ? tf<Mode>(src[r][ch]) : 0.0f;
+        }
+    }
+}
+
+inline void pack_sample_block(const ConvGemmArgs& a, const KEntry* kt, int64_t kl, int64_t s0, int64_t ns,
+                              float* dst) {
+    int64_t kk = 0;
+    while (kk < kl) {  // runs of one sign mode: x, or x+ then x-
+        int64_t ke = kk;
+        while (ke < kl && kt[ke].mode == kt[kk].mode) ++ke;
+        if (kt[kk].mode == 0)
+            pack_sample_rows<0>(a, kt, kk, ke, kl, s0, ns, dst);
+        else if (kt[kk].mode == 1)
+            pack_sample_rows<1>(a, kt, kk, ke, kl, s0, ns, dst);
+        else
+            pack_sample_rows<2>(a, kt, kk, ke, kl, s0, ns, dst);
+        kk = ke;
+    }
+}
+
+// A tile of mr samples (s0 ..) x nr features (f0 ..) into y's rows (features past split
+// go raw to y2); after the last K block the epilogue, along the row.
+inline void sink_rows(const ConvGemmArgs& a, int64_t O, int64_t s0, int mr, int64_t f0, int nr, const float* ct,
+                      bool first, bool last) {
+    const int64_t Oy = a.y2 ? a.split : O;
+    const int ny = int(imax(0, imin(nr, Oy - f0)));  // features that go to y
+    for (int r = 0; r < mr; ++r) {
+        const float* __restrict t = ct + r * NR;
+        if (ny > 0) {
+            const int64_t off = (s0 + r) * Oy + f0;
+            float* __restrict yp = a.y + off;
+            if (first) {
+                for (int c = 0; c < ny; ++c) yp[c] = t[c];
+            } else {
+                for (int c = 0; c < ny; ++c) yp[c] += t[c];
+            }
+            if (last) apply_epilogue<true>(a, f0, off, f0, yp, ny);
+        }
+        if (ny < nr) {
+            float* __restrict y2 = a.y2 + (s0 + r) * (O - a.split) + f0 + ny - a.split;
+            if (first) {
+                for (int c = ny; c < nr; ++c) y2[c - ny] = t[c];
+            } else {
+                for (int c = ny; c < nr; ++c) y2[c - ny] += t[c];
+            }
+        }
+    }
+}
+
+// An A micro-panel with one real row (batch 1; a batch's last sample): that row alone,
+// vectorised over the NR features, where ukr would compute all MR rows.  The same sums
+// in the same K order as ukr, fused where ukr uses FMA: bit for bit ukr's row, so a
+// sample's relevance does not depend on the batch it is in.
+inline void ukr_row(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict ct) {
+    float acc[NR] = {};
+    for (int64_t k = 0; k < kc; ++k) {
+        const float ak = a[k * MR];
+        const float* __restrict bk = b + k * NR;
+        for (int c = 0; c < NR; ++c) {
+#if defined(__FMA__) || defined(__AVX512F__)  // fused, as the SIMD micro-kernels' FMAs
+            acc[c] = __builtin_fmaf(ak, bk[c], acc[c]);
+#else
+            acc[c] += ak * bk[c];
+#endif
+        }
+    }
+    for (int c = 0; c < NR; ++c) ct[c] = acc[c];
+}
+
+// How the sample-rows drivers split their work: items (block of ms samples, block of fpb
+// feature panels of NR), feature blocks only where there are too few sample blocks for
+// the threads (small batches); one thread where the product is not worth a fork.
+struct RowsItems {
+    int64_t fpanels, fpb, fblocks, items;
+    int threads;
+};
+
+inline RowsItems split_rows(const ConvGemmArgs& a, int64_t ms, int threads) {
+    const int64_t O = a.A->m, S = a.n;
+    const int64_t fpanels = (O + NR - 1) / NR, sblocks = (S + ms - 1) / ms;
+    if (threads < 1 || 2.0 * double(O) * double(a.A->k) * double(S) < 4e6) threads = 1;
+    const int64_t want = threads > 1 ? 4 * threads : 1;
+    const int64_t fsplit = sblocks >= want ? 1 : imin(fpanels, (want + sblocks - 1) / sblocks);
+    const int64_t fpb = (fpanels + fsplit - 1) / fsplit, fblocks = (fpanels + fpb - 1) / fpb;
+    return RowsItems{fpanels, fpb, fblocks, sblocks * fblocks, int(imin(threads, sblocks * fblocks))};
+}
+
+// Each item packs its samples once per K block; a B micro-panel (kc x NR of A^T) stays in
+// L1 while the item's sample panels (an MC x kc block in L2) pass it.
+inline void rows_gemm_impl(const ConvGemmArgs& a, int threads) {
+    const PackedA& A = *a.A;
+    const int64_t O = A.m, K = A.k, S = a.n, kcb = A.kc;
+    const RowsItems wi = split_rows(a, MC, threads);
+    const int64_t fpanels = wi.fpanels, fpb = wi.fpb, fblocks = wi.fblocks, items = wi.items;
+
+#pragma omp parallel num_threads(wi.threads) if (wi.threads > 1)
+    {
+        static thread_local ThreadBuffers tb;
+        float* abuf = tb.get_b(size_t(kcb) * size_t(MC));
+        KEntry kt[2 * KC];
+        alignas(64) float ct[MR * NR];
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t it = 0; it < items; ++it) {
+            const int64_t sb = it / fblocks, fb = it - sb * fblocks;
+            const int64_t s0 = sb * MC, ns = imin(MC, S - s0);
+            const int64_t p0 = fb * fpb, p1 = imin(fpanels, p0 + fpb);
+            for (int64_t pc = 0; pc < K; pc += kcb) {
+                const int64_t kl = imin(kcb, K - pc);
+                k_entries(a, a.c, pc, kl, kt);
+                pack_sample_block(a, kt, kl, s0, ns, abuf);
+                const bool first = pc == 0, last = pc + kl >= K;
+                for (int64_t jr = p0; jr < p1; ++jr) {
+                    const float* bp = A.panel(0, pc, kl, jr);
+                    const int nr = int(imin(NR, O - jr * NR));
+                    for (int64_t ir = 0; ir * MR < ns; ++ir) {
+                        const int mr = int(imin(MR, ns - ir * MR));
+                        if (mr == 1)
+                            ukr_row(kl, abuf + ir * kl * MR, bp, ct);
+                        else
+                            ukr(kl, abuf + ir * kl * MR, bp, ct);
+                        sink_rows(a, O, s0 + ir * MR, mr, jr * NR, nr, ct, first, last);
+                    }
+                }
+            }
+        }
+    }
+}
+
 inline void conv_gemm_impl(const ConvGemmArgs& a, int threads) {
+    if (a.A->rows) {  // (groups == 1, a rows layout: checked by conv_gemm)
+        rows_gemm_impl(a, threads);
+        return;
+    }
     if (a.A->raw) {  // (no panels; a split output needs groups == 1)
         grouped_direct_impl(a, threads);
         return;

@@ -95,12 +95,16 @@ class _LinearOp:
         self.epi = dict(core.epilogues)
         self.rule_code = dict(core.rule_kinds)[p.kind]
         self.implicit_bwd = tuple(p.stride) == (1, 1)
+        # every product of a dense layer (or a 1x1 conv of 1x1 images) runs on S images of 1x1:
+        # weights packed for the core's sample-rows driver (tiles of samples x features)
+        self.rows = (p.G == 1 and (p.H, p.W, p.OH, p.OW) == (1, 1, 1, 1) and tuple(p.kernel) == (1, 1)
+                     and all(v == 0 for pair in p.pad for v in pair))
         (self.A_fwd_pos, self.A_fwd, self.A_pos, self.A_posneg, self.bwd_pos,
          self.bwd_signed) = p.operands(self._pack, self._bwd_term)
 
     # -- prepare helpers -------------------------------------------------------------
     def _pack(self, A2d):
-        return self.core.pack_weights(_f32(A2d), self.plan.G, self.precision)
+        return self.core.pack_weights(_f32(A2d), self.plan.G, self.precision, rows=self.rows)
 
     def _bwd_term(self, Wst, epi, off):
         """Packs backward weights for the transposed conv of Wst ((G*O'g, Cg, KH, KW))."""
