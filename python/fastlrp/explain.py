@@ -12,6 +12,7 @@ from .backends.base import DeviceOutOfMemory
 from .backends.plan import make_plan
 from .composites import Composite, get_composite
 from .graph import Graph
+from .memory import keep_freed_blocks
 from .targets import InputError, one_sample_target, parse_target
 
 __all__ = ["BatchResult", "Explainer", "InputError", "RelevanceReport", "get_backend"]
@@ -146,6 +147,7 @@ class Explainer:
                 f"Explainer needs a fastlrp Graph, got {type(graph).__name__}; "
                 "convert models with fastlrp.from_torch(...) or fastlrp.from_keras(...)"
             )
+        keep_freed_blocks()  # reuse the large arrays' memory between calls (fastlrp.memory)
         self.graph = graph
         self.composite: Composite = get_composite(composite)
         self.rules = self.composite.resolve(graph)
