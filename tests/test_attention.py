@@ -87,6 +87,36 @@ def test_rules_are_gradient_times_input_at_epsilon_zero():
     np.testing.assert_allclose(got, xin * xt.grad.numpy() / 2, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_silenced_operands_keep_no_context(backend):
+    """CP-LRP holds the attention weights constant: the plan sends no relevance to them, so
+    the scores, their scale, the softmax and the q and k projections keep no forward
+    context (their memory is freed after the forward pass) and run no relevance pass; the
+    report still lists them, with zero relevance. AttnLRP silences only constants. The
+    relevance is what the node ops give without the silencing: against a plan that
+    computes every edge (silent_inputs ignored)."""
+    from fastlrp.backends.plan import NodePlan
+
+    graph = attention_block(np.random.default_rng(4))
+    x = np.random.default_rng(5).standard_normal((3,) + graph.input_shape)
+    cp = fastlrp.Explainer(graph, "cp_lrp", backend=backend)
+    plan = NodePlan(cp.backend, graph, graph.live_nodes(), cp.rules)
+    silent = {"scores", "softmax", "q_proj", "k_proj"}
+    assert silent <= plan.silent and "v_proj" not in plan.silent
+    out, ctxs = plan.forward(x.astype(cp.dtype))
+    assert all(ctxs[n] is None for n in plan.silent)
+    R, rep = cp.explain(x, return_layers=True)
+    assert all(np.all(rep.relevance_out[n] == 0) and np.all(rep.relevance_in[n] == 0) for n in silent)
+    full = NodePlan(cp.backend, graph, graph.live_nodes(), cp.rules)
+    full.silent, full.sends = set(), {n.name: [True] * len(n.inputs) for n in graph.live_nodes()}
+    seed = np.zeros((3,) + tuple(graph[graph.output].shape))
+    seed[np.arange(3), np.asarray(out).reshape(3, -1).argmax(1)] = np.asarray(out).reshape(3, -1).max(1)
+    want = full.relevance(full.forward(x.astype(cp.dtype))[1], seed.astype(cp.dtype))
+    assert rel_err(R, np.asarray(want).reshape(R.shape)) < 1e-12
+    att = fastlrp.Explainer(graph, "attnlrp", backend=backend)  # (constants, e.g. the scale, are gates)
+    assert all(graph[n].op == "const" for n in NodePlan(att.backend, graph, graph.live_nodes(), att.rules).silent)
+
+
 def test_gate_epsilon_finds_the_attention_weights():
     graph = _matmul_graph((3, 4), (4, 2), softmax_a=True)
     comp = fastlrp.Composite(names={"op": GateEpsilon()})

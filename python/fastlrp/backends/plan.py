@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ops import spec
+
 __all__ = ["NodePlan", "make_plan"]
 
 
@@ -39,6 +41,17 @@ class NodePlan:
         for n in self.nodes:
             for i in n.inputs:
                 self.readers[i] += 1
+        # The edges relevance travels (all but the inputs a rule silences, e.g. CP-LRP's
+        # attention weights) and the nodes it reaches; the others (the scores, softmax, q and
+        # k of CP-LRP) keep no forward context and run no relevance pass.
+        self.sends = {}
+        reached = {graph.output}
+        for n in reversed(self.nodes):
+            if n.name in reached:
+                silent = spec(n.op).silent_inputs(graph, n, rules[n.name])
+                self.sends[n.name] = [k not in silent for k in range(len(n.inputs))]
+                reached.update(i for i, s in zip(n.inputs, self.sends[n.name]) if s)
+        self.silent = {n.name for n in self.nodes if n.name not in reached}
 
     def _host(self, a):
         to = getattr(self.backend, "to_host", None)
@@ -50,6 +63,8 @@ class NodePlan:
         for n in self.nodes:
             ins = [x] if n.op == "input" else [acts[i] for i in n.inputs]
             acts[n.name], ctxs[n.name] = self.ops[n.name].forward(ins)
+            if n.name in self.silent:
+                ctxs[n.name] = None
             for i in n.inputs:  # free activations as soon as their last reader ran
                 left[i] -= 1
                 if left[i] == 0 and i != self.graph.output:
@@ -67,6 +82,8 @@ class NodePlan:
         for n in reversed(self.nodes):
             r = R.pop(n.name, None)
             if r is None:
+                if report is not None and n.name in self.silent:  # what it would get and pass on: zeros
+                    report.relevance_out[n.name] = report.relevance_in[n.name] = np.zeros(seed.shape[0], seed.dtype)
                 continue
             if n.op == "input":
                 return r
@@ -76,6 +93,7 @@ class NodePlan:
                 report.relevance_out[n.name] = rh.reshape(rh.shape[0], -1).sum(axis=1)
                 report.relevance_in[n.name] = sum(
                     ih.reshape(ih.shape[0], -1).sum(axis=1) for ih in map(self._host, ins))
-            for name, ri in zip(n.inputs, ins):
-                R[name] = ri if name not in R else R[name] + ri
+            for name, ri, send in zip(n.inputs, ins, self.sends[n.name]):
+                if send:
+                    R[name] = ri if name not in R else R[name] + ri
         return None  # the output does not depend on the input

@@ -140,6 +140,10 @@ class MatmulSpec(OpSpec):
         if rule.kind == "gate_epsilon":
             MatmulReference(graph, node, rule)  # raises when the gate cannot be found
 
+    def silent_inputs(self, graph, node, rule):
+        keep = MatmulReference(graph, node, rule).keep
+        return () if keep is None else (1 - keep,)
+
     def reference(self, graph, node, rule):
         return MatmulReference(graph, node, rule)
 

@@ -184,6 +184,10 @@ class MulSpec(OpSpec):
     def nonnegative(self, node, inputs_nonneg):
         return all(inputs_nonneg)
 
+    def silent_inputs(self, graph, node, rule):
+        keep = MulReference(graph, node, rule).keep
+        return () if keep is None else (1 - keep,)
+
     def reference(self, graph, node, rule):
         return MulReference(graph, node, rule)
 

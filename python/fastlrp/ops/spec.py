@@ -81,6 +81,12 @@ class OpSpec:
         """Whether the output is >= 0 by construction, given whether each input is."""
         return False
 
+    def silent_inputs(self, graph, node, rule) -> tuple:
+        """Indices of the inputs that ``rule`` gives zero relevance whatever arrives (a gate
+        held constant: CP-LRP's attention weights, a squeeze-excitation gate). The plan sends
+        no relevance along them, and keeps no forward context of nodes that then get none."""
+        return ()
+
     # -- the float64 reference -------------------------------------------------------------
     def reference(self, graph, node, rule) -> RefOp:
         """A prepared node computing the forward pass and the relevance of ``rule``
