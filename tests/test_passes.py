@@ -339,3 +339,56 @@ def test_optimize_preserves_the_arithmetic_of_folding_bitwise():
     s, t = g["bn1"].params["scale"], g["bn1"].params["shift"]
     np.testing.assert_array_equal(f["conv1"].params["weight"], g["conv1"].params["weight"] * s[:, None, None, None])
     np.testing.assert_array_equal(f["conv1"].params["bias"], 0.0 + t)
+
+
+# ------------------------------------------------------------------------------------------------
+# slices first
+
+
+def _token_readout(r, T=6, D=5):
+    """Two pre-norm blocks on tokens (T, D) (a token mixer: dense over the token axis,
+    then an MLP on features), a final LayerNorm and the readout of token 0 (a ViT's head)."""
+    gb = GraphBuilder((T, D))
+    x = gb.input
+    for b in range(2):
+        h = gb.add_node("layernorm", x, {"axes": (-1,), "eps": 1e-5},
+                        {"weight": r.standard_normal((1, D)), "bias": r.standard_normal((1, D))}, name=f"ln{b}")
+        mix = gb.permute(gb.dense(gb.permute(h, (1, 0)), r.standard_normal((T, T)), r.standard_normal(T)), (1, 0))
+        x = gb.add(x, mix, name=f"res{b}a")
+        h = gb.activation(gb.dense(x, r.standard_normal((2 * D, D)), r.standard_normal(2 * D)), "gelu")
+        x = gb.add(x, gb.dense(h, r.standard_normal((D, 2 * D)), r.standard_normal(D), name=f"fc{b}"), name=f"res{b}b")
+    x = gb.add_node("layernorm", x, {"axes": (-1,), "eps": 1e-5},
+                    {"weight": r.standard_normal((1, D)), "bias": r.standard_normal((1, D))}, name="final_ln")
+    x = gb.reshape(gb.add_node("slice", x, {"axis": 0, "start": 0, "stop": 1}), (D,))
+    gb.dense(x, r.standard_normal((3, D)), r.standard_normal(3), name="head")
+    return gb.build()
+
+
+@pytest.mark.parametrize("composite", ["attnlrp", "cp_lrp", "epsilon_plus"])
+def test_slice_moves_above_token_wise_nodes_with_the_same_relevance(composite):
+    """The readout of token 0 moves above the final LayerNorm, the last MLP and the last
+    residual sums (each position alone) and stops at the token mixer (a dense layer over
+    the token axis) and where another reader needs all tokens; output and relevance are
+    those of the graph without the pass, and the moved-over nodes keep their names."""
+    g0 = _token_readout(rng(3))
+    g1 = passes.slice_early(g0)
+    assert g1 is not g0 and passes.slice_early(g1) is g1
+    for name in ("final_ln", "res1b", "fc1"):
+        assert g1[name].shape[0] == 1 and g0[name].shape[0] == 6
+    assert g1["ln1"].shape[0] == 6  # read by the token mixer, which needs every token
+    x = rng(4).standard_normal((4, 6, 5))
+    same_output(g0, g1, x)
+    np.testing.assert_allclose(relevance(g1, composite, x), relevance(g0, composite, x), rtol=1e-10, atol=1e-12)
+    assert passes.optimize(g0)["fc1"].shape == (1, 5)
+
+
+def test_slice_along_a_normalised_or_feature_axis_stays():
+    """A slice of the features (the axis a dense layer or a LayerNorm works on) does not
+    commute: the graph is returned unchanged."""
+    gb = GraphBuilder((4, 6))
+    h = gb.add_node("layernorm", gb.input, {"axes": (-1,), "eps": 1e-5},
+                    {"weight": np.ones((1, 6)), "bias": np.zeros((1, 6))})
+    h = gb.dense(h, rng(5).standard_normal((6, 6)), None)
+    gb.add_node("slice", h, {"axis": 1, "start": 0, "stop": 2})
+    g = gb.build()
+    assert passes.slice_early(g) is g

@@ -36,6 +36,7 @@ __all__ = [
     "fold_constants",
     "constants_to_batchnorm",
     "fold_batchnorms",
+    "slice_early",
 ]
 
 #: Activations that are stripped from the output unless ``keep_output_activation=True``.
@@ -49,7 +50,8 @@ def optimize(graph: Graph, keep_output_activation: bool = False, fold_batchnorm:
     prune dead nodes, check that a softmax comes only at the output, simplify routing
     (identities, chains of reshapes and permutes), fold constants, turn per-channel
     constant factors and offsets into BatchNorm nodes, fold BatchNorms (unless
-    ``fold_batchnorm`` is False: then they stay nodes of their own).
+    ``fold_batchnorm`` is False: then they stay nodes of their own), move slices of
+    tokens above the token-wise nodes that only they read.
 
     Raises
     ------
@@ -65,7 +67,7 @@ def optimize(graph: Graph, keep_output_activation: bool = False, fold_batchnorm:
             raise GraphError(f"unsupported {n.attrs['kind']} at {_where(n)}: a softmax is only "
                              "supported at the output")
     graph = prune_dead_nodes(constants_to_batchnorm(fold_constants(simplify(graph))))
-    return fold_batchnorms(graph) if fold_batchnorm else graph
+    return slice_early(fold_batchnorms(graph) if fold_batchnorm else graph)
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,6 +197,78 @@ def simplify(graph: Graph) -> Graph:
         if noop and not (n.name == w.output and src.op == "input"):
             w.bypass(n, src.name)
             changed = True
+    return prune_dead_nodes(w.graph()) if changed else graph
+
+
+# --------------------------------------------------------------------------------------------
+# slices first
+
+
+def _slice_commutes(n: Node, axis: int, graph_nodes: dict) -> bool:
+    """Whether ``slice(n(inputs)) == n(slice(inputs))`` for a slice of per-sample ``axis``:
+    ``n`` works on each position of that axis alone (a dense layer on another axis, a
+    LayerNorm over others, an elementwise activation, a sum of same-shape inputs)."""
+    rank = len(n.shape)
+    if n.op == "dense":
+        return axis < rank - 1
+    if n.op == "layernorm":
+        return axis not in {int(a) % rank for a in n.attrs["axes"]}
+    if n.op == "activation":
+        return n.attrs.get("kind") not in ("softmax", "log_softmax")
+    if n.op == "add":
+        return all(tuple(graph_nodes[i].shape) == tuple(n.shape) for i in n.inputs)
+    return False
+
+
+def slice_early(graph: Graph) -> Graph:
+    """Move a slice of a per-sample axis above the nodes that only it reads and that work
+    on each position of that axis alone (dense, LayerNorm over other axes, elementwise
+    activations, same-shape adds): a ViT's class-token readout ``encoder.ln(x)[:, 0]``
+    becomes ``encoder.ln(x[:, 0])``, and the last block's MLP, LayerNorms and output
+    projection run on one token instead of all (ViT-B/16: 1/13 of the dense products).
+
+    Positions the slice drops get no relevance under any rule, so the output and the
+    input relevance are the same (bit for bit: each position is computed alone); the
+    moved-over nodes keep their names and get the slice's shape along that axis. A new
+    slice is named after the node it reads (``<node>.sliced``); two equal slices of one
+    node become one, so a residual read by both branches moves on past it.
+    """
+    w = _Rewrite(graph)
+    changed, moved = False, True
+    while moved:
+        moved = False
+        seen = {}
+        for n in list(w.nodes):  # equal slices of one node: one
+            if n.op != "slice":
+                continue
+            key = (n.inputs[0], n.attrs["axis"], n.attrs["start"], n.attrs["stop"], n.attrs["step"])
+            if key in seen and n.name != w.output:
+                w.bypass(n, seen[key])
+                moved = True
+            else:
+                seen.setdefault(key, n.name)
+        for s in list(w.nodes):
+            if s.op != "slice":
+                continue
+            src = w.by_name[s.inputs[0]]
+            if (src.name == w.output or len(w.consumers(src.name)) != 1
+                    or not _slice_commutes(src, int(s.attrs["axis"]), w.by_name)):
+                continue
+            at = w.nodes.index(src)
+            new = []
+            for i in src.inputs:
+                name, k = f"{i}.sliced", 1
+                while name in w.by_name:
+                    name, k = f"{i}.sliced{k}", k + 1
+                node = Node(name, "slice", [i], dict(s.attrs), {}, (), s.source)
+                w.nodes.insert(at, node)
+                w.by_name[name] = node
+                at += 1
+                new.append(name)
+            src.inputs = new
+            w.bypass(s, src.name)
+            moved = changed = True
+            break
     return prune_dead_nodes(w.graph()) if changed else graph
 
 

@@ -568,8 +568,9 @@ inline RowsItems split_rows(const ConvGemmArgs& a, int64_t ms, int threads) {
     return RowsItems{fpanels, fpb, fblocks, sblocks * fblocks, int(imin(threads, sblocks * fblocks))};
 }
 
-// Each item packs its samples once per K block; a B micro-panel (kc x NR of A^T) stays in
-// L1 while the item's sample panels (an MC x kc block in L2) pass it.
+// Each item packs its samples once per block of NC features and K block; a B micro-panel
+// (kc x NR of A^T) stays in L1 while the item's sample panels (an MC x kc block in L2)
+// pass it.
 inline void rows_gemm_impl(const ConvGemmArgs& a, int threads) {
     const PackedA& A = *a.A;
     const int64_t O = A.m, K = A.k, S = a.n, kcb = A.kc;
@@ -587,12 +588,14 @@ inline void rows_gemm_impl(const ConvGemmArgs& a, int threads) {
             const int64_t sb = it / fblocks, fb = it - sb * fblocks;
             const int64_t s0 = sb * MC, ns = imin(MC, S - s0);
             const int64_t p0 = fb * fpb, p1 = imin(fpanels, p0 + fpb);
+            // NC features at a time: their rows of y (MC x NC) stay in L2 over the K blocks
+            for (int64_t f0 = p0; f0 < p1; f0 += NC / NR)
             for (int64_t pc = 0; pc < K; pc += kcb) {
                 const int64_t kl = imin(kcb, K - pc);
                 k_entries(a, a.c, pc, kl, kt);
                 pack_sample_block(a, kt, kl, s0, ns, abuf);
                 const bool first = pc == 0, last = pc + kl >= K;
-                for (int64_t jr = p0; jr < p1; ++jr) {
+                for (int64_t jr = f0; jr < imin(p1, f0 + NC / NR); ++jr) {
                     const float* bp = A.panel(0, pc, kl, jr);
                     const int nr = int(imin(NR, O - jr * NR));
                     for (int64_t ir = 0; ir * MR < ns; ++ir) {
