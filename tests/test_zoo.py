@@ -132,6 +132,7 @@ TORCHVISION = [
     Case("tv", "convnext_tiny", 32),
     Case("tv", "vit_b_16", 32, (("image_size", 32),)),
     Case("tv", "swin_t", 32),
+    Case("tv", "swin_v2_t", 32),
 ]
 
 TIMM = [

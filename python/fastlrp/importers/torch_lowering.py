@@ -352,6 +352,8 @@ class Converter:
         def unsup(why):
             return UnsupportedLayerError(f"unsupported module '{path}' ({tname}): {why}")
 
+        if self.from_constants(n, what):  # e.g. Swin v2's position-bias MLP on its coordinate table
+            return
         if isinstance(mod, self.identity_modules):
             self.env[n] = inp()
             return
@@ -481,7 +483,7 @@ class Converter:
                 raise self.unsupported(n, what, "training=True (put the model in eval mode)")
             self.env[n] = self.tensor_input(n, n.args[0] if n.args else n.kwargs.get("input"), what)
             return
-        if kind is None and not isinstance(target, str) and self.from_constants(n, what):
+        if not isinstance(target, str) and self.from_constants(n, what):
             return
         swin = {"shifted_window_attention": self.add_shifted_window_attention,
                 "_patch_merging_pad": self.add_patch_merging_pad}.get(getattr(target, "__name__", None))
@@ -804,10 +806,13 @@ class Converter:
 
     def add_attention(self, n, q, k, v, scale, mask, prefix, source):
         """``softmax(q k^T * scale + mask) v`` over the last two axes as matmul / softmax nodes;
-        ``mask`` a constant added to the scores (None: none). Returns the output's name."""
+        ``scale`` a number or a constant array (one per head: Swin v2), ``mask`` a constant
+        added to the scores (None: none). Returns the output's name."""
         scores = self.emit("matmul", [q, k], {"transpose_b": True}, name=f"{prefix}.scores", source=source)
-        c = self.emit("const", [], params={"value": np.array(float(scale))}, name=f"{prefix}.scale",
-                      source=f"{source} scale {scale:.6g} (constant)")
+        scale = np.asarray(scale, dtype=np.float64)
+        what = f"scale {float(scale):.6g}" if scale.ndim == 0 else f"scales {scale.shape}"
+        c = self.emit("const", [], params={"value": scale}, name=f"{prefix}.scale",
+                      source=f"{source} {what} (constant)")
         scores = self.emit("mul", [scores, c], name=f"{prefix}.scaled", source=source)
         if mask is not None:
             m = self.emit("const", [], params={"value": mask}, name=f"{prefix}.mask", source=f"{source} mask (constant)")
@@ -998,17 +1003,21 @@ class Converter:
         self.add(n, "concat", parts, {"axis": 2}, source=src)
 
     def add_shifted_window_attention(self, n):
-        """torchvision's ``shifted_window_attention`` (Swin v1): pad, cyclic shift (concat of
-        slices), window partition (reshape/permute per sample), dense qkv, attention with the
+        """torchvision's ``shifted_window_attention`` (Swin v1 and v2): pad, cyclic shift (concat
+        of slices), window partition (reshape/permute per sample), dense qkv, attention with the
         relative position bias and the shifted windows' mask as one added constant, dense
-        projection, and everything undone in reverse."""
+        projection, and everything undone in reverse. Swin v2 (``logit_scale`` given): cosine
+        attention, q and k each L2-normalised over their features (an RMSNorm with weight
+        1/sqrt(d), eps 1e-24/d: x / sqrt(|x|^2 + 1e-24) where torch takes x / max(|x|, 1e-12)),
+        the scores scaled per head by exp(min(logit_scale, log 100)), no bias on k."""
         what = "swin shifted_window_attention"
         src = f"{n.name} ({what})"
         names = ("input", "qkv_weight", "proj_weight", "relative_position_bias", "window_size", "num_heads",
                  "shift_size", "attention_dropout", "dropout", "qkv_bias", "proj_bias", "logit_scale", "training")
         a = {k: _arg(n, i, k) for i, k in enumerate(names)}
-        if self.scalar(a["logit_scale"]) is not None:
-            raise self.unsupported(n, what, "logit_scale (Swin v2's cosine attention)")
+        v2 = not (a["logit_scale"] is None or (isinstance(a["logit_scale"], self.torch.fx.Node)
+                                               and isinstance(self.env.get(a["logit_scale"]), Meta)
+                                               and self.env[a["logit_scale"]].value is None))
         x = self.tensor_input(n, a["input"], what)
         H, W, C = self.sample_shape(a["input"])
         ws = [int(v) for v in self.scalar(a["window_size"])]
@@ -1026,9 +1035,12 @@ class Converter:
         x = self.emit("reshape", [x], {"shape": (nh, ws[0], nw, ws[1], C)}, name=f"{n.name}_grid", source=src)
         x = self.emit("permute", [x], {"perm": (0, 2, 1, 3, 4)}, name=f"{n.name}_windows_first", source=src)
         x = self.emit("reshape", [x], {"shape": (nh * nw, N, C)}, name=f"{n.name}_windows", source=src)
+        qkv_bias = self.const_value(n, a["qkv_bias"], what, "qkv bias")
+        if v2 and qkv_bias is not None:  # (v2 zeroes the bias of k)
+            qkv_bias = np.array(qkv_bias, dtype=np.float64)
+            qkv_bias[C:2 * C] = 0.0
         qkv = self.emit("dense", [x], {}, {"weight": self.const_value(n, a["qkv_weight"], what, "qkv weight"),
-                                          "bias": self.const_value(n, a["qkv_bias"], what, "qkv bias")},
-                        name=f"{n.name}.qkv", source=src)
+                                          "bias": qkv_bias}, name=f"{n.name}.qkv", source=src)
         qkv = self.emit("reshape", [qkv], {"shape": (nh * nw, N, 3, heads, C // heads)}, name=f"{n.name}_qkv_heads",
                         source=src)
         qkv_parts = []
@@ -1048,7 +1060,16 @@ class Converter:
                     count += 1
             region = region.reshape(nh, ws[0], nw, ws[1]).transpose(0, 2, 1, 3).reshape(nh * nw, N)
             mask = mask + np.where(region[:, None, :] != region[:, :, None], -100.0, 0.0)[:, None]
-        o = self.add_attention(n, *qkv_parts, (C // heads) ** -0.5, mask, f"{n.name}.attention", src)
+        scale = (C // heads) ** -0.5
+        if v2:
+            d = C // heads
+            for i in (0, 1):
+                qkv_parts[i] = self.emit("layernorm", [qkv_parts[i]], {"axes": (-1,), "eps": 1e-24 / d, "rms": True},
+                                         {"weight": np.full((1, 1, 1, d), d ** -0.5), "bias": None},
+                                         name=f"{n.name}_{'qk'[i]}_normalized", source=src)
+            ls = self.const_value(n, a["logit_scale"], what, "logit scale")
+            scale = np.exp(np.minimum(ls, np.log(100.0))).reshape(heads, 1, 1)
+        o = self.add_attention(n, *qkv_parts, scale, mask, f"{n.name}.attention", src)
         o = self.emit("permute", [o], {"perm": (0, 2, 1, 3)}, name=f"{n.name}_merge_heads", source=src)
         o = self.emit("reshape", [o], {"shape": (nh * nw, N, C)}, name=f"{n.name}_merged", source=src)
         o = self.emit("dense", [o], {}, {"weight": self.const_value(n, a["proj_weight"], what, "projection weight"),
