@@ -69,6 +69,9 @@ ILL_CONDITIONED = {
     "keras.DenseNet121": 3e-2,
     "keras.Xception": 3e-2,
     "timm.repvgg_a0": 3e-2,
+    # 20 MBConv / block- and grid-attention stages at 224: measured 2.9e-3 (this seed); why it
+    # is above RTOL_ZOO has not been analysed like the cases above
+    "tv.maxvit_t": 1e-2,
 }
 #: Imported and their forward checked, not explained, to keep the file at about two minutes:
 #: the float64 reference relevance is the slow part, for a classifier head or width of ~100M
@@ -78,6 +81,8 @@ IMPORT_ONLY = {"tv.wide_resnet50_2", "tv.vgg11_bn", "keras.InceptionV3"}
 SLOW = {
     "keras.NASNetMobile": "building NASNetMobile on the jax backend takes ~1 min (Keras initialises each weight "
                           "with its own compiled jax op)",
+    "tv.maxvit_t": "maxvit_t needs 224 x 224 (its windows of 7 after a stride of 32): the import takes ~15 s and "
+                   "the float64 reference relevance minutes",
 }
 RUN_SLOW = os.environ.get("FASTLRP_ZOO_SLOW") == "1"
 
@@ -133,6 +138,7 @@ TORCHVISION = [
     Case("tv", "vit_b_16", 32, (("image_size", 32),)),
     Case("tv", "swin_t", 32),
     Case("tv", "swin_v2_t", 32),
+    Case("tv", "maxvit_t", 224),
 ]
 
 TIMM = [
