@@ -184,6 +184,21 @@ def test_bf16_sample_rows(kernel, S, C, O, sign):
 
 
 @kernels
+@pytest.mark.parametrize("zero_bias", [False, True])
+def test_bf16_fused_epsilon_quotient(kernel, zero_bias):
+    """The fused Epsilon quotient on the AMX sample-rows driver: bit for bit rule_g's g
+    through the same product (the other kernel has no sample-rows driver: refused)."""
+    from test_cpu_kernels import _fused_quotient_case
+
+    assert core.set_bf16_kernel(kernel)
+    if kernel != "amx_bf16":
+        with pytest.raises(ValueError, match="sample rows"):
+            _fused_quotient_case(lambda W: core.pack_weights(W, 1, "bf16", rows=True), zero_bias)
+        return
+    _fused_quotient_case(lambda W: core.pack_weights(W, 1, "bf16", rows=True), zero_bias)
+
+
+@kernels
 def test_bf16_split_output_and_direct_path_stays_float32(kernel):
     assert core.set_bf16_kernel(kernel)
     rng = np.random.default_rng(3)

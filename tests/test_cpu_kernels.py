@@ -167,6 +167,35 @@ def test_sample_rows_driver_one_row_and_errors(isa):
         core.conv_gemm(signed(rng, (2, 600, 3, 3)).astype(np.float32), A, (1, 1), (1, 1), (0, 0), (1, 1), (3, 3))
 
 
+def _fused_quotient_case(core_pack, zero_bias, seed=13):
+    """conv_gemm with the fused Epsilon quotient (qz, qb) against rule_g's g and the plain
+    product: bit for bit, with the mulx epilogue of a dense layer's relevance pass."""
+    rng = np.random.default_rng(seed)
+    S, O, C = 157, 45, 300
+    W = rng.standard_normal((C, O)).astype(np.float32)  # the backward weights (in x out)
+    A = core_pack(W)
+    R = signed(rng, (S, O, 1, 1)).astype(np.float32)
+    out = signed(rng, (S, O, 1, 1)).astype(np.float32)
+    out[0, :3] = 0.0  # s(0) = +eps
+    b = rng.standard_normal(O).astype(np.float32)
+    x = signed(rng, (S, C, 1, 1)).astype(np.float32)
+    code = dict(core.rule_kinds)["epsilon"]
+    g = core.rule_g(code, R, out, None, b, None, 1, 1e-3, 1.0, 0.0, 0.0, zero_bias, False)
+    args = ((1, 1), (1, 1), (0, 0), (1, 1), (1, 1), 0, core.epilogues["mulx"], None, x, None)
+    want = core.conv_gemm(g.reshape(R.shape), A, *args)
+    got = core.conv_gemm(R, A, *args, 0, out, b if zero_bias else None, 1e-3)
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="sample rows"):
+        core.conv_gemm(R, core.pack_weights(W, 1), *args, 0, out, None, 1e-3)
+
+
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("zero_bias", [False, True])
+def test_fused_epsilon_quotient(isa, zero_bias):
+    assert core.set_isa({"generic": 0, "avx2": 1, "avx512": 2}[isa])
+    _fused_quotient_case(lambda W: core.pack_weights(W, 1, rows=True), zero_bias)
+
+
 @pytest.mark.parametrize("isa", _isas())
 def test_one_column_panels_equal_the_micro_kernel(isa):
     """A micro-panel with one real column (batch 1 of a dense layer; the last column of a

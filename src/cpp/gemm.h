@@ -138,6 +138,12 @@ struct ConvGemmArgs {
     // the layer output and a second sum, e.g. A = [W ; W+] -> (W x + b, W+ x).
     float* y2 = nullptr;
     int64_t split = 0;
+    // Optional, weights packed for sample rows only: the product's B is the Epsilon rule's
+    // quotient x / s(qz - qb) (qb per input feature, may be null), computed as it is packed,
+    // bit for bit what rule_g gives (a dense layer's relevance pass without its g array).
+    const float* qz = nullptr;
+    const float* qb = nullptr;
+    float qeps = 0.0f;
 };
 
 // Validates the sizes (throws std::invalid_argument) and runs on `threads` threads.

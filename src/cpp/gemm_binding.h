@@ -48,7 +48,9 @@ inline void check_window(const char* fn, Pair kernel, Pair stride, Pair pad, Pai
 
 inline py::object run_conv_gemm(const py::array& x, const PackedA& A, Pair kernel, Pair stride, Pair pad,
                                 Pair dil, Pair out_hw, int sign, int epi, const py::object& bias,
-                                const py::object& mul, const py::object& off, int threads, int64_t split = 0) {
+                                const py::object& mul, const py::object& off, int threads, int64_t split = 0,
+                                const py::object& qz = py::none(), const py::object& qb = py::none(),
+                                float qeps = 0.0f) {
     const char* fn = "conv_gemm";
     cpu::ConvGemmArgs a;
     a.x = f32_ptr(x, "x", fn, 4);
@@ -89,6 +91,18 @@ inline py::object run_conv_gemm(const py::array& x, const PackedA& A, Pair kerne
         a.off = f32_ptr(o_arr, "off", fn);
         if (split || (a.n && o_arr.size() != y.size() / a.n))
             throw py::value_error("conv_gemm: off must have one sample's size");
+    }
+    py::array qz_arr, qb_arr;
+    if (!qz.is_none()) {
+        qz_arr = py::reinterpret_borrow<py::array>(qz);
+        a.qz = f32_ptr(qz_arr, "qz", fn);
+        if (qz_arr.size() != x.size()) throw py::value_error("conv_gemm: qz must have x's size");
+        a.qeps = qeps;
+        if (!qb.is_none()) {
+            qb_arr = py::reinterpret_borrow<py::array>(qb);
+            a.qb = f32_ptr(qb_arr, "qb", fn, 1);
+            if (qb_arr.shape(0) != a.c) throw py::value_error("conv_gemm: qb must have one value per input channel");
+        }
     }
     a.y = y.mutable_data();
     {
@@ -139,14 +153,17 @@ void def_gemm_functions(py::module_& m, Threads threads) {
         "conv_gemm",
         [threads](const py::array& x, const PackedA& A, Pair kernel, Pair stride, Pair pad, Pair dil, Pair out_hw,
                   int sign, int epi, const py::object& bias, const py::object& mul, const py::object& off,
-                  int64_t split) {
-            return run_conv_gemm(x, A, kernel, stride, pad, dil, out_hw, sign, epi, bias, mul, off, threads(), split);
+                  int64_t split, const py::object& qz, const py::object& qb, float qeps) {
+            return run_conv_gemm(x, A, kernel, stride, pad, dil, out_hw, sign, epi, bias, mul, off, threads(), split,
+                                 qz, qb, qeps);
         },
         py::arg("x"), py::arg("A"), py::arg("kernel"), py::arg("stride"), py::arg("pad"), py::arg("dilation"),
         py::arg("out_hw"), py::arg("sign") = 0, py::arg("epi") = int(Epi::None), py::arg("bias") = py::none(),
-        py::arg("mul") = py::none(), py::arg("off") = py::none(), py::arg("split") = 0,
+        py::arg("mul") = py::none(), py::arg("off") = py::none(), py::arg("split") = 0, py::arg("qz") = py::none(),
+        py::arg("qb") = py::none(), py::arg("qeps") = 0.0f,
         "y[n, g*m+i, p] = epi(sum_k A_g[i,k] im2col(T(x))_g[k, (n,p)]); sign 1 packs [x+; x-] along K. "
-        "split > 0 returns (rows < split with the epilogue, rows >= split raw) from one GEMM.");
+        "split > 0 returns (rows < split with the epilogue, rows >= split raw) from one GEMM. "
+        "qz (weights packed with rows=True): the product of the Epsilon quotient x / s(qz - qb) instead of x.");
 
     m.def(
         "gemm",

@@ -315,6 +315,9 @@ void conv_gemm(const ConvGemmArgs& a, int threads) {
                     a.pw == 0))
         throw std::invalid_argument("conv_gemm: weights packed for sample rows need S images of 1x1, a 1x1 "
                                     "kernel and no padding (a dense layer)");
+    if (a.qz && (!A.rows || a.sign != Sign::Id))
+        throw std::invalid_argument("conv_gemm: the fused quotient needs weights packed for sample rows and no "
+                                    "sign split");
     if (a.y2 && (A.groups != 1 || a.split <= 0 || a.split >= A.m))
         throw std::invalid_argument("conv_gemm: a split output needs groups == 1 and 0 < split < rows");
     const int64_t O = A.groups * A.m, P = a.oh * a.ow;

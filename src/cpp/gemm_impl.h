@@ -485,8 +485,28 @@ inline void pack_sample_rows(const ConvGemmArgs& a, const KEntry* kt, int64_t k0
     }
 }
 
+// The same panels of the fused Epsilon quotient x / s(qz - qb) (ConvGemmArgs::qz).
+inline void pack_sample_quotients(const ConvGemmArgs& a, const KEntry* kt, int64_t kl, int64_t s0, int64_t ns,
+                                  float* dst) {
+    for (int64_t ip = 0; ip * MR < ns; ++ip) {
+        float* __restrict d = dst + ip * kl * MR;
+        for (int r = 0; r < MR; ++r) {
+            const int64_t s = s0 + ip * MR + r;
+            for (int64_t kk = 0; kk < kl; ++kk) {
+                const int64_t ch = kt[kk].choff;
+                d[kk * MR + r] = ip * MR + r < ns ? a.x[s * a.c + ch] /
+                                 stabilize(a.qz[s * a.c + ch] - (a.qb ? a.qb[ch] : 0.0f), a.qeps) : 0.0f;
+            }
+        }
+    }
+}
+
 inline void pack_sample_block(const ConvGemmArgs& a, const KEntry* kt, int64_t kl, int64_t s0, int64_t ns,
                               float* dst) {
+    if (a.qz) {
+        pack_sample_quotients(a, kt, kl, s0, ns, dst);
+        return;
+    }
     int64_t kk = 0;
     while (kk < kl) {  // runs of one sign mode: x, or x+ then x-
         int64_t ke = kk;

@@ -101,6 +101,9 @@ class _LinearOp:
                      and all(v == 0 for pair in p.pad for v in pair))
         (self.A_fwd_pos, self.A_fwd, self.A_pos, self.A_posneg, self.bwd_pos,
          self.bwd_signed) = p.operands(self._pack, self._bwd_term)
+        # Epsilon on weights the core packed for sample rows (not every bf16 kernel does): the
+        # backward GEMM computes g = R / s(out - bz) as it packs R (no g array)
+        self.fused_quotient = self.implicit_bwd and p.kind == "epsilon" and self.bwd_pos[0][0].rows
 
     # -- prepare helpers -------------------------------------------------------------
     def _pack(self, A2d):
@@ -160,16 +163,20 @@ class _LinearOp:
         p = self.plan
         x4, out, psum, nonneg, S = ctx
         R4 = _f32(R).reshape(S, p.O, p.OH, p.OW)
-        g = self.core.rule_g(self.rule_code, R4, out, psum, p.b, p.zc, p.G, p.eps, p.alpha,
-                             p.beta, p.gamma, p.zero_bias, p.kind == "flat")
-        g = g.reshape(S, -1, p.OH, p.OW)
+        quotient = None
+        if self.fused_quotient:
+            g, quotient = R4, (out, p.b if p.zero_bias else None, p.eps)
+        else:
+            g = self.core.rule_g(self.rule_code, R4, out, psum, p.b, p.zc, p.G, p.eps, p.alpha,
+                                 p.beta, p.gamma, p.zero_bias, p.kind == "flat")
+            g = g.reshape(S, -1, p.OH, p.OW)
         terms = self.bwd_pos if nonneg else self.bwd_signed
         res = None
         for term in terms:
-            res = self._backward(g, term, x4, res)
+            res = self._backward(g, term, x4, res, quotient)
         return [res.reshape((-1,) + p.in_shape)]
 
-    def _backward(self, g, term, x4, res):
+    def _backward(self, g, term, x4, res, quotient=None):
         A, epi, needs_x, off = term
         core, p = self.core, self.plan
         (pt, _), (pl, _) = p.pad
@@ -178,7 +185,9 @@ class _LinearOp:
         if self.implicit_bwd:
             dh, dw = p.dil
             pad = (dh * (KH - 1) - pt, dw * (KW - 1) - pl)
-            y = core.conv_gemm(g, A, p.kernel, (1, 1), pad, p.dil, (p.H, p.W), 0, epi, None, mul, off)
+            qz, qb, qeps = quotient or (None, None, 0.0)
+            y = core.conv_gemm(g, A, p.kernel, (1, 1), pad, p.dil, (p.H, p.W), 0, epi, None, mul, off, 0, qz, qb,
+                               qeps)
             if res is None:
                 return y
             res += y
