@@ -18,10 +18,14 @@ namespace py = pybind11;
 
 // X's matrices as a MatOperand: element strides of its last two axes and one offset per
 // matrix of its leading axes (in C order); `off` holds the offsets.
+inline void check_f32(const py::array& x, const char* name) {
+    if (!x.dtype().equal(py::dtype::of<float>()))
+        throw py::type_error(std::string("batched_matmul: ") + name + " must be float32, got " +
+                             std::string(py::str(x.dtype())));
+}
+
 inline cpu::MatOperand mat_operand(const py::array& x, const char* name, std::vector<int64_t>& off) {
     const char* fn = "batched_matmul";
-    if (!x.dtype().equal(py::dtype::of<float>()))
-        throw py::type_error(std::string(fn) + ": " + name + " must be float32, got " + std::string(py::str(x.dtype())));
     const int nd = int(x.ndim());
     std::vector<int64_t> st(nd);
     for (int d = 0; d < nd; ++d) {
@@ -51,6 +55,9 @@ inline py::array_t<float> run_batched_matmul(py::array a, const py::array& b, co
     if (a.ndim() < 2 || b.ndim() != a.ndim() || (!mul.is_none() && mul_arr.ndim() != a.ndim()))
         throw py::value_error(std::string(fn) + ": a, b (and mul) must be stacks of matrices with the same number "
                               "of axes (broadcast them first)");
+    check_f32(a, "a");
+    check_f32(b, "b");
+    if (!mul.is_none()) check_f32(mul_arr, "mul");
     const int nd = int(a.ndim());
     std::vector<py::ssize_t> shape(a.shape(), a.shape() + nd);
     const int64_t m = a.shape(nd - 2), k = a.shape(nd - 1), n = b.shape(nd - 1);

@@ -59,7 +59,7 @@ void batched_matmul(const BatchedMatmulArgs& a, int threads) {
     if (a.groups == 0 || a.m == 0 || a.n == 0) return;
     if (!a.a.p || !a.a.off || !a.b.p || !a.b.off || !a.c || (a.mul.p && !a.mul.off))
         throw std::invalid_argument("batched_matmul: null operand");
-    if (!(a.m == 1 || a.k == 1 || a.a.rs == 1 || a.a.cs == 1))
+    if (!(a.m == 1 || a.k <= 1 || a.a.rs == 1 || a.a.cs == 1))
         throw std::invalid_argument("batched_matmul: the left operand needs a row or column stride of 1, got " +
                                     std::to_string(a.a.rs) + " and " + std::to_string(a.a.cs));
     switch (active_isa()) {
