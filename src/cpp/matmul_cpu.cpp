@@ -23,6 +23,9 @@ struct Simd {
     static V zero() { return V{{0.0f, 0.0f, 0.0f, 0.0f}}; }
     static V bcast(const float* p) { return V{{*p, *p, *p, *p}}; }
     static V load(const float* p) { return V{{p[0], p[1], p[2], p[3]}}; }
+    static void store(float* p, V x) {
+        for (int i = 0; i < W; ++i) p[i] = x.v[i];
+    }
     static V fma(V a, V b, V c) {
         for (int i = 0; i < W; ++i) c.v[i] += a.v[i] * b.v[i];
         return c;

@@ -4,12 +4,11 @@
 // defining FASTLRP_MM_ISA (a namespace name of its own per translation unit) and, in
 // fastlrp::cpu::FASTLRP_MM_ISA, a struct Simd with
 //     using V;  static constexpr int W, MR, NV;      // vector width, tile rows, tile vectors
-//     V zero();  V bcast(const float*);  V load(const float*) (aligned);  V fma(a, b, c);
+//     V zero();  V bcast(const float*);  V load(const float*), store(float*, V) (aligned);  V fma(a, b, c);
 //     V mul(V, V);  V load_n(const float*, int n);  void store_n(float*, V, int n);
 // (the last two: the first n <= W lanes; load_n zeroes the others).  The tile is MR x NR
 // with NR = NV * W: MR * NV accumulators, NV loads of B and one broadcast per row each k.
 #include <array>
-#include <cstring>
 #include <utility>
 
 #ifdef _OPENMP
@@ -43,23 +42,37 @@ void tile(int64_t k, const float* __restrict a, int64_t lda, const float* __rest
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) acc[r][v] = Simd::zero();
+    // rows of A by groups of 4 (a base each, moving along k, and offsets of 0..3 rows: few
+    // general registers, where one pointer per row made GCC spill an accumulator)
+    const float* base[(R + 3) / 4];
+    for (int q = 0; q < (R + 3) / 4; ++q) base[q] = AT ? a + 4 * q : a + 4 * q * lda;
+    const int64_t step = AT ? lda : 1, roff = AT ? 1 : lda;
     for (int64_t p = 0; p < k; ++p) {
         V b[NV];
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) b[v] = Simd::load(bp + p * NR + v * W);
 #pragma GCC unroll 16
         for (int r = 0; r < R; ++r) {
-            const V av = Simd::bcast(AT ? a + p * lda + r : a + r * lda + p);
+            const V av = Simd::bcast(base[r / 4] + (r % 4) * roff);
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) acc[r][v] = Simd::fma(av, b[v], acc[r][v]);
         }
+#pragma GCC unroll 4
+        for (int q = 0; q < (R + 3) / 4; ++q) base[q] += step;
     }
+    // through an L1 tile: the accumulators' live ranges end here (GCC spilled one into the loop
+    // when they reached into the masked, multiplying stores)
+    alignas(64) float ct[R * NV * W];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) Simd::store(ct + (r * NV + v) * W, acc[r][v]);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) {
             const int nv = v + 1 < NV ? W : cols - v * W;
-            V x = acc[r][v];
+            V x = Simd::load(ct + (r * NV + v) * W);
             if (mp) {
                 const float* mrow = mp + r * mrs + v * W * mcs;
                 if (mcs == 1) {
@@ -95,11 +108,10 @@ constexpr std::array<std::array<TileFn, MR>, NVMAX> kTiles[2] = {
 inline void pack_b_panel(const float* b, int64_t rs, int64_t cs, int64_t k, int64_t j0, int cols,
                          float* __restrict panel) {
     const int used = (cols + W - 1) / W * W;
-    if (cs == 1) {
-        for (int64_t p = 0; p < k; ++p) {
-            std::memcpy(panel + p * NR, b + p * rs + j0, sizeof(float) * size_t(cols));
-            for (int j = cols; j < used; ++j) panel[p * NR + j] = 0.0f;
-        }
+    if (cs == 1) {  // vector by vector (a memcpy call per row of NR floats took 6% of q k^T)
+        for (int64_t p = 0; p < k; ++p)
+            for (int j = 0; j < used; j += W)
+                Simd::store(panel + p * NR + j, Simd::load_n(b + p * rs + j0 + j, cols - j < W ? cols - j : W));
         return;
     }
     for (int64_t p = 0; p < k; ++p)
