@@ -20,6 +20,8 @@ struct Simd {
     static V bcast(const float* p) { return _mm256_broadcast_ss(p); }
     static V load(const float* p) { return _mm256_load_ps(p); }
     static void store(float* p, V v) { _mm256_store_ps(p, v); }
+    static void stream(float* p, V v) { _mm256_stream_ps(p, v); }
+    static void fence() { _mm_sfence(); }
     static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
     static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
     static V load_n(const float* p, int n) { return n == W ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lanes(n)); }

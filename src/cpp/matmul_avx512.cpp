@@ -18,6 +18,8 @@ struct Simd {
     static V bcast(const float* p) { return _mm512_set1_ps(*p); }
     static V load(const float* p) { return _mm512_load_ps(p); }
     static void store(float* p, V v) { _mm512_store_ps(p, v); }
+    static void stream(float* p, V v) { _mm512_stream_ps(p, v); }
+    static void fence() { _mm_sfence(); }
     static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
     static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
     static V load_n(const float* p, int n) { return n == W ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(lanes(n), p); }

@@ -26,6 +26,8 @@ struct Simd {
     static void store(float* p, V x) {
         for (int i = 0; i < W; ++i) p[i] = x.v[i];
     }
+    static void stream(float* p, V x) { store(p, x); }  // (plain stores: no fence needed)
+    static void fence() {}
     static V fma(V a, V b, V c) {
         for (int i = 0; i < W; ++i) c.v[i] += a.v[i] * b.v[i];
         return c;
