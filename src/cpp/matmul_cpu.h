@@ -9,7 +9,8 @@
 // row or column stride must be 1: MR values of one k step are either MR rows' elements
 // or MR contiguous floats); the tile goes straight to C (and is multiplied by M there).
 // No K blocking: each C element is one sum over k in order, computed by one thread, so
-// results do not depend on the thread count.  AVX-512F, AVX2+FMA and a portable build
+// results do not depend on the thread count (each thread holds one group's packed B, k x n
+// rounded up to the panel width: attention's k or n is the head size).  AVX-512F, AVX2+FMA and a portable build
 // (matmul_avx512.cpp, matmul_avx2.cpp, matmul_cpu.cpp), chosen by the GEMM core's ISA.
 #pragma once
 
