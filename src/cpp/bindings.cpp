@@ -10,6 +10,7 @@
 #include "threads.h"
 #include "gemm.h"
 #include "gemm_binding.h"
+#include "matmul_binding.h"
 
 namespace py = pybind11;
 
@@ -77,4 +78,5 @@ PYBIND11_MODULE(_core, m) {
     fastlrp::binding::def_gemm_functions(m, threads);
     fastlrp::binding::def_conv_functions(m, threads);
     fastlrp::binding::def_elementwise_functions(m, threads);
+    fastlrp::binding::def_matmul_functions(m, threads);
 }

@@ -33,9 +33,11 @@ Flat never builds a GEMM operand from ``R``: ``1^T g`` needs only each group's
 sum of g (fused into ``rule_g``), scattered through the taps.
 
 Products of two activations (``matmul``: attention's ``q k^T`` and ``A v``, their
-relevance products) run as one grouped GEMM of the core per product
-(:func:`grouped_matmul`), with the registry's rule arithmetic around them; ctx keeps
-``z`` and each target's ``R / s(z)`` is one compiled pass.
+relevance products) run as one batched product of the core per product
+(:func:`grouped_matmul`, src/cpp/matmul_cpu.h: operands read in place through their
+strides, the relevance products' multiply by an operand fused), with the registry's
+rule arithmetic around them; ctx keeps ``z`` and each target's ``R / s(z)`` is one
+compiled pass.
 
 The memory-bound ops of transformers run compiled (src/cpp/elementwise_cpu.cpp, one
 pass per row or element, docs/transformers.md "Kernels and memory"): GELU (erf and
@@ -61,9 +63,10 @@ import numpy as np
 from .. import _ext
 from ..ops.attention import MatmulReference
 from ..ops.linear import PARAMETRIC_RULES
+from ..ops.merge import unbroadcast
 from ..ops.pool import pool2d_geometry, separable_matrices
 from ..rules import stabilizer_of
-from .base import BackendError, Float32Op
+from .base import BackendError
 from .dispatch import prepare as dispatch_prepare
 from .dispatch import register_kernel
 from .linear_plan import MUL_EPILOGUES, LinearPlan
@@ -336,46 +339,62 @@ def _linear_kernel(be, graph, node, rule):
     return _LinearOp(be.core, graph, node, rule, graph.known_nonnegative(node.inputs[0]), be.precision)
 
 
-def grouped_matmul(core, a, b):
-    """``a @ b`` of float32 stacks of matrices (NumPy broadcasting of the leading axes) as ONE
-    grouped GEMM of the core: the G = prod(leading axes) left matrices packed as the weights of
-    a G-group 1x1 convolution of the right ones (1.6x NumPy's batched sgemm on ViT-B/16's heads,
-    48 x (197 x 64) @ (64 x 197), on 2 cores). float32 in the backend's bf16 mode too: rounding
-    and packing both activations per call cost more than the bf16 products saved (ViT-B/16,
-    batch 16: the matmul nodes 3.0 s in bf16 against 2.0 s, 2-vCPU Xeon family 6 model 167)."""
+def grouped_matmul(core, a, b, mul=None):
+    """``a @ b`` (times ``mul`` elementwise when given) of float32 stacks of matrices, with NumPy
+    broadcasting of the leading axes, as one ``batched_matmul`` of the core (src/cpp/matmul_cpu.h):
+    every operand is read in place through its strides, so transposed and permuted views (the
+    heads of q, k and v, ``k^T``, ``a^T``) and broadcast axes (zero strides) cost no copy, and the
+    product goes straight into a C-contiguous result. float32 in the backend's bf16 mode too:
+    rounding both activations to bfloat16 per call would cost about what the bf16 products save
+    (with the former grouped GEMM on ViT-B/16, batch 16, the matmul nodes took 3.0 s in bf16
+    against 2.0 s, 2-vCPU Xeon family 6 model 167)."""
     lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
-    G = int(np.prod(lead))
-    a = _f32(np.broadcast_to(a, lead + a.shape[-2:])).reshape(G * m, k)
-    b = _f32(np.broadcast_to(b, lead + b.shape[-2:])).reshape(1, G * k, 1, n)
-    y = core.conv_gemm(b, core.pack_weights(a, G), (1, 1), (1, 1), (0, 0), (1, 1), (1, n))
-    return np.asarray(y).reshape(lead + (m, n))
+    a = np.broadcast_to(a, lead + a.shape[-2:])
+    b = np.broadcast_to(b, lead + b.shape[-2:])
+    if mul is not None:
+        mul = np.broadcast_to(mul, lead + (a.shape[-2], b.shape[-1]))
+    return core.batched_matmul(a, b, mul)
+
+
+def _swap(m: np.ndarray) -> np.ndarray:
+    return np.swapaxes(m, -1, -2)
 
 
 class _MatmulOp(MatmulReference):
-    """The registry's matmul rules with the products as grouped GEMMs of the core; ctx keeps
-    ``z`` itself and each target's ``R / s(z)`` (doubled for UniformEpsilon) is one compiled
-    pass, where NumPy's ``s(z)`` alone took twice the forward GEMM on ViT-B/16's scores."""
+    """The registry's matmul rules on the core's batched products: the operands stay the views
+    they arrive as (ctx keeps them and ``z``), every transpose is a stride, each target's
+    ``R / s(z)`` (doubled for UniformEpsilon) is one compiled pass, and each relevance product
+    multiplies by its operand in the product's epilogue: ``R_a = a * (g b^T)``, ``R_b = b * (a^T g)``
+    (with ``transpose_b``, ``b`` as stored: ``b * (g^T a)``)."""
 
     def __init__(self, core, graph, node, rule):
-        super().__init__(graph, node, rule, lambda a, b: grouped_matmul(core, a, b))
+        super().__init__(graph, node, rule)
         self.core = core
 
-    def denominator(self, z):
-        return z
-
-    def quotient(self, R, z):
-        return self.core.stabilized_quotient(_f32(R), z, self.rule.epsilon, 1.0 if self.keep is not None else 2.0)
+    def forward(self, inputs):
+        a, b = (np.asarray(x, dtype=np.float32) for x in inputs)
+        b = _swap(b) if self.tb else b  # (..., k, n)
+        z = grouped_matmul(self.core, a, b)
+        return z, (a, b, z)
 
     def relevance(self, ctx, R):
-        if not np.any(R):  # nothing reaches it (CP-LRP's q k^T): zeros without the two GEMMs
+        if not np.any(R):  # nothing reaches it (CP-LRP's q k^T): zeros without the two products
             return [np.zeros((R.shape[0],) + s, np.float32) for s in self.shapes]
-        return super().relevance(ctx, R)
+        a, b, z = ctx
+        g = self.core.stabilized_quotient(_f32(R), z, self.rule.epsilon, 1.0 if self.keep is not None else 2.0)
+        out = [np.zeros((R.shape[0],) + s, np.float32) for s in self.shapes]
+        if self.keep != 1:
+            out[0] = unbroadcast(grouped_matmul(self.core, g, _swap(b), mul=a), self.shapes[0])
+        if self.keep != 0:
+            rb = (grouped_matmul(self.core, _swap(g), a, mul=_swap(b)) if self.tb
+                  else grouped_matmul(self.core, _swap(a), g, mul=b))
+            out[1] = unbroadcast(rb, self.shapes[1])
+        return out
 
 
 @register_kernel("cpu", "matmul")
 def _matmul_kernel(be, graph, node, rule):
-    return Float32Op(_MatmulOp(be.core, graph, node, rule))
+    return _MatmulOp(be.core, graph, node, rule)
 
 
 class _PassOp:
