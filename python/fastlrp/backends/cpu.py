@@ -44,8 +44,8 @@ pass per row or element, docs/transformers.md "Kernels and memory"): GELU (erf a
 tanh) and SiLU with Pass; ``batchnorm`` with Pass (the per-channel affine map, e.g.
 the attention's score scale); ``layernorm`` over trailing axes with Epsilon (std held
 constant; ``zero_bias``, ``guard``) or Pass; ``softmax`` along the last axis with
-Taylor or Pass; ``add`` of same-shape inputs with Norm (``guard``). A relevance of
-zeros reaching a ``matmul`` or a Taylor ``softmax`` returns zeros without the work.
+Taylor or Pass; ``add`` of same-shape inputs with Norm (``guard``). (CP-LRP's softmax
+and ``q k^T`` run no relevance pass: the plan silences the attention weights.)
 
 Max pooling runs in C++ (arg-max indices kept in ctx); average pooling runs as
 two float32 BLAS calls (or a mean for a global pool). Every other op and variant
@@ -378,11 +378,11 @@ class _MatmulOp(MatmulReference):
         return z, (a, b, z)
 
     def relevance(self, ctx, R):
-        if not np.any(R):  # nothing reaches it (CP-LRP's q k^T): zeros without the two products
-            return [np.zeros((R.shape[0],) + s, np.float32) for s in self.shapes]
+        # (CP-LRP's q k^T and softmax get no relevance at all: the plan silences the weights)
         a, b, z = ctx
         g = self.core.stabilized_quotient(_f32(R), z, self.rule.epsilon, 1.0 if self.keep is not None else 2.0)
-        out = [np.zeros((R.shape[0],) + s, np.float32) for s in self.shapes]
+        # the gate's zeros as a view (the plan sends nothing along it; reports sum it)
+        out = [np.broadcast_to(np.float32(0), (R.shape[0],) + s) for s in self.shapes]
         if self.keep != 1:
             out[0] = unbroadcast(grouped_matmul(self.core, g, _swap(b), mul=a), self.shapes[0])
         if self.keep != 0:
@@ -484,8 +484,6 @@ class _SoftmaxOp:
         if self.rule.kind == "pass":
             return [R]
         x, y = ctx
-        if not np.any(R):  # (CP-LRP's softmax receives none)
-            return [np.zeros_like(x)]
         return [self.core.softmax_taylor(x, y, _f32(R))]
 
 
