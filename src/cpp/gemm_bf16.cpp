@@ -246,12 +246,10 @@ inline void sample_rows_bf16(const ConvGemmArgs& a, int64_t k, int64_t kp, int64
             for (int q = 0; q < 32; ++q) {
                 const int64_t kk = k0 + q;
                 float v = 0.0f;
-                if (xr && kk < k && a.qz) {  // the fused Epsilon quotient (no sign split)
-                    v = xr[kk] / stabilize(a.qz[(s0 + r) * C + kk] - (a.qb ? a.qb[kk] : 0.0f), a.qeps);
-                } else if (xr && kk < k) {
-                    v = xr[split && kk >= C ? kk - C : kk];
-                    if (split) v = kk < C ? (v > 0.0f ? v : 0.0f) : (v < 0.0f ? v : 0.0f);
-                }
+                if (xr && kk < k && a.qz)  // the fused Epsilon quotient (no sign split)
+                    v = fused_quotient(a, (s0 + r) * C + kk, kk);
+                else if (xr && kk < k)
+                    v = !split ? xr[kk] : kk < C ? tf<1>(xr[kk]) : tf<2>(xr[kk - C]);
                 t[q] = v;
             }
             _mm512_store_si512(reinterpret_cast<__m512i*>(d + k0),

@@ -439,11 +439,17 @@ struct WorkItems {
     int threads;
 };
 
+// The threads for the product of a: one where it is not worth a fork, unless streaming A
+// alone is (a dense layer at batch 1: memory-bound).
+inline int fork_threads(const ConvGemmArgs& a, int threads) {
+    const double flops = 2.0 * double(a.A->groups * a.A->m) * double(a.A->k) * double(a.n * a.oh * a.ow);
+    return threads < 1 || flops < 4e6 ? 1 : threads;
+}
+
 inline WorkItems split_work(const ConvGemmArgs& a, int64_t mpanels, int64_t ncs, int threads) {
     const PackedA& A = *a.A;
-    const int64_t G = A.groups, O = G * A.m, cols = a.n * a.oh * a.ow, npanels = (cols + NR - 1) / NR;
-    // not worth a fork, unless streaming A alone is (a dense layer at batch 1: memory-bound)
-    if (threads < 1 || 2.0 * double(O) * double(A.k) * double(cols) < 4e6) threads = 1;
+    const int64_t G = A.groups, cols = a.n * a.oh * a.ow, npanels = (cols + NR - 1) / NR;
+    threads = fork_threads(a, threads);
     const int64_t want = threads > 1 ? 4 * threads : 1;
     int64_t ncb = ncs, mpi = mpanels;
     if (threads > 1) {
@@ -485,7 +491,15 @@ inline void pack_sample_rows(const ConvGemmArgs& a, const KEntry* kt, int64_t k0
     }
 }
 
-// The same panels of the fused Epsilon quotient x / s(qz - qb) (ConvGemmArgs::qz).
+// Element i (input feature ch) of the fused Epsilon quotient x / s(qz - qb)
+// (ConvGemmArgs::qz): rules.h's rule_g_epsilon, so bit for bit what rule_g gives.
+inline float fused_quotient(const ConvGemmArgs& a, int64_t i, int64_t ch) {
+    RuleGBias c;
+    c.bz = a.qb ? a.qb[ch] : 0.0f;
+    return rule_g_epsilon(a.x[i], a.qz[i], c, a.qeps);
+}
+
+// The same panels of the fused Epsilon quotient.
 inline void pack_sample_quotients(const ConvGemmArgs& a, const KEntry* kt, int64_t kl, int64_t s0, int64_t ns,
                                   float* dst) {
     for (int64_t ip = 0; ip * MR < ns; ++ip) {
@@ -494,8 +508,7 @@ inline void pack_sample_quotients(const ConvGemmArgs& a, const KEntry* kt, int64
             const int64_t s = s0 + ip * MR + r;
             for (int64_t kk = 0; kk < kl; ++kk) {
                 const int64_t ch = kt[kk].choff;
-                d[kk * MR + r] = ip * MR + r < ns ? a.x[s * a.c + ch] /
-                                 stabilize(a.qz[s * a.c + ch] - (a.qb ? a.qb[ch] : 0.0f), a.qeps) : 0.0f;
+                d[kk * MR + r] = ip * MR + r < ns ? fused_quotient(a, s * a.c + ch, ch) : 0.0f;
             }
         }
     }
@@ -581,7 +594,7 @@ struct RowsItems {
 inline RowsItems split_rows(const ConvGemmArgs& a, int64_t ms, int threads) {
     const int64_t O = a.A->m, S = a.n;
     const int64_t fpanels = (O + NR - 1) / NR, sblocks = (S + ms - 1) / ms;
-    if (threads < 1 || 2.0 * double(O) * double(a.A->k) * double(S) < 4e6) threads = 1;
+    threads = fork_threads(a, threads);
     const int64_t want = threads > 1 ? 4 * threads : 1;
     const int64_t fsplit = sblocks >= want ? 1 : imin(fpanels, (want + sblocks - 1) / sblocks);
     const int64_t fpb = (fpanels + fsplit - 1) / fsplit, fblocks = (fpanels + fpb - 1) / fpb;

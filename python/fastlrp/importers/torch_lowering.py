@@ -1015,9 +1015,7 @@ class Converter:
         names = ("input", "qkv_weight", "proj_weight", "relative_position_bias", "window_size", "num_heads",
                  "shift_size", "attention_dropout", "dropout", "qkv_bias", "proj_bias", "logit_scale", "training")
         a = {k: _arg(n, i, k) for i, k in enumerate(names)}
-        v2 = not (a["logit_scale"] is None or (isinstance(a["logit_scale"], self.torch.fx.Node)
-                                               and isinstance(self.env.get(a["logit_scale"]), Meta)
-                                               and self.env[a["logit_scale"]].value is None))
+        v2 = self.scalar(a["logit_scale"]) is not None
         x = self.tensor_input(n, a["input"], what)
         H, W, C = self.sample_shape(a["input"])
         ws = [int(v) for v in self.scalar(a["window_size"])]
