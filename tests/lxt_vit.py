@@ -39,9 +39,39 @@ FIXTURES = os.path.join(HERE, "fixtures")
 GRAPH = os.path.join(FIXTURES, "lxt_vit_graph.npz")
 RELEVANCE = os.path.join(FIXTURES, "lxt_vit_relevance.npz")
 RULE_SETS = ("cp", "cp_gamma", "attn")
-#: The fastlrp composite matching each LXT rule set (LRP-0 is epsilon 0).
-COMPOSITES = {"cp": "cp_lrp(epsilon=0)", "cp_gamma": None, "attn": "attnlrp(epsilon=0)"}
 GAMMA = 0.25
+
+
+def fastlrp_composite(rule_set, epsilon=0.0):
+    """The fastlrp composite matching an LXT rule set (LRP-0 is ``epsilon`` 0; a float32 run
+    wants a tiny one, see bench/bench_vit.py)."""
+    from fastlrp.composites import CPLRP
+    from fastlrp.rules import Epsilon, Gamma
+
+    if rule_set == "cp":
+        return f"cp_lrp(epsilon={epsilon!r})"
+    if rule_set == "attn":
+        return f"attnlrp(epsilon={epsilon!r})"
+    if rule_set == "cp_gamma":
+        # zennit's Gamma (stabilizer 1e-6) on nn.Linear / nn.Conv2d; MultiheadAttention's
+        # projections are not called as modules, so LXT leaves them at LRP-0
+        return CPLRP(epsilon=epsilon, layer_map={"linear": Gamma(GAMMA, 1e-6)},
+                     names={r"re:.*self_attention\..*_proj": Epsilon(epsilon)})
+    raise ValueError(f"unknown LXT rule set {rule_set!r}; one of {RULE_SETS}")
+
+
+def register_zennit_gamma(model):
+    """LXT's ViT example: zennit's Gamma(GAMMA) on nn.Conv2d and nn.Linear through
+    ``lxt.efficient.monkey_patch_zennit``; returns the registered composite (``.remove()``)."""
+    import torch
+    import lxt.efficient as le
+    from zennit.composites import LayerMapComposite
+    from zennit.rules import Gamma
+
+    le.monkey_patch_zennit()
+    comp = LayerMapComposite([(torch.nn.Conv2d, Gamma(GAMMA)), (torch.nn.Linear, Gamma(GAMMA))])
+    comp.register(model)
+    return comp
 
 
 def build_vit(tv, torch):
@@ -56,7 +86,8 @@ def build_vit(tv, torch):
     return m, x
 
 
-def _patch(tv, rule_set):
+def patch_lxt(tv, rule_set):
+    """Apply LXT's monkey patches of a rule set to torchvision's ViT classes."""
     import lxt.efficient as le
     from lxt.efficient.models import vit_torch
     from lxt.efficient.patches import patch_method
@@ -103,16 +134,8 @@ def lxt_relevance():
 
 
 def _relevance(tv, torch, m, x, target, rule_set):
-    _patch(tv, rule_set)
-    comp = None
-    if rule_set == "cp_gamma":
-        import lxt.efficient as le
-        from zennit.composites import LayerMapComposite
-        from zennit.rules import Gamma
-
-        le.monkey_patch_zennit()
-        comp = LayerMapComposite([(torch.nn.Conv2d, Gamma(GAMMA)), (torch.nn.Linear, Gamma(GAMMA))])
-        comp.register(m)
+    patch_lxt(tv, rule_set)
+    comp = register_zennit_gamma(m) if rule_set == "cp_gamma" else None
     xg = x.clone().requires_grad_()
     y = m(xg)
     y[torch.arange(len(x)), target].sum().backward()
@@ -141,8 +164,6 @@ def main():
 
     import fastlrp
     from _zoo import load_torchvision
-
-
 
     os.makedirs(FIXTURES, exist_ok=True)
     m, x = build_vit(load_torchvision(), torch)

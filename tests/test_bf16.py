@@ -112,12 +112,12 @@ def _conv64(x, W, groups, stride, pad, dil, sign):
     """float64 conv GEMM of conv_gemm's definition on bf16-rounded operands (and the
     same product of the absolute values: the error bound's scale)."""
     O, K = W.shape
-    Cg, halves = x.shape[1] // groups, 2 if sign else 1
+    Cg, halves = x.shape[1] // groups, 2 if sign == 1 else 1
     kk = int(round(np.sqrt(K // (halves * Cg))))
     Wh = W.reshape(O, halves, Cg, kk, kk)
     at = {"dims": 2, "stride": (stride,) * 2, "padding": ((pad, pad),) * 2, "dilation": (dil,) * 2,
           "groups": groups}
-    parts = [np.maximum(x, 0), np.minimum(x, 0)] if sign else [x]
+    parts = {0: [x], 1: [np.maximum(x, 0), np.minimum(x, 0)], 2: [np.abs(x)]}[sign]
     y = sum(conv_forward(bf16(xs), bf16(Wh[:, h]), None, at) for h, xs in enumerate(parts))
     scale = sum(conv_forward(np.abs(bf16(xs)), np.abs(bf16(Wh[:, h])), None, at) for h, xs in enumerate(parts))
     return y, scale.max()
@@ -126,13 +126,14 @@ def _conv64(x, W, groups, stride, pad, dil, sign):
 @kernels
 @pytest.mark.parametrize("C,O,G,k,stride,pad,dil,sign,epi", [
     (5, 37, 1, 3, 1, 1, 1, 0, "bias"), (6, 40, 2, 3, 2, 1, 1, 1, "none"), (8, 34, 2, 3, 1, 2, 2, 0, "mulx"),
-    (3, 33, 1, 5, 2, 0, 1, 1, "mulxoff"), (36, 20, 1, 1, 1, 0, 1, 0, "mulpos"), (12, 51, 3, 3, 1, 1, 1, 1, "mulneg")])
+    (3, 33, 1, 5, 2, 0, 1, 1, "mulxoff"), (36, 20, 1, 1, 1, 0, 1, 0, "mulpos"), (12, 51, 3, 3, 1, 1, 1, 1, "mulneg"),
+    (7, 35, 1, 3, 2, 1, 1, 2, "mulabs")])
 def test_bf16_conv_gemm_epilogues_groups_sign(kernel, C, O, G, k, stride, pad, dil, sign, epi):
     assert core.set_bf16_kernel(kernel)
     rng = np.random.default_rng(C * 100 + O)
     N, H, Wd = 2, 11, 9
     x = rng.standard_normal((N, C, H, Wd)).astype(np.float32)
-    W = rng.standard_normal((O, (2 if sign else 1) * (C // G) * k * k)).astype(np.float32)
+    W = rng.standard_normal((O, (2 if sign == 1 else 1) * (C // G) * k * k)).astype(np.float32)
     out_hw = tuple((n + 2 * pad - dil * (k - 1) - 1) // stride + 1 for n in (H, Wd))
     b = rng.standard_normal(O).astype(np.float32)
     m = rng.standard_normal((N, O) + out_hw).astype(np.float32)
@@ -145,7 +146,7 @@ def test_bf16_conv_gemm_epilogues_groups_sign(kernel, C, O, G, k, stride, pad, d
     z, scale = _conv64(x, W, G, stride, pad, dil, sign)
     m64 = m.astype(np.float64)
     mult = {"none": 1.0, "bias": 1.0, "mulx": m64, "mulpos": np.maximum(m64, 0), "mulneg": np.minimum(m64, 0),
-            "mulxoff": m64 - off[None]}[epi]
+            "mulxoff": m64 - off[None], "mulabs": np.abs(m64)}[epi]
     want = z * mult + (b[None, :, None, None] if epi == "bias" else 0.0)
     assert y.shape == want.shape
     assert np.abs(y - want).max() <= 1e-5 * scale * np.abs(mult).max()
@@ -153,20 +154,20 @@ def test_bf16_conv_gemm_epilogues_groups_sign(kernel, C, O, G, k, stride, pad, d
 
 @kernels
 @pytest.mark.parametrize("S,C,O,sign", [(1, 5, 3, 0), (37, 300, 29, 0), (70, 33, 13, 1), (300, 700, 100, 1),
-                                        (600, 64, 70, 0)])
+                                        (600, 64, 70, 0), (45, 130, 33, 2)])
 def test_bf16_sample_rows(kernel, S, C, O, sign):
     """Weights packed with rows=True (a dense layer; AMX: tiles of samples x features, A
     tiles loaded from bfloat16 rows of x; the other kernel keeps the conv layout), with
-    the sign split, epilogues and a split output, against float64 of the rounded operands;
+    the sign split or |x|, epilogues and a split output, against float64 of the rounded operands;
     a sample alone is bit for bit the same as inside the batch."""
     assert core.set_bf16_kernel(kernel)
     rng = np.random.default_rng(S + C + O)
     x = rng.standard_normal((S, C, 1, 1)).astype(np.float32)
-    W = rng.standard_normal((O, (1 + sign) * C)).astype(np.float32)
+    W = rng.standard_normal((O, (2 if sign == 1 else 1) * C)).astype(np.float32)
     A = core.pack_weights(W, 1, "bf16", rows=True)
     assert A.isa == kernel and A.rows == (kernel == "amx_bf16")
     x64 = x[:, :, 0, 0].astype(np.float64)
-    xs = np.concatenate([np.maximum(x64, 0), np.minimum(x64, 0)], 1) if sign else x64
+    xs = {0: x64, 1: np.concatenate([np.maximum(x64, 0), np.minimum(x64, 0)], 1), 2: np.abs(x64)}[sign]
     z, scale = bf16(xs) @ bf16(W).T, (np.abs(bf16(xs)) @ np.abs(bf16(W)).T).max()
     b = rng.standard_normal(O).astype(np.float32)
     m = rng.standard_normal((S, O, 1, 1)).astype(np.float32)

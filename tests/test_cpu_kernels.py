@@ -84,6 +84,79 @@ def test_conv_gemm_sign_split_and_epilogues():
         assert rel_err(y[:, :, 0, :], f(z)) < 1e-5, epi
 
 
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("shape,kernel,stride,pad,rows", [((5, 1, 1), (1, 1), (1, 1), (0, 0), False),
+                                                          ((5, 1, 1), (1, 1), (1, 1), (0, 0), True),
+                                                          ((4, 6, 7), (3, 3), (1, 1), (1, 1), False),
+                                                          ((3, 7, 5), (3, 2), (2, 1), (1, 0), False)])
+def test_conv_gemm_abs_packing_and_mulabs_epilogue(isa, shape, kernel, stride, pad, rows):
+    """sign 2 packs |x| (Gamma's |W| |x| on signed inputs); the mulabs epilogue multiplies by |mul|."""
+    rng = np.random.default_rng(21)
+    C, H, Wd = shape
+    N, O = 37, 9
+    x = signed(rng, (N, C, H, Wd)).astype(np.float32)
+    W = rng.standard_normal((O, C) + kernel)
+    at = {"dims": 2, "stride": stride, "padding": tuple((p, p) for p in pad), "dilation": (1, 1), "groups": 1}
+    from fastlrp.backends.reference import conv_forward
+
+    want = conv_forward(np.abs(x.astype(np.float64)), W, None, at)
+    assert core.set_isa({"generic": 0, "avx2": 1, "avx512": 2}[isa])
+    A = core.pack_weights(W.reshape(O, -1).astype(np.float32), 1, rows=rows)
+    y = core.conv_gemm(x, A, kernel, stride, pad, (1, 1), want.shape[2:], 2, 0, None, None, None)
+    assert rel_err(y, want) < 1e-5
+    m = signed(rng, want.shape).astype(np.float32)
+    epi = dict(core.epilogues)["mulabs"]
+    y = core.conv_gemm(x, A, kernel, stride, pad, (1, 1), want.shape[2:], 2, epi, None, m, None)
+    assert rel_err(y, want * np.abs(m)) < 1e-5
+    with pytest.raises(ValueError, match="sign"):
+        core.conv_gemm(x, A, kernel, stride, pad, (1, 1), want.shape[2:], 3, 0, None, None, None)
+
+
+def test_rule_g_sum_and_difference_planes():
+    """rule_g's sumdiff: the two halves of AlphaBeta / Gamma as (g0 + g1, g0 - g1) planes,
+    bit for bit the sum and difference of the stacked layout's halves."""
+    rng = np.random.default_rng(22)
+    kinds = dict(core.rule_kinds)
+    for kind, O, P, G in [("gamma", 12, 1, 1), ("gamma", 12, 10, 3), ("alphabeta", 8, 6, 2)]:
+        R, out, ps = (signed(rng, (5, O, P)).astype(np.float32) for _ in range(3))
+        b = rng.standard_normal(O).astype(np.float32)
+        args = (kinds[kind], R, out, ps, b, None, G, 1e-6, 2.0, 1.0, 0.25, False, False)
+        g = core.rule_g(*args).reshape(5, G, 2, O // G, P)
+        g0, g1 = g[:, :, 0].reshape(5, O, P), g[:, :, 1].reshape(5, O, P)
+        sd = core.rule_g(*args, True)
+        assert sd.shape == (2, 5, O, P)
+        np.testing.assert_array_equal(sd[0], g0 + g1)
+        np.testing.assert_array_equal(sd[1], g0 - g1)
+    with pytest.raises(ValueError, match="sumdiff"):
+        core.rule_g(kinds["epsilon"], R, out, None, None, None, 1, 1e-6, sumdiff=True)
+
+
+def test_gamma_on_signed_inputs_runs_on_w_and_abs_w():
+    """Gamma on a signed input: the plan's |W| form (no [W+ | W-] operands packed), equal to
+    the float64 reference and conserving with a zero bias, on dense and strided conv layers."""
+    rng = np.random.default_rng(23)
+    gb = GraphBuilder((3, 9, 9))
+    h = gb.conv(gb.input, rng.standard_normal((6, 3, 3, 3)), rng.standard_normal(6), stride=2, padding=1,
+                name="conv")
+    h = gb.flatten(h)
+    gb.dense(h, rng.standard_normal((7, 6 * 5 * 5)), None, name="fc")
+    graph = gb.build()
+    x = signed(rng, (4, 3, 9, 9))
+    for node in ("conv", "fc"):
+        for rule in (rules.Gamma(0.25), rules.Gamma(1.0, zero_bias=True)):
+            op = CpuBackend().prepare(graph, graph[node], rule)
+            assert op.plan.abs_form and op.A_posneg is None and op.A_abs is not None
+            xin = x if node == "conv" else signed(rng, (4, 6 * 5 * 5))
+            out, ctx = op.forward([xin.astype(np.float32)])
+            R = signed(rng, out.shape)
+            (got,) = op.relevance(ctx, R)
+            ref = fastlrp.get_backend("reference").prepare(graph, graph[node], rule)
+            (want,) = ref.relevance(ref.forward([xin])[1], R)
+            assert rel_err(got, want) < RTOL_LAYER, (node, rule)
+            if rule.zero_bias or graph[node].params.get("bias") is None:
+                assert abs(got.sum() - R.sum()) < 1e-4 * np.abs(R).sum(), (node, rule)
+
+
 def test_conv_gemm_split_output():
     """A = [W ; W+] in one GEMM: rows < split get the bias epilogue, the rest go raw
     to a second array (the forward pass and ZPlus' psum from one packing)."""

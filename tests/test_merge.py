@@ -10,7 +10,6 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-import warnings
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ import fastlrp
 from fastlrp import passes
 from fastlrp.graph import GraphBuilder, GraphError
 from fastlrp.ops.merge import gate_operand
-from fastlrp.rules import Epsilon, Gate, Norm, Pass, RuleError, Uniform, ZPlus
+from fastlrp.rules import Epsilon, Gate, RuleError, Uniform
 
 
 def _signed(rng, shape):

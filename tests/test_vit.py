@@ -20,26 +20,15 @@ import pytest
 
 import fastlrp
 import lxt_vit
-from fastlrp.composites import CPLRP
-from fastlrp.rules import Epsilon, Gamma
 from _nets import RTOL_NET, rel_err
 
 PARITY = 1e-6
 
 
-def composite(rule_set):
-    """The fastlrp composite of an LXT rule set (tests/lxt_vit.py)."""
-    if rule_set == "cp_gamma":
-        # zennit's Gamma on nn.Linear / nn.Conv2d; MultiheadAttention's projections are not
-        # called as modules, so LXT leaves them at LRP-0
-        return CPLRP(epsilon=0, layer_map={"linear": Gamma(lxt_vit.GAMMA, 1e-6)},
-                     names={r"re:.*self_attention\..*_proj": Epsilon(0.0)})
-    return lxt_vit.COMPOSITES[rule_set]
-
-
 def _check(graph, res):
     for rs in lxt_vit.RULE_SETS:
-        got = fastlrp.Explainer(graph, composite(rs), backend="reference").explain(res["x"], target=res["target"])
+        comp = lxt_vit.fastlrp_composite(rs)
+        got = fastlrp.Explainer(graph, comp, backend="reference").explain(res["x"], target=res["target"])
         err = rel_err(got, res[rs])
         assert err <= PARITY, f"{rs}: relative difference to LXT {err:.2e} > {PARITY}"
 
@@ -53,8 +42,8 @@ def test_lxt_fixture_parity():
     # the float32 backends against the same numbers
     be = "cpu" if fastlrp._ext.core is not None else "numba"
     for rs in ("cp", "attn"):
-        got = fastlrp.Explainer(graph, composite(rs), backend=be).explain(res["x"].astype(np.float32),
-                                                                        target=res["target"])
+        got = fastlrp.Explainer(graph, lxt_vit.fastlrp_composite(rs), backend=be).explain(
+            res["x"].astype(np.float32), target=res["target"])
         assert rel_err(got, res[rs]) < RTOL_NET
 
 

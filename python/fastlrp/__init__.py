@@ -14,7 +14,7 @@ from __future__ import annotations
 # ([tool.scikit-build.metadata.version]), so the package metadata agrees.
 __version__ = "0.1.0"
 
-from . import composites, heatmap, innvestigate, ops, passes, rules  # innvestigate registers the lrp.* composites
+from . import composites, heatmap, innvestigate, ops, passes, rules  # noqa: F401 - innvestigate registers the lrp.* composites
 from .composites import Composite, get_composite, register_composite
 from .explain import Explainer, InputError, RelevanceReport, get_backend
 from .errors import GraphFileError, UnsupportedLayerError

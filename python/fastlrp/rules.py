@@ -10,7 +10,7 @@ stabilizer is ``s(z) = z + eps * sign(z)`` with ``sign(0) = +1``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import numpy as np
 

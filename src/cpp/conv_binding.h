@@ -34,7 +34,7 @@ void def_conv_functions(py::module_& m, Threads threads) {
         "rule_g",
         [threads](int kind, const py::array& R, const py::object& out, const py::object& psum, const py::object& bias,
                   const py::object& zc, int64_t groups, double eps, double alpha, double beta, double gamma,
-                  bool zero_bias, bool flat_group_sum) {
+                  bool zero_bias, bool flat_group_sum, bool sumdiff) {
             const char* fn = "rule_g";
             cpu::RuleGArgs a;
             if (!is_rule_kind(kind)) throw py::value_error("rule_g: unknown rule kind " + std::to_string(kind));
@@ -59,7 +59,10 @@ void def_conv_functions(py::module_& m, Threads threads) {
             a.zero_bias = zero_bias;
             const int64_t H = cpu::rule_g_halves(a.kind);
             a.flat_group_sum = flat_group_sum && a.kind == RuleKind::Flat;
-            py::array_t<float> g({a.n, a.flat_group_sum ? groups : a.O * H, a.P});
+            if (sumdiff && H != 2) throw py::value_error("rule_g: sumdiff needs a rule with two halves (AlphaBeta, Gamma)");
+            a.sumdiff = sumdiff;
+            py::array_t<float> g = sumdiff ? py::array_t<float>({int64_t(2), a.n, a.O, a.P})
+                                           : py::array_t<float>({a.n, a.flat_group_sum ? groups : a.O * H, a.P});
             a.g = g.mutable_data();
             const int t = threads();
             py::gil_scoped_release release;
@@ -68,9 +71,10 @@ void def_conv_functions(py::module_& m, Threads threads) {
         },
         py::arg("kind"), py::arg("R"), py::arg("out"), py::arg("psum"), py::arg("bias"), py::arg("zc"),
         py::arg("groups"), py::arg("eps"), py::arg("alpha") = 1.0, py::arg("beta") = 0.0, py::arg("gamma") = 0.0,
-        py::arg("zero_bias") = false, py::arg("flat_group_sum") = false,
+        py::arg("zero_bias") = false, py::arg("flat_group_sum") = false, py::arg("sumdiff") = false,
         "g = R / s(z) of a rule from the kept forward sums; (n, O*halves, P), halves stacked per group; "
-        "Flat with flat_group_sum: (n, groups, P), summed over each group's outputs.");
+        "Flat with flat_group_sum: (n, groups, P), summed over each group's outputs; "
+        "sumdiff (AlphaBeta, Gamma): (2, n, O, P), the halves' sum g0 + g1 and difference g0 - g1.");
 
     m.def(
         "col2im",

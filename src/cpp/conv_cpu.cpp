@@ -3,6 +3,7 @@
 // gemm_*.cpp.
 #include "conv_cpu.h"
 
+#include <cmath>
 #include <cstring>
 #include <memory>
 
@@ -13,6 +14,14 @@ namespace {
 
 inline float pos(float v) { return v > 0.0f ? v : 0.0f; }
 inline float neg(float v) { return v < 0.0f ? v : 0.0f; }
+
+// (g0, g1) -> (g0 + g1, g0 - g1) in place (RuleGArgs::sumdiff).
+inline void to_sum_diff(float* __restrict g0, float* __restrict g1, int64_t len) {
+    for (int64_t i = 0; i < len; ++i) {
+        const float s = g0[i] + g1[i], d = g0[i] - g1[i];
+        g0[i] = s, g1[i] = d;
+    }
+}
 
 }  // namespace
 
@@ -29,8 +38,8 @@ void rule_g_dense(const RuleGArgs& a, int64_t n, float e, float al, float be, fl
     const float* __restrict ps = a.psum ? a.psum + n * O : nullptr;
     const float* __restrict zc = a.zc;
     const float* __restrict bias = a.bias;
-    float* __restrict g0 = a.g + n * H * O;
-    float* __restrict g1 = g0 + O;
+    float* __restrict g0 = a.g + (a.sumdiff ? n * O : n * H * O);
+    float* __restrict g1 = g0 + (a.sumdiff ? a.n * O : O);
 #define FASTLRP_BIAS(o) rule_g_bias(HasBias ? bias[o] : 0.0f, ZeroBias, gm)
     switch (a.kind) {
         case RuleKind::Epsilon:
@@ -53,6 +62,7 @@ void rule_g_dense(const RuleGArgs& a, int64_t n, float e, float al, float be, fl
             for (int64_t o = 0; o < O; ++o) g0[o] = rule_g_const(R[o], zc[o], e);
             break;
     }
+    if (a.sumdiff) to_sum_diff(g0, g1, O);
 #undef FASTLRP_BIAS
 }
 
@@ -108,8 +118,8 @@ void rule_g(const RuleGArgs& a, int threads) {
         const float* __restrict out = a.out ? a.out + row * P : nullptr;
         const float* __restrict ps = a.psum ? a.psum + row * P : nullptr;
         const float* __restrict zc = a.zc ? a.zc + o * P : nullptr;
-        float* __restrict g0 = a.g + ((n * G + gi) * H * Og + oi) * P;
-        float* __restrict g1 = g0 + Og * P;  // second half (H == 2)
+        float* __restrict g0 = a.g + (a.sumdiff ? row * P : ((n * G + gi) * H * Og + oi) * P);
+        float* __restrict g1 = g0 + (a.sumdiff ? a.n * O * P : Og * P);  // second half (H == 2)
         switch (a.kind) {
             case RuleKind::Epsilon:
                 for (int64_t p = 0; p < P; ++p) g0[p] = rule_g_epsilon(R[p], out[p], c, e);
@@ -131,6 +141,7 @@ void rule_g(const RuleGArgs& a, int threads) {
                 for (int64_t p = 0; p < P; ++p) g0[p] = rule_g_const(R[p], zc[p], e);
                 break;
         }
+        if (a.sumdiff) to_sum_diff(g0, g1, P);
     }
 }
 
@@ -173,6 +184,7 @@ void col2im(const Col2ImArgs& a, int threads) {
                     case Epi::MulPos: v *= pos(m[i]); break;
                     case Epi::MulNeg: v *= neg(m[i]); break;
                     case Epi::MulXOff: v *= (m[i] - l[i]); break;
+                    case Epi::MulAbs: v *= std::fabs(m[i]); break;
                     default: break;
                 }
                 y[i] = a.accumulate ? y[i] + v : v;

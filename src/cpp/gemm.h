@@ -116,7 +116,8 @@ constexpr int64_t kDirectMaxM = 16, kDirectMaxK = 64;
 std::shared_ptr<PackedA> pack_a(const float* A, int64_t groups, int64_t m, int64_t k, bool bf16 = false,
                                 bool rows = false);
 
-enum class Sign : int { Id = 0, PosNeg = 1 };
+// Id: B from x; PosNeg: K doubled, x+ then x-; Abs: B from |x| (Gamma's |W| |x|).
+enum class Sign : int { Id = 0, PosNeg = 1, Abs = 2 };
 
 // One conv GEMM.  x: (n, c, h, w) image; y: (n, groups * A.m, oh, ow).
 // B_g[k, (n, oh, ow)] = T(x[n, g*cg + ci, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw])

@@ -237,7 +237,7 @@ void pack_a_bf16(PackedA& P, const float* A) {
 // tiles are loaded straight from these rows.
 inline void sample_rows_bf16(const ConvGemmArgs& a, int64_t k, int64_t kp, int64_t s0, int64_t ns, uint16_t* dst) {
     const int64_t C = a.c, rows = round_up(ns, 32);
-    const bool split = a.sign == Sign::PosNeg;  // k = 2C: [x+ | x-]
+    const bool split = a.sign == Sign::PosNeg, absx = a.sign == Sign::Abs;  // split: k = 2C, [x+ | x-]
     alignas(64) float t[32];
     for (int64_t r = 0; r < rows; ++r) {
         const float* xr = r < ns ? a.x + (s0 + r) * C : nullptr;
@@ -249,7 +249,7 @@ inline void sample_rows_bf16(const ConvGemmArgs& a, int64_t k, int64_t kp, int64
                 if (xr && kk < k && a.qz)  // the fused Epsilon quotient (no sign split)
                     v = fused_quotient(a, (s0 + r) * C + kk, kk);
                 else if (xr && kk < k)
-                    v = !split ? xr[kk] : kk < C ? tf<1>(xr[kk]) : tf<2>(xr[kk - C]);
+                    v = absx ? tf<3>(xr[kk]) : !split ? xr[kk] : kk < C ? tf<1>(xr[kk]) : tf<2>(xr[kk - C]);
                 t[q] = v;
             }
             _mm512_store_si512(reinterpret_cast<__m512i*>(d + k0),

@@ -61,6 +61,7 @@ inline py::object run_conv_gemm(const py::array& x, const PackedA& A, Pair kerne
     a.kh = kernel[0], a.kw = kernel[1], a.sh = stride[0], a.sw = stride[1];
     a.ph = pad[0], a.pw = pad[1], a.dh = dil[0], a.dw = dil[1], a.oh = out_hw[0], a.ow = out_hw[1];
     check_window(fn, kernel, stride, pad, dil, out_hw, /*crop=*/true);
+    if (sign < 0 || sign > 2) throw py::value_error("conv_gemm: sign must be 0 (x), 1 ([x+; x-]) or 2 (|x|)");
     a.sign = cpu::Sign(sign);
     a.A = &A;
     a.epi = Epi(epi);  // checked by cpu::conv_gemm
@@ -161,7 +162,7 @@ void def_gemm_functions(py::module_& m, Threads threads) {
         py::arg("out_hw"), py::arg("sign") = 0, py::arg("epi") = int(Epi::None), py::arg("bias") = py::none(),
         py::arg("mul") = py::none(), py::arg("off") = py::none(), py::arg("split") = 0, py::arg("qz") = py::none(),
         py::arg("qb") = py::none(), py::arg("qeps") = 0.0f,
-        "y[n, g*m+i, p] = epi(sum_k A_g[i,k] im2col(T(x))_g[k, (n,p)]); sign 1 packs [x+; x-] along K. "
+        "y[n, g*m+i, p] = epi(sum_k A_g[i,k] im2col(T(x))_g[k, (n,p)]); sign 1 packs [x+; x-] along K, sign 2 packs |x|. "
         "split > 0 returns (rows < split with the epilogue, rows >= split raw) from one GEMM. "
         "qz (weights packed with rows=True): the product of the Epsilon quotient x / s(qz - qb) instead of x.");
 

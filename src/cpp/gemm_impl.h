@@ -18,6 +18,7 @@
 //           for A micro-panel ir (stays in L2): ukr, then the sink adds the tile
 //           to y (first K block: stores) and, after the last K block, applies the
 //           epilogue while the tile is still in L1.
+#include <cmath>
 #include <cstring>
 #include <vector>
 #include <stdexcept>
@@ -94,9 +95,15 @@ struct PanelInfo {
     const int64_t* tab; // gather: KK x NR offsets from a.x (channel 0 of the group)
 };
 
+// The sign transform of a K entry's mode: 0 x, 1 x+, 2 x-, 3 |x|.
 template <int Mode>
 inline float tf(float v) {
-    return Mode == 0 ? v : (Mode == 1 ? (v > 0.0f ? v : 0.0f) : (v < 0.0f ? v : 0.0f));
+    return Mode == 0 ? v : (Mode == 1 ? (v > 0.0f ? v : 0.0f) : (Mode == 2 ? (v < 0.0f ? v : 0.0f) : std::fabs(v)));
+}
+
+// The mode of K entry k of a block (Kc = K per sign half): the Sign's transform.
+inline int sign_mode(Sign s, int64_t half) {
+    return s == Sign::Id ? 0 : (s == Sign::Abs ? 3 : (half == 0 ? 1 : 2));
 }
 
 template <int Mode>
@@ -206,7 +213,7 @@ inline void pack_b_block(const ConvGemmArgs& a, int64_t cg, int64_t g, const KEn
             }
         }
     }
-    // K rows of one sign mode are contiguous: x (Id), or x+ then x- (PosNeg)
+    // K rows of one sign mode are contiguous: x (Id), x+ then x- (PosNeg), |x| (Abs)
     int64_t kk = 0;
     while (kk < kl) {
         int64_t ke = kk;
@@ -215,14 +222,18 @@ inline void pack_b_block(const ConvGemmArgs& a, int64_t cg, int64_t g, const KEn
             pack_feature_rows<0>(a, cg, g, kt, kk, ke, kl, j0, nl, dst);
         else if (rows && kt[kk].mode == 1)
             pack_feature_rows<1>(a, cg, g, kt, kk, ke, kl, j0, nl, dst);
-        else if (rows)
+        else if (rows && kt[kk].mode == 2)
             pack_feature_rows<2>(a, cg, g, kt, kk, ke, kl, j0, nl, dst);
+        else if (rows)
+            pack_feature_rows<3>(a, cg, g, kt, kk, ke, kl, j0, nl, dst);
         else if (kt[kk].mode == 0)
             pack_rows<0>(a, kt, kk, ke, kl, np, pinfo, dst);
         else if (kt[kk].mode == 1)
             pack_rows<1>(a, kt, kk, ke, kl, np, pinfo, dst);
-        else
+        else if (kt[kk].mode == 2)
             pack_rows<2>(a, kt, kk, ke, kl, np, pinfo, dst);
+        else
+            pack_rows<3>(a, kt, kk, ke, kl, np, pinfo, dst);
         kk = ke;
     }
 }
@@ -261,6 +272,9 @@ inline void apply_epilogue(const ConvGemmArgs& a, int64_t o, int64_t off, int64_
             for (int64_t q = 0; q < len; ++q) yp[q] *= (m[q] - l[q]);
             break;
         }
+        case Epi::MulAbs:
+            for (int64_t q = 0; q < len; ++q) yp[q] *= std::fabs(m[q]);
+            break;
     }
 }
 
@@ -383,12 +397,12 @@ inline void grouped_direct_impl(const ConvGemmArgs& a, int threads) {
                     if (lo >= hi) continue;
                     const float* __restrict xr = a.x + (n * a.c + g * cg + ci) * HW + ih * a.w;
                     const float wk = wrow[k];
-                    if (a.sign == Sign::Id)
-                        accumulate_tap<0>(yr, xr, wk, lo, hi, a.sw, iw0);
-                    else if (half == 0)
-                        accumulate_tap<1>(yr, xr, wk, lo, hi, a.sw, iw0);
-                    else
-                        accumulate_tap<2>(yr, xr, wk, lo, hi, a.sw, iw0);
+                    switch (sign_mode(a.sign, half)) {
+                        case 0: accumulate_tap<0>(yr, xr, wk, lo, hi, a.sw, iw0); break;
+                        case 1: accumulate_tap<1>(yr, xr, wk, lo, hi, a.sw, iw0); break;
+                        case 2: accumulate_tap<2>(yr, xr, wk, lo, hi, a.sw, iw0); break;
+                        default: accumulate_tap<3>(yr, xr, wk, lo, hi, a.sw, iw0); break;
+                    }
                 }
                 apply_epilogue(a, o, (n * O + o) * P + oh * a.ow, o * P + oh * a.ow, yr, a.ow);
             }
@@ -402,7 +416,7 @@ inline void k_entries(const ConvGemmArgs& a, int64_t Kc, int64_t pc, int64_t kl,
     for (int64_t kk = 0; kk < kl; ++kk) {
         const int64_t kabs = pc + kk, half = kabs / Kc, kr = kabs - half * Kc;
         const int64_t ci2 = kr / KKs, rr = kr - ci2 * KKs, khh = rr / a.kw, kww = rr - khh * a.kw;
-        kt[kk] = KEntry{ci2 * HW, khh * a.dh, kww * a.dw, a.sign == Sign::Id ? 0 : (half == 0 ? 1 : 2), int(rr)};
+        kt[kk] = KEntry{ci2 * HW, khh * a.dh, kww * a.dw, sign_mode(a.sign, half), int(rr)};
     }
 }
 
@@ -521,15 +535,17 @@ inline void pack_sample_block(const ConvGemmArgs& a, const KEntry* kt, int64_t k
         return;
     }
     int64_t kk = 0;
-    while (kk < kl) {  // runs of one sign mode: x, or x+ then x-
+    while (kk < kl) {  // runs of one sign mode: x, x+ then x-, or |x|
         int64_t ke = kk;
         while (ke < kl && kt[ke].mode == kt[kk].mode) ++ke;
         if (kt[kk].mode == 0)
             pack_sample_rows<0>(a, kt, kk, ke, kl, s0, ns, dst);
         else if (kt[kk].mode == 1)
             pack_sample_rows<1>(a, kt, kk, ke, kl, s0, ns, dst);
-        else
+        else if (kt[kk].mode == 2)
             pack_sample_rows<2>(a, kt, kk, ke, kl, s0, ns, dst);
+        else
+            pack_sample_rows<3>(a, kt, kk, ke, kl, s0, ns, dst);
         kk = ke;
     }
 }

@@ -46,14 +46,15 @@ namespace fastlrp {
 // The epilogues of the GEMM and col2im kernels, applied to the final value v of
 // y[n, o, p]: none: v; bias: v + bias[o]; mulx: v * mul[n, o, p]; mulpos:
 // v * max(mul, 0); mulneg: v * min(mul, 0); mulxoff: v * (mul[n, o, p] - off[o, p])
-// (off is per sample, e.g. ZBox's bounds).
+// (off is per sample, e.g. ZBox's bounds); mulabs: v * |mul[n, o, p]|.
 #define FASTLRP_EPILOGUES(X) \
     X(none, None)            \
     X(bias, Bias)            \
     X(mulx, MulX)            \
     X(mulpos, MulPos)        \
     X(mulneg, MulNeg)        \
-    X(mulxoff, MulXOff)
+    X(mulxoff, MulXOff)      \
+    X(mulabs, MulAbs)
 
 #define FASTLRP_CODE_ENUMERATOR(name, E) E,
 #define FASTLRP_CODE_NAME(name, E) #name,
@@ -75,7 +76,7 @@ FASTLRP_HD constexpr bool is_epilogue(int code) { return code >= 0 && code < kEp
 // The operands an epilogue reads besides v.
 FASTLRP_HD constexpr bool epi_reads_bias(Epi e) { return e == Epi::Bias; }
 FASTLRP_HD constexpr bool epi_reads_mul(Epi e) {
-    return e == Epi::MulX || e == Epi::MulPos || e == Epi::MulNeg || e == Epi::MulXOff;
+    return e == Epi::MulX || e == Epi::MulPos || e == Epi::MulNeg || e == Epi::MulXOff || e == Epi::MulAbs;
 }
 FASTLRP_HD constexpr bool epi_reads_off(Epi e) { return e == Epi::MulXOff; }
 

@@ -277,6 +277,9 @@ FLRP_DEVICE void store_out(const Params& p, int o, int n, int pix, float v) {
             case Epi::MulXOff:
                 v *= ldg(p.mul + idx) - ldg(p.off + int64_t(o) * p.P + pix);
                 break;
+            case Epi::MulAbs:
+                v *= fabsf(ldg(p.mul + idx));
+                break;
             case Epi::None:
                 break;
         }

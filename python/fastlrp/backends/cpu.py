@@ -94,7 +94,7 @@ class _LinearOp:
 
     def __init__(self, core, graph, node, rule, nonneg: bool, precision: str = "float32"):
         self.core, self.node, self.rule, self.precision = core, node, rule, precision
-        self.plan = p = LinearPlan(graph, node, rule, nonneg)
+        self.plan = p = LinearPlan(graph, node, rule, nonneg, abs_form=True)
         self.epi = dict(core.epilogues)
         self.rule_code = dict(core.rule_kinds)[p.kind]
         self.implicit_bwd = tuple(p.stride) == (1, 1)
@@ -102,7 +102,7 @@ class _LinearOp:
         # weights packed for the core's sample-rows driver (tiles of samples x features)
         self.rows = (p.G == 1 and (p.H, p.W, p.OH, p.OW) == (1, 1, 1, 1) and tuple(p.kernel) == (1, 1)
                      and all(v == 0 for pair in p.pad for v in pair))
-        (self.A_fwd_pos, self.A_fwd, self.A_pos, self.A_posneg, self.bwd_pos,
+        (self.A_fwd_pos, self.A_fwd, self.A_pos, self.A_posneg, self.A_abs, self.bwd_pos,
          self.bwd_signed) = p.operands(self._pack, self._bwd_term)
         # Epsilon on weights the core packed for sample rows (not every bf16 kernel does): the
         # backward GEMM computes g = R / s(out - bz) as it packs R (no g array)
@@ -158,8 +158,16 @@ class _LinearOp:
             out, psum = self._conv(x4, self.A_fwd_pos, 0, epi, p.b, split=p.O)
         else:
             out = self._conv(x4, self.A_fwd, 0, epi, p.b)
-            if p.needs_psum:
-                psum = self._conv(x4, self.A_pos, 0) if nonneg else self._conv(x4, self.A_posneg, 1)
+            if p.needs_psum and nonneg:
+                psum = self._conv(x4, self.A_pos, 0)
+            elif p.needs_psum and p.abs_form:  # psum = (W x + |W| |x|) / 2
+                psum = self._conv(x4, self.A_abs, 2)
+                psum += out
+                if p.b is not None:
+                    psum -= p.b.reshape(-1, 1, 1)
+                psum *= np.float32(0.5)
+            elif p.needs_psum:
+                psum = self._conv(x4, self.A_posneg, 1)
         return out.reshape((N,) + p.out_shape), (x4, out, psum, nonneg, S)
 
     def relevance(self, ctx, R) -> list:
@@ -167,16 +175,17 @@ class _LinearOp:
         x4, out, psum, nonneg, S = ctx
         R4 = _f32(R).reshape(S, p.O, p.OH, p.OW)
         quotient = None
+        sumdiff = p.abs_form and not nonneg  # g's sum and difference planes, one per term
         if self.fused_quotient:
             g, quotient = R4, (out, p.b if p.zero_bias else None, p.eps)
         else:
             g = self.core.rule_g(self.rule_code, R4, out, psum, p.b, p.zc, p.G, p.eps, p.alpha,
-                                 p.beta, p.gamma, p.zero_bias, p.kind == "flat")
-            g = g.reshape(S, -1, p.OH, p.OW)
+                                 p.beta, p.gamma, p.zero_bias, p.kind == "flat", sumdiff)
+            g = g.reshape(((2, S) if sumdiff else (S,)) + (-1, p.OH, p.OW))
         terms = self.bwd_pos if nonneg else self.bwd_signed
         res = None
-        for term in terms:
-            res = self._backward(g, term, x4, res, quotient)
+        for i, term in enumerate(terms):
+            res = self._backward(g[i] if sumdiff else g, term, x4, res, quotient)
         return [res.reshape((-1,) + p.in_shape)]
 
     def _backward(self, g, term, x4, res, quotient=None):

@@ -388,7 +388,7 @@ class _LinearOp:
         self.rule_code = dict(be.mod.rule_kinds)[p.kind]
         self.bias = None if p.b is None else be.upload(p.b)
         self.zc = None if p.zc is None else be.upload(p.zc)
-        (self.A_fwd_pos, self.A_fwd, self.A_pos, self.A_posneg, self.bwd_pos,
+        (self.A_fwd_pos, self.A_fwd, self.A_pos, self.A_posneg, _, self.bwd_pos,
          self.bwd_signed) = p.operands(self._upload, self._bwd_term)
 
     def _upload(self, A2d):

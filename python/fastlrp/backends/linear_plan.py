@@ -4,7 +4,8 @@ compiled CPU backend and the GPU backend (docs/design.md section 3).
 A :class:`LinearPlan` computes, once per Explainer, every model-constant
 operand of a parametric rule in float64, unpacked: the forward matrices
 (``W``; ``[W ; W+]`` so that one GEMM gives ``W x + b`` and ``W+ x``; ``W+``;
-``[W+ | W-]`` against ``[x+ ; x-]`` for signed inputs), the backward terms
+``[W+ | W-]`` against ``[x+ ; x-]`` for signed inputs, or ``|W|`` against ``|x|``
+for Gamma's, see :class:`LinearPlan`'s ``abs_form``), the backward terms
 (a stacked weight ``(G * O'g, Cg, KH, KW)``, the epilogue that multiplies the
 transposed product by ``x``, ``x+``, ``x-`` or ``x - offset``, and the offset),
 and the constant sums of ZBox (``W+ l + W- h``), Flat (tap counts) and WSquare
@@ -26,7 +27,7 @@ from .base import zbox_bounds
 __all__ = ["LinearPlan", "MUL_EPILOGUES"]
 
 #: Epilogues of the backward product that multiply by the layer input (they need x).
-MUL_EPILOGUES = ("mulx", "mulpos", "mulneg", "mulxoff")
+MUL_EPILOGUES = ("mulx", "mulpos", "mulneg", "mulxoff", "mulabs")
 
 
 def _f32(a) -> np.ndarray:
@@ -40,13 +41,25 @@ class LinearPlan:
     copied onto the plan): ``kind`` (the rule kind the kernels run; AlphaBeta(1, 0)
     runs as ZPlus, term by term), ``eps``, ``zero_bias``, ``b`` (float32 bias or
     None), ``static_nonneg``; the forward matrices ``fwd_pos``, ``fwd``, ``pos``,
-    ``posneg`` (2-d float64, None where not needed); ``pos_terms`` and
+    ``posneg``, ``absw`` (2-d float64, None where not needed); ``pos_terms`` and
     ``signed_terms`` (backward terms for non-negative and signed inputs;
     ``signed_terms is pos_terms`` when the sign of x does not matter, None when
     the input is known non-negative); ``zc`` (float32 constant sums or None).
+
+    ``abs_form`` (a backend that has the ``|x|`` packing, the ``mulabs`` epilogue and
+    rule_g's ``sumdiff``): Gamma on a signed input runs on ``W`` and ``|W|`` alone
+    (docs/design.md 3.4). With ``P = (W + |W|) / 2`` and ``N = (W - |W|) / 2``, the
+    positive-part sum is ``psum = (W x + |W| |x|) / 2`` (one GEMM against ``|x|``
+    instead of ``[W+ | W-]`` against ``[x+ ; x-]``, K halved), and the relevance
+    ``x+ (U^T a + D^T b) + x- (D^T a + U^T b)`` with ``U = W + gamma P``,
+    ``D = W + gamma N`` is ``(1 + gamma/2) x W^T (a + b) + (gamma/2) |x| |W|^T (a - b)``:
+    two products with K = O instead of two with K = 2 O. 4 GEMM units per layer
+    instead of 7. ZPlus and AlphaBeta keep the split sums: their numerators vanish
+    term by term where a sum is 0 (no positive, or no negative, contribution), which
+    the ``|W|`` form would only reach up to rounding, scaled by ``R / stabilizer``.
     """
 
-    def __init__(self, graph, node, rule, nonneg: bool):
+    def __init__(self, graph, node, rule, nonneg: bool, abs_form: bool = False):
         self.node, self.rule = node, rule
         geo = conv2d_geometry(graph, node)
         self.geometry = geo
@@ -72,8 +85,9 @@ class LinearPlan:
         O = self.O
         Wp, Wn = np.maximum(W4, 0), np.minimum(W4, 0)
         self.zc = None
-        self.fwd_pos = self.fwd = self.pos = self.posneg = None
+        self.fwd_pos = self.fwd = self.pos = self.posneg = self.absw = None
         self.needs_psum = kind in ("zplus", "alphabeta", "gamma")
+        self.abs_form = bool(abs_form) and kind == "gamma" and not nonneg
         if self.needs_psum and self.G == 1:
             # one GEMM, one packing of the image for both sums: [W ; W+] x -> (W x + b, W+ x)
             self.fwd_pos = np.concatenate([W4.reshape(O, -1), Wp.reshape(O, -1)], axis=0)
@@ -82,7 +96,9 @@ class LinearPlan:
         if self.needs_psum:
             if self.fwd_pos is None:
                 self.pos = Wp.reshape(O, -1)
-            if not nonneg:
+            if self.abs_form:
+                self.absw = np.abs(W4).reshape(O, -1)
+            elif not nonneg:
                 self.posneg = np.concatenate([Wp.reshape(O, -1), Wn.reshape(O, -1)], axis=1)
         st = self._stack
         if kind == "epsilon":
@@ -96,7 +112,11 @@ class LinearPlan:
             else:
                 U, D = W4 + self.gamma * Wp, W4 + self.gamma * Wn
             pos_terms = [(st(U, D), "mulx", None)]
-            signed_terms = [(st(U, D), "mulpos", None), (st(D, U), "mulneg", None)]
+            if self.abs_form:  # against g's sum and difference planes (rule_g's sumdiff)
+                half = 0.5 * self.gamma
+                signed_terms = [((1.0 + half) * W4, "mulx", None), (half * np.abs(W4), "mulabs", None)]
+            else:
+                signed_terms = [(st(U, D), "mulpos", None), (st(D, U), "mulneg", None)]
         elif kind == "zbox":
             lo, hi = (b.reshape((self.rows,) + self.row_shape)[0] for b in zbox_bounds(node, rule, self.in_shape))
             pos_terms = signed_terms = [(Wp, "mulxoff", lo), (Wn, "mulxoff", hi)]
@@ -122,9 +142,9 @@ class LinearPlan:
     def operands(self, matrix, term) -> tuple:
         """The plan's operands laid out by a backend: ``matrix(A2d)`` for each forward matrix
         (None stays None), ``term(Wst, epi, off)`` for each backward term. Returns
-        ``(fwd_pos, fwd, pos, posneg, bwd_pos, bwd_signed)``; ``bwd_signed is bwd_pos``
+        ``(fwd_pos, fwd, pos, posneg, absw, bwd_pos, bwd_signed)``; ``bwd_signed is bwd_pos``
         when the sign of x does not matter, None when the input is known non-negative."""
-        fwd = [None if A is None else matrix(A) for A in (self.fwd_pos, self.fwd, self.pos, self.posneg)]
+        fwd = [None if A is None else matrix(A) for A in (self.fwd_pos, self.fwd, self.pos, self.posneg, self.absw)]
         bwd_pos = [term(*t) for t in self.pos_terms]
         if self.signed_terms is self.pos_terms:
             bwd_signed = bwd_pos
