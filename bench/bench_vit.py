@@ -102,7 +102,9 @@ def main(argv=None):
 
     info = machine_info()
     info.update(torch=torch.__version__, threads=a.threads, model=a.model, size=a.size, import_s=round(import_s, 2),
-                rules=a.rules, composite=str(composite))
+                rules=a.rules, composite=composite if isinstance(composite, str) else (
+                    f"cp_lrp(epsilon={EPSILON}) with Gamma({lxt_vit.GAMMA}, 1e-6) on dense/conv, "
+                    f"Epsilon({EPSILON}) on the attention projections"))
     print(json.dumps(info))
     rows = []
     for n in a.batches:
