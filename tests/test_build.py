@@ -149,7 +149,7 @@ def test_emulator_absence_is_explained():
 
 # The epilogues that the compiled GEMM / col2im kernels take as codes (rules.h's
 # FASTLRP_EPILOGUES); the rule kinds are fastlrp.rules.PARAMETRIC_RULES.
-EPILOGUES = {"none", "bias", "mulx", "mulpos", "mulneg", "mulxoff"}
+EPILOGUES = {"none", "bias", "mulx", "mulpos", "mulneg", "mulxoff", "mulabs"}
 
 
 def _built_modules():
@@ -197,6 +197,7 @@ def test_epilogue_codes_mean_their_names():
         "mulpos": v * np.maximum(mul, 0),
         "mulneg": v * np.minimum(mul, 0),
         "mulxoff": v * (mul - off[None]),
+        "mulabs": v * np.abs(mul),
     }
     A = core.pack_weights(W)
     for name, code in core.epilogues.items():

@@ -143,17 +143,29 @@ def test_rule_g_matches_core(dev, kind, with_bias, zero_bias, groups):
     zc = rnd(rng, O, P, zeros=0.1)
     bias = rnd(rng, O) if with_bias else None
     args = dict(eps=1e-3, alpha=1.7, beta=0.7, gamma=0.25, zero_bias=zero_bias)
-    for fgs in ((False, True) if kind == 5 else (False,)):
+
+    def check(flat_group_sum=False, sumdiff=False):
         want = core.rule_g(kind, R, out, psum, bias, zc, groups, args["eps"], args["alpha"], args["beta"],
-                           args["gamma"], zero_bias, fgs)
+                           args["gamma"], zero_bias, flat_group_sum, sumdiff)
         g = dev.poisoned(want.shape)
         dev.m.rule_g(kind, dev.put(R), dev.put(out), dev.put(psum), dev.put(bias) if with_bias else 0,
-                     dev.put(zc), g, n=n, O=O, P=P, groups=groups, flat_group_sum=fgs, **args)
+                     dev.put(zc), g, n=n, O=O, P=P, groups=groups, flat_group_sum=flat_group_sum, sumdiff=sumdiff,
+                     **args)
         got = dev.get(g, want.shape)
         if dev.emulated:
             np.testing.assert_array_equal(got, want)
         else:
             close_sum(got, want, 1e-6)
+
+    for fgs in ((False, True) if kind == 5 else (False,)):
+        check(flat_group_sum=fgs)
+    kinds = dict(core.rule_kinds)
+    if kind in (kinds["alphabeta"], kinds["gamma"]):
+        check(sumdiff=True)  # the halves as (g0 + g1, g0 - g1) planes, as _core writes them
+    else:
+        with pytest.raises(ValueError, match="sumdiff"):
+            dev.m.rule_g(kind, dev.put(R), dev.put(out), dev.put(psum), 0, dev.put(zc), dev.poisoned((2, n, O, P)),
+                         n=n, O=O, P=P, groups=groups, sumdiff=True, **args)
 
 
 def test_rule_g_only_needed_operands(dev):

@@ -31,6 +31,7 @@ if not hasattr(core, "conv_gemm"):  # pragma: no cover
     pytest.skip("fastlrp._core without the GEMM core", allow_module_level=True)
 
 RTOL = 1e-5
+MULABS = dict(core.epilogues)["mulabs"]  # v * |mul|
 TILES = {0: "direct", 1: "128x128", 2: "128x64", 3: "64x128", 4: "64x64"}
 
 
@@ -154,6 +155,8 @@ def finish(raw, epi, bias, mul, off, split, prior, prior2):
             q = np.minimum(q, 0)
         elif epi == 5:
             q = q - off.astype(np.float64)[None]
+        elif epi == MULABS:
+            q = np.abs(q)
         main = main * q
     if prior is not None:
         main = main + prior
@@ -180,7 +183,7 @@ def run(mod, dev, rng, cv: Conv, *, sign=0, transposed=False, epi=0, accumulate=
     else:
         H, W = cv.h, cv.w
         oh, ow = cv.out_hw()
-        K = cg * cv.kh * cv.kw * (2 if sign else 1)
+        K = cg * cv.kh * cv.kw * (2 if sign == 1 else 1)
     O = G * M
     x = rng.standard_normal((cv.n, cv.c, H, W)).astype(np.float32)
     A = rng.standard_normal((O, K)).astype(np.float32)
@@ -234,7 +237,7 @@ FWD = [
 
 
 @pytest.mark.parametrize("cv", FWD, ids=Conv.label)
-@pytest.mark.parametrize("sign", [0, 1])
+@pytest.mark.parametrize("sign", [0, 1, 2])
 def test_forward_matches_cpu(mod, dev, cv, sign):
     rng = np.random.default_rng(abs(hash((cv, sign))) % 2**32)
     for tile in tiles_for(cv.m):
@@ -315,7 +318,7 @@ EPI_CASES = [
 
 @pytest.mark.parametrize("cv", EPI_CASES, ids=Conv.label)
 @pytest.mark.parametrize("transposed", [False, True])
-@pytest.mark.parametrize("epi", [0, 1, 2, 3, 4, 5])
+@pytest.mark.parametrize("epi", [0, 1, 2, 3, 4, 5, MULABS])
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_epilogues(mod, dev, cv, transposed, epi, accumulate):
     rng = np.random.default_rng(abs(hash((cv, transposed, epi, accumulate))) % 2**32)
@@ -395,9 +398,9 @@ def _good():
         (dict(dh=0), "dh must be"),
         (dict(n=-1), "n must be"),
         (dict(oh=-2), "oh must be"),
-        (dict(sign=2), "sign"),
+        (dict(sign=3), "sign"),
         (dict(sign=1, transposed=True), "transposed"),
-        (dict(epi=6), "epi"),
+        (dict(epi=len(core.epilogues)), "epi"),
         (dict(epi=1), "bias"),
         (dict(epi=2), "mul"),
         (dict(epi=5, mul=8), "off"),

@@ -31,7 +31,7 @@ struct RuleGArgs {
     // Flat only: g[n, group, p] = sum over the group's outputs (the backward of
     // Flat is 1^T g, so only the group sums are ever needed).
     bool flat_group_sum = false;
-    // Two-half kinds only (CPU): g as two planes (2, n, O, P), the sum g0 + g1 and the
+    // Two-half kinds only: g as two planes (2, n, O, P), the sum g0 + g1 and the
     // difference g0 - g1 of the halves, for a backward pass of two products with
     // W^T and |W|^T (Gamma on signed inputs, docs/design.md 3.4).
     bool sumdiff = false;

@@ -7,9 +7,9 @@
 //
 // Every dense/conv relevance pass has the same shape: forward sums by GEMM (with
 // model-constant transformed weights W, W+, [W+|W-] and the input sign split while
-// a tile is loaded), the per-output division g = R / s(z) from those sums (rule_g
-// below, the one place where the rules differ per element), and a backward GEMM
-// whose epilogue multiplies by x / x+ / x- / x - l.
+// a tile is loaded; |W| against |x| for Gamma), the per-output division g = R / s(z)
+// from those sums (rule_g below, the one place where the rules differ per element),
+// and a backward GEMM whose epilogue multiplies by x / x+ / x- / x - l / |x|.
 #pragma once
 
 #include <cmath>

@@ -20,7 +20,8 @@ namespace gpu {
 // ---- dense / conv rule epilogue (same semantics and layout as cpu::rule_g) -------
 // R, out, psum: (n, O, P); bias: (O) or null; zc: (O, P) or null.
 // g: (n, groups, halves, O/groups, P), halves = 2 for AlphaBeta and Gamma;
-// Flat with flat_group_sum: (n, groups, P), summed over each group's outputs.
+// Flat with flat_group_sum: (n, groups, P), summed over each group's outputs;
+// sumdiff (AlphaBeta, Gamma): (2, n, O, P), the halves' sum g0 + g1 and difference g0 - g1.
 // eps, alpha, beta, gamma are rounded to float as the CPU kernel rounds them.
 void rule_g(const RuleGArgs& a, void* stream);  // RuleGArgs: src/cpp/kernel_args.h
 

@@ -9,7 +9,8 @@
 // - forward (transposed = false): k = (ci, ky, kx) over K = (c/groups)*kh*kw,
 //   B[k, (n, oy, ox)] = x[n, g*cg + ci, oy*sh - ph + ky*dh, ox*sw - pw + kx*dw]
 //   (0 outside); sign = 1: Kt = 2K, rows k < K read max(x, 0), rows k >= K read
-//   min(x, 0) of tap k - K (CPU Sign::PosNeg); sign = 0: Kt = K.
+//   min(x, 0) of tap k - K (CPU Sign::PosNeg); sign = 2: Kt = K, B reads |x| (CPU
+//   Sign::Abs); sign = 0: Kt = K.
 // - transposed (the backward pass of a conv, any stride): x is the output-side
 //   tensor (n, c, h, w) of a forward conv with the given kernel/stride/padding/
 //   dilation, y (n, groups*M, oh, ow) its input side; Kt = (c/groups)*kh*kw,

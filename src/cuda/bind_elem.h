@@ -78,7 +78,7 @@ inline void bind_elem(pybind11::module_& m) {
         "rule_g",
         [](int kind, uintptr_t R, uintptr_t out, uintptr_t psum, uintptr_t bias, uintptr_t zc, uintptr_t g,
            int64_t n, int64_t O, int64_t Pn, int64_t groups, double eps, double alpha, double beta, double gamma,
-           bool zero_bias, bool flat_group_sum, uintptr_t stream) {
+           bool zero_bias, bool flat_group_sum, bool sumdiff, uintptr_t stream) {
             const char* fn = "rule_g";
             require(is_rule_kind(kind), fn, "unknown rule kind " + std::to_string(kind));
             nonneg(fn, "n", n), nonneg(fn, "O", O), nonneg(fn, "P", Pn), positive(fn, "groups", groups);
@@ -98,6 +98,8 @@ inline void bind_elem(pybind11::module_& m) {
             a.coefs.eps = eps, a.coefs.alpha = alpha, a.coefs.beta = beta, a.coefs.gamma = gamma;
             a.zero_bias = zero_bias;
             a.flat_group_sum = flat_group_sum && k == RuleKind::Flat;
+            require(!sumdiff || rule_g_num_halves(k) == 2, fn, "sumdiff needs a rule with two halves (AlphaBeta, Gamma)");
+            a.sumdiff = sumdiff;
             if (!any) return;
             py::gil_scoped_release release;
             rule_g(a, S(stream));
@@ -105,10 +107,11 @@ inline void bind_elem(pybind11::module_& m) {
         py::arg("kind"), py::arg("R"), py::arg("out"), py::arg("psum"), py::arg("bias"), py::arg("zc"), py::arg("g"),
         py::kw_only(), py::arg("n"), py::arg("O"), py::arg("P"), py::arg("groups"), py::arg("eps"),
         py::arg("alpha") = 1.0, py::arg("beta") = 0.0, py::arg("gamma") = 0.0, py::arg("zero_bias") = false,
-        py::arg("flat_group_sum") = false, py::arg("stream") = 0,
+        py::arg("flat_group_sum") = false, py::arg("sumdiff") = false, py::arg("stream") = 0,
         "g = R / s(z) of a rule from the kept forward sums (fastlrp._core.rule_g's semantics): R, out, psum "
         "(n, O, P); bias (O) or 0; zc (O, P) or 0; g (n, groups, halves, O/groups, P), halves 2 for AlphaBeta "
-        "and Gamma; Flat with flat_group_sum: g (n, groups, P).");
+        "and Gamma; Flat with flat_group_sum: g (n, groups, P); sumdiff (AlphaBeta, Gamma): g (2, n, O, P), the "
+        "halves' sum g0 + g1 and difference g0 - g1.");
 
     // ---- max pooling ----------------------------------------------------------------------
     m.def(

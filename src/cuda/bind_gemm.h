@@ -48,9 +48,9 @@ inline void bind_gemm(pybind11::module_& m) {
         py::arg("split") = 0, py::arg("tile") = -1, py::arg("dry_run") = false, py::arg("stream") = 0,
         "Implicit-GEMM conv on device pointers: y[n, g*m+i, p] = epi(sum_k A[g*m+i, k] B_g[k, (n, p)]).\n"
         "A: (groups*m) x Kt row-major; B_g gathered from x (n, c, h, w): the conv's im2col (sign=1: [x+; x-] "
-        "along K) or, transposed=True, the transposed conv (backward pass, any stride) with y (n, groups*m, oh, "
+        "along K; sign=2: |x|) or, transposed=True, the transposed conv (backward pass, any stride) with y (n, groups*m, oh, "
         "ow).  epi: a code of `epilogues` (none, bias: +bias[o], mulx: *mul, mulpos: *max(mul,0), mulneg: "
-        "*min(mul,0), mulxoff: *(mul-off[o,p])); accumulate: "
+        "*min(mul,0), mulxoff: *(mul-off[o,p]), mulabs: *|mul|); accumulate: "
         "y += v; split>0 (groups 1): rows >= split raw into y2.  tile: -1 auto, 0 direct (m <= 8), 1 128x128, "
         "2 128x64, 3 64x128, 4 64x64.  Returns the tile configuration used; dry_run: validate and return it "
         "without launching.  Asynchronous on `stream` (a real GPU).");

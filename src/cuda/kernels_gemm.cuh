@@ -175,8 +175,8 @@ template <bool TRANS>
 FLRP_DEVICE Tap decode_tap(const Params& p, const Taps& t, int k) {
     Tap r;
     if (!TRANS) {
-        int kr = k, mode = 0;
-        if (p.sign) {
+        int kr = k, mode = p.sign == 2 ? 3 : 0;
+        if (p.sign == 1) {
             mode = 1;
             if (k >= p.K) kr = k - p.K, mode = 2;
         }
@@ -290,9 +290,11 @@ FLRP_DEVICE void store_out(const Params& p, int o, int n, int pix, float v) {
         dst[idx] = v;
 }
 
+// mode 0: x, 1: max(x, 0), 2: min(x, 0), 3: |x| (the CPU's tf<Mode>)
 FLRP_DEVICE float sign_mode(float v, int mode) {
     if (mode == 1) return v > 0.0f ? v : 0.0f;
     if (mode == 2) return v < 0.0f ? v : 0.0f;
+    if (mode == 3) return fabsf(v);
     return v;
 }
 
@@ -440,9 +442,9 @@ FLRP_GLOBAL void FLRP_GEMM_BOUNDS(kDirectThreads, 1) conv_gemm_direct(Params p) 
     FLRP_GEMM_UNROLL
     for (int m = 0; m < kDirectMaxM; ++m) acc[m] = 0.0f;
     if (!TRANS) {
-        const int halves = p.sign ? 2 : 1;
+        const int halves = p.sign == 1 ? 2 : 1;
         for (int h = 0; h < halves; ++h) {
-            const int mode = p.sign ? 1 + h : 0;
+            const int mode = p.sign == 1 ? 1 + h : (p.sign == 2 ? 3 : 0);
             for (int ci = 0; ci < p.cg; ++ci) {
                 const int64_t xc = col.xoff + int64_t(ci) * p.HW;
                 for (int ky = 0; ky < p.KH; ++ky) {
@@ -543,7 +545,8 @@ inline Plan make_plan(const ConvGemmGpuArgs& a) {
     if (a.ph <= -glim || a.ph >= glim || a.pw <= -glim || a.pw >= glim) bad("padding out of range");
     if (a.c % a.groups)
         bad(std::to_string(a.c) + " channels are not divisible by " + std::to_string(a.groups) + " groups");
-    if (a.sign != 0 && a.sign != 1) bad("sign must be 0 (x) or 1 ([x+; x-] along K), got " + std::to_string(a.sign));
+    if (a.sign < 0 || a.sign > 2)
+        bad("sign must be 0 (x), 1 ([x+; x-] along K) or 2 (|x|), got " + std::to_string(a.sign));
     if (a.transposed && a.sign) bad("the transposed mode takes sign = 0");
     if (!is_epilogue(int(a.epi))) bad("epi " + std::to_string(int(a.epi)) + " is not an epilogue code");
     const std::string epi = "epi " + std::to_string(int(a.epi)) + " (" + kEpilogueNames[int(a.epi)] + ")";
@@ -561,7 +564,7 @@ inline Plan make_plan(const ConvGemmGpuArgs& a) {
     if (a.tile < kTileAuto || a.tile > kTile64x64) bad("tile must be in -1..4, got " + std::to_string(a.tile));
     if (a.tile == kTileDirect && a.m > kDirectMaxM)
         bad("the direct kernel (tile 0) takes m <= " + std::to_string(kDirectMaxM));
-    const int64_t cg = a.c / a.groups, KK = a.kh * a.kw, K = cg * KK, Kt = a.sign ? 2 * K : K;
+    const int64_t cg = a.c / a.groups, KK = a.kh * a.kw, K = cg * KK, Kt = a.sign == 1 ? 2 * K : K;
     const int64_t rows = a.groups * a.m, P = a.oh * a.ow;
     if (KK >= lim || K >= lim || rows >= lim) bad("K or the row count is too large");
     if (a.kh * a.dh >= glim || a.kw * a.dw >= glim || a.oh * a.sh >= glim || a.ow * a.sw >= glim ||

@@ -107,6 +107,7 @@ class _LinearOp:
         # Epsilon on weights the core packed for sample rows (not every bf16 kernel does): the
         # backward GEMM computes g = R / s(out - bz) as it packs R (no g array)
         self.fused_quotient = self.implicit_bwd and p.kind == "epsilon" and self.bwd_pos[0][0].rows
+        self.neg_b = None if p.b is None else -p.b  # Gamma's |W| |x| GEMM adds -b (LinearPlan.abs_form)
 
     # -- prepare helpers -------------------------------------------------------------
     def _pack(self, A2d):
@@ -160,11 +161,12 @@ class _LinearOp:
             out = self._conv(x4, self.A_fwd, 0, epi, p.b)
             if p.needs_psum and nonneg:
                 psum = self._conv(x4, self.A_pos, 0)
-            elif p.needs_psum and p.abs_form:  # psum = (W x + |W| |x|) / 2
-                psum = self._conv(x4, self.A_abs, 2)
+            elif p.needs_psum and p.abs_form:  # psum = (W x + b + |W| |x| - b) / 2, as the GPU rounds it
+                if p.b is None:
+                    psum = self._conv(x4, self.A_abs, 2)
+                else:
+                    psum = self._conv(x4, self.A_abs, 2, self.epi["bias"], self.neg_b)
                 psum += out
-                if p.b is not None:
-                    psum -= p.b.reshape(-1, 1, 1)
                 psum *= np.float32(0.5)
             elif p.needs_psum:
                 psum = self._conv(x4, self.A_posneg, 1)

@@ -382,13 +382,15 @@ class _LinearOp:
 
     def __init__(self, be, graph, node, rule, nonneg):
         self.be = be
-        self.h = p = LinearPlan(graph, node, rule, nonneg)
+        self.h = p = LinearPlan(graph, node, rule, nonneg, abs_form=True)
         self.node, self.rule, self.kind = node, rule, p.kind
         self.epi = dict(be.mod.epilogues)
         self.rule_code = dict(be.mod.rule_kinds)[p.kind]
         self.bias = None if p.b is None else be.upload(p.b)
+        # Gamma's |W| |x| GEMM adds -b, so that psum = (out + that) / 2 (LinearPlan.abs_form)
+        self.neg_bias = None if (p.b is None or not p.abs_form) else be.upload(-p.b)
         self.zc = None if p.zc is None else be.upload(p.zc)
-        (self.A_fwd_pos, self.A_fwd, self.A_pos, self.A_posneg, _, self.bwd_pos,
+        (self.A_fwd_pos, self.A_fwd, self.A_pos, self.A_posneg, self.A_abs, self.bwd_pos,
          self.bwd_signed) = p.operands(self._upload, self._bwd_term)
 
     def _upload(self, A2d):
@@ -443,6 +445,12 @@ class _LinearOp:
                 psum = be.empty(out.shape)
                 if nonneg:
                     self._conv(x, self.A_pos, psum, geo=geo)
+                elif h.abs_form:  # psum = (W x + b + |W| |x| - b) / 2
+                    nb = self.neg_bias
+                    self._conv(x, self.A_abs, psum, sign=2, epi=self.epi["bias" if nb is not None else "none"],
+                               bias=nb, geo=geo)
+                    be.mod.add_inplace(psum.ptr, out.ptr, psum.size)
+                    be.mod.scale(psum.ptr, psum.ptr, psum.size, 0.5)
                 else:
                     self._conv(x, self.A_posneg, psum, sign=1, geo=geo)
         return out.reshape((N,) + h.out_shape), (x, out, psum, nonneg)
@@ -452,17 +460,20 @@ class _LinearOp:
         x, out, psum, nonneg = ctx
         N = x.shape[0] * h.rows
         flat_sum = h.kind == "flat"
-        gch = h.G if flat_sum else h.O * h.halves
-        g = be.empty((N, gch, h.OH, h.OW))
+        sumdiff = h.abs_form and not nonneg  # g's sum and difference planes, one per term
+        gch = h.G if flat_sum else h.O * (1 if sumdiff else h.halves)
+        g = be.empty(((2,) if sumdiff else ()) + (N, gch, h.OH, h.OW))
         be.mod.rule_g(self.rule_code, R.ptr, out.ptr, 0 if psum is None else psum.ptr,
                       0 if self.bias is None else self.bias.ptr, 0 if self.zc is None else self.zc.ptr, g.ptr,
                       n=N, O=h.O, P=h.OH * h.OW, groups=h.G, eps=h.eps, alpha=h.alpha, beta=h.beta, gamma=h.gamma,
-                      zero_bias=h.zero_bias, flat_group_sum=flat_sum)
+                      zero_bias=h.zero_bias, flat_group_sum=flat_sum, sumdiff=sumdiff)
         terms = self.bwd_pos if nonneg else self.bwd_signed
         res = be.empty((N, h.C, h.H, h.W))
         geo = (N, gch, h.OH, h.OW, h.H, h.W)
+        plane = N * gch * h.OH * h.OW * 4  # bytes of one sumdiff plane
         for k, (A, epi, needs_x, off) in enumerate(terms):
-            self._conv(g, A, res, transposed=True, epi=epi, mul=x if needs_x else None, off=off,
+            gk = DeviceArray(g.mod, g.shape[1:], g.dtype, g.ptr + k * plane, g.owner) if sumdiff else g
+            self._conv(gk, A, res, transposed=True, epi=epi, mul=x if needs_x else None, off=off,
                        accumulate=k > 0, geo=geo)
         return [res.reshape((x.shape[0],) + h.in_shape)]
 

@@ -47,7 +47,7 @@ class LinearPlan:
     the input is known non-negative); ``zc`` (float32 constant sums or None).
 
     ``abs_form`` (a backend that has the ``|x|`` packing, the ``mulabs`` epilogue and
-    rule_g's ``sumdiff``): Gamma on a signed input runs on ``W`` and ``|W|`` alone
+    rule_g's ``sumdiff``; the CPU and GPU backends both do): Gamma on a signed input runs on ``W`` and ``|W|`` alone
     (docs/design.md 3.4). With ``P = (W + |W|) / 2`` and ``N = (W - |W|) / 2``, the
     positive-part sum is ``psum = (W x + |W| |x|) / 2`` (one GEMM against ``|x|``
     instead of ``[W+ | W-]`` against ``[x+ ; x-]``, K halved), and the relevance
