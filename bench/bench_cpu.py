@@ -51,7 +51,7 @@ LIMIT_MULTIPLE = {
     "wsquare": ((1, 1), (1, 1)),
     "zplus": ((2, 1), (3, 2)),
     "alphabeta": ((2, 2), (3, 4)),
-    "gamma": ((2, 2), (3, 4)),
+    "gamma": ((2, 2), (2, 2)),  # signed: W x, |W| |x|; W^T (a+b), |W|^T (a-b) (docs/design.md 3.5)
     "zbox": ((1, 2), (1, 2)),
 }
 
