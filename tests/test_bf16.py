@@ -157,7 +157,7 @@ def test_bf16_conv_gemm_epilogues_groups_sign(kernel, C, O, G, k, stride, pad, d
                                         (600, 64, 70, 0), (45, 130, 33, 2)])
 def test_bf16_sample_rows(kernel, S, C, O, sign):
     """Weights packed with rows=True (a dense layer; AMX: tiles of samples x features, A
-    tiles loaded from bfloat16 rows of x; the other kernel keeps the conv layout), with
+    tiles from x's rows converted to contiguous bfloat16 tiles; the other kernel keeps the conv layout), with
     the sign split or |x|, epilogues and a split output, against float64 of the rounded operands;
     a sample alone is bit for bit the same as inside the batch."""
     assert core.set_bf16_kernel(kernel)

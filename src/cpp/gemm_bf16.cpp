@@ -79,7 +79,7 @@ struct Amx {
 
     // ct (32 x 32 float32, row stride NR) = (accumulate ? ct : 0) + A panel x B panel.  A's
     // rows are lda elements apart and its chunks of 32 k astep apart: a packed panel (32,
-    // 32 * 32), or rows of a row-major matrix (its row length, 32: the sample rows driver).
+    // 32 * 32, also the sample rows driver's, sample_panels_bf16), or rows of a row-major matrix.
     static void ukr(int64_t kc, const uint16_t* A, const uint16_t* B, float* ct, bool accumulate,
                     int64_t lda = 32, int64_t astep = 32 * 32) {
         if (accumulate) {
@@ -232,43 +232,83 @@ void pack_a_bf16(PackedA& P, const float* A) {
     }
 }
 
-// x's rows s0 .. s0 + ns as bfloat16 rows of kp (the sign transform fused, K past k and
-// rows past ns zero, to 32-row panels): the A operand of the sample rows driver, whose
-// tiles are loaded straight from these rows.
-inline void sample_rows_bf16(const ConvGemmArgs& a, int64_t k, int64_t kp, int64_t s0, int64_t ns, uint16_t* dst) {
-    const int64_t C = a.c, rows = round_up(ns, 32);
-    const bool split = a.sign == Sign::PosNeg, absx = a.sign == Sign::Abs;  // split: k = 2C, [x+ | x-]
+// 32 consecutive K entries k0 .. k0 + 32 of sample row xr (global index i0 of its first
+// element, for the fused quotient) as float32, the sign transform or the quotient
+// applied, entries at or past k (or of a missing row) zero: what the AMX A tiles hold.
+// Vectorised where the 32 entries lie on one side of the sign split (bitwise the same
+// values as the scalar transforms: the same IEEE operations per lane).
+inline void sample_chunk(const ConvGemmArgs& a, const float* xr, int64_t i0, int64_t k0, int64_t k, float* t) {
+    const int64_t C = a.c;
+    const int64_t nv = xr ? imax(0, imin(32, k - k0)) : 0;  // valid entries
+    const __mmask16 m0 = __mmask16(nv >= 16 ? 0xffff : (1u << nv) - 1u);
+    const __mmask16 m1 = __mmask16(nv >= 32 ? 0xffff : nv > 16 ? (1u << (nv - 16)) - 1u : 0u);
+    const bool split = a.sign == Sign::PosNeg;
+    if (nv == 0) {
+        _mm512_store_ps(t, _mm512_setzero_ps());
+        _mm512_store_ps(t + 16, _mm512_setzero_ps());
+        return;
+    }
+    if (split && k0 < C && k0 + nv > C) {  // straddles x+ | x-: element by element
+        for (int q = 0; q < 32; ++q) {
+            const int64_t kk = k0 + q;
+            t[q] = q < nv ? (kk < C ? tf<1>(xr[kk]) : tf<2>(xr[kk - C])) : 0.0f;
+        }
+        return;
+    }
+    const float* src = xr + (split && k0 >= C ? k0 - C : k0);
+    for (int h = 0; h < 2; ++h) {
+        const __mmask16 m = h ? m1 : m0;
+        __m512 v = _mm512_maskz_loadu_ps(m, src + 16 * h);
+        if (a.qz) {  // rules.h's rule_g_epsilon: x / s(qz - qb)
+            __m512 z = _mm512_maskz_loadu_ps(m, a.qz + i0 + k0 + 16 * h);
+            if (a.qb) z = _mm512_sub_ps(z, _mm512_maskz_loadu_ps(m, a.qb + k0 + 16 * h));
+            const __m512 e = _mm512_set1_ps(a.qeps), ne = _mm512_set1_ps(-a.qeps);
+            const __mmask16 ge = _mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_GE_OQ);
+            v = _mm512_maskz_div_ps(m, v, _mm512_add_ps(z, _mm512_mask_blend_ps(ge, ne, e)));
+        } else if (a.sign == Sign::Abs) {
+            v = _mm512_abs_ps(v);
+        } else if (split) {
+            v = k0 < C ? _mm512_max_ps(v, _mm512_setzero_ps()) : _mm512_min_ps(v, _mm512_setzero_ps());
+        }
+        _mm512_store_ps(t + 16 * h, v);
+    }
+}
+
+// x's rows s0 .. s0 + ns as the A tiles of the sample rows driver, bfloat16: per 32-row
+// panel p and K chunk c of 32 (K blocks of kcb each start a chunk; kq = kcb rounded up
+// to 32), the 16 x 64-byte rows of two tiles, contiguous: element (row r, block b, entry
+// kk) at p * 32 * Kq + ((b * kq + kk) / 32) * 1024 + (r % 32) * 32 + kk % 32, K past k,
+// chunk padding and rows past ns zero (Kq: all blocks' padded lengths).  Contiguous
+// tiles are what the hardware prefetcher streams (rows of x Kp apart it did not).
+inline void sample_panels_bf16(const ConvGemmArgs& a, int64_t k, int64_t kcb, int64_t Kq, int64_t s0, int64_t ns,
+                               uint16_t* dst) {
+    const int64_t C = a.c, rows = round_up(ns, 32), kq = round_up(kcb, 32);
     alignas(64) float t[32];
     for (int64_t r = 0; r < rows; ++r) {
         const float* xr = r < ns ? a.x + (s0 + r) * C : nullptr;
-        uint16_t* d = dst + r * kp;
-        for (int64_t k0 = 0; k0 < kp; k0 += 32) {
-            for (int q = 0; q < 32; ++q) {
-                const int64_t kk = k0 + q;
-                float v = 0.0f;
-                if (xr && kk < k && a.qz)  // the fused Epsilon quotient (no sign split)
-                    v = fused_quotient(a, (s0 + r) * C + kk, kk);
-                else if (xr && kk < k)
-                    v = absx ? tf<3>(xr[kk]) : !split ? xr[kk] : kk < C ? tf<1>(xr[kk]) : tf<2>(xr[kk - C]);
-                t[q] = v;
+        uint16_t* d = dst + (r / 32) * 32 * Kq + (r % 32) * 32;
+        for (int64_t b = 0; b * kcb < k; ++b) {
+            const int64_t pc = b * kcb, kl = imin(kcb, k - pc);
+            for (int64_t c0 = 0; c0 < kl; c0 += 32) {
+                sample_chunk(a, xr, (s0 + r) * C, pc + c0, pc + kl, t);
+                _mm512_store_si512(reinterpret_cast<__m512i*>(d + (b * kq + c0) * 32),
+                                   (__m512i)_mm512_cvtne2ps_pbh(_mm512_load_ps(t + 16), _mm512_load_ps(t)));
             }
-            _mm512_store_si512(reinterpret_cast<__m512i*>(d + k0),
-                               (__m512i)_mm512_cvtne2ps_pbh(_mm512_load_ps(t + 16), _mm512_load_ps(t)));
         }
     }
 }
 
 // Sample rows (weights packed with rows: a dense layer over S samples or tokens) on AMX:
-// tiles of 32 samples x 32 features, A tiles loaded from the bfloat16 rows of x (no
-// panels), B the weights' VNNI panels of A^T; per B micro-panel of one K block (16 KiB,
+// tiles of 32 samples x 32 features, A tiles from x's rows converted per item into
+// contiguous bfloat16 tiles (sample_panels_bf16), B the weights' VNNI panels of A^T; per B micro-panel of one K block (16 KiB,
 // in L1) the item's sample panels pass with their partial sums parked in a float32
 // buffer, and each finished tile goes once through the rows sink (unit stride, the
 // epilogue along the row).  Items: gemm_impl.h's split_rows.
 inline void rows_gemm_amx(const ConvGemmArgs& a, int threads) {
     constexpr int64_t MS = 256;  // samples per item (the partial sums: 32 KiB; 128 and 512 measured no better)
     const PackedA& A = *a.A;
-    const int64_t O = A.m, K = A.k, S = a.n, kcb = A.kc, nkb = (K + kcb - 1) / kcb;
-    const int64_t Kp = (nkb - 1) * kcb + round_up(K - (nkb - 1) * kcb, Amx::KQ);
+    const int64_t O = A.m, K = A.k, S = a.n, kcb = A.kc, nkb = (K + kcb - 1) / kcb, kq = round_up(kcb, 32);
+    const int64_t Kp = (nkb - 1) * kq + round_up(K - (nkb - 1) * kcb, Amx::KQ);  // sample_panels_bf16's Kq
     const RowsItems wi = split_rows(a, MS, threads);
     const int64_t fpanels = wi.fpanels, fpb = wi.fpb, fblocks = wi.fblocks, items = wi.items;
 
@@ -286,13 +326,13 @@ inline void rows_gemm_amx(const ConvGemmArgs& a, int threads) {
             const int64_t sb = it / fblocks, fb = it - sb * fblocks;
             const int64_t s0 = sb * MS, ns = imin(MS, S - s0), spanels = (ns + 31) / 32;
             const int64_t p0 = fb * fpb, p1 = imin(fpanels, p0 + fpb);
-            sample_rows_bf16(a, K, Kp, s0, ns, xb);
+            sample_panels_bf16(a, K, kcb, Kp, s0, ns, xb);
             for (int64_t jr = p0; jr < p1; ++jr) {
-                for (int64_t pc = 0; pc < K; pc += kcb) {
+                for (int64_t pc = 0, b = 0; pc < K; pc += kcb, ++b) {
                     const int64_t kl = imin(kcb, K - pc);
                     const auto* bp = reinterpret_cast<const uint16_t*>(A.panel(0, pc, kl, jr));
                     for (int64_t ir = 0; ir < spanels; ++ir)
-                        Amx::ukr(kl, xb + ir * 32 * Kp + pc, bp, cb + ir * 32 * NR, pc > 0, Kp, 32);
+                        Amx::ukr(kl, xb + ir * 32 * Kp + b * kq * 32, bp, cb + ir * 32 * NR, pc > 0);
                 }
                 const int nr = int(imin(NR, O - jr * NR));
                 for (int64_t ir = 0; ir < spanels; ++ir)
