@@ -130,8 +130,8 @@ def measure_peak(fn):
 
 def layer_flops(graph, node) -> float:
     w = node.params["weight"]
-    if node.op == "dense":
-        return 2.0 * w.shape[0] * w.shape[1]
+    if node.op == "dense":  # at every leading position (a transformer's tokens)
+        return 2.0 * w.shape[0] * w.shape[1] * float(np.prod(node.shape[:-1]))
     return 2.0 * float(np.prod(node.shape)) * float(np.prod(w.shape[1:]))
 
 

@@ -27,7 +27,11 @@ against LXT in float32.
 
 Per batch: one warm-up call of each method on the batch (which also gives peak memory and
 the difference between the two relevances, max|R - R_lxt| / max|R_lxt|), then
-``--repeats`` interleaved timed rounds; the median is reported.
+``--repeats`` interleaved timed rounds; the median is reported. ``x limit``: the median
+over the FLOP limit of bench_cpu.py (docs/design.md 3.1: the dense/conv GEMM work the
+rules need at the float32 rate of torch's plain forward pass of the same model and batch,
+measured in this run before LXT patches it; attention's activation products are not
+counted, so the limit is optimistic), below 1 only past that rate (bf16).
 
 Needs torchvision, lxt==2.1 and transformers==4.52.4 (LXT imports it), see tests/lxt_vit.py.
 """
@@ -47,7 +51,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
-from bench_cpu import machine_info, measure_peak  # noqa: E402
+from bench_cpu import forward_flops, limit_flops, machine_info, measure_peak, torch_forward_rate  # noqa: E402
 
 #: LRP-0 up to a stabilizer of 1e-9: with epsilon exactly 0, a float32 score q.k that rounds to
 #: exactly 0 (a few among ViT-B/16's 10^8 per batch) divides 0 by 0
@@ -88,6 +92,11 @@ def main(argv=None):
     ex = fastlrp.Explainer(graph, composite, backend="cpu")
     ex16 = fastlrp.Explainer(graph, composite, backend="cpu", precision="bf16") if a.bf16 else None
 
+    fwd_flops = forward_flops(graph)
+    rates = {}  # torch's float32 forward GEMM rate per batch, before LXT's patches
+    for n in a.batches:
+        xr = np.random.default_rng(n).standard_normal((n, 3, a.size, a.size)).astype(np.float32)
+        rates[n] = fwd_flops * n / torch_forward_rate(model, xr, max(a.repeats, 2))
     lxt_vit.patch_lxt(tv, a.rules)
     if a.rules == "cp_gamma":
         lxt_vit.register_zennit_gamma(model)
@@ -128,16 +137,18 @@ def main(argv=None):
                 times[k].append(time.perf_counter() - t)
         ref = out["LXT 2.1"]
         med = {k: statistics.median(v) for k, v in times.items()}
+        t_limit = limit_flops(graph, ex.rules) * n / rates[n]
         for k in methods:
             row = {"model": a.model, "size": a.size, "batch": n, "rules": a.rules, "method": k, "samples_per_s": n / med[k],
-                   "x_lxt": med["LXT 2.1"] / med[k], "peak_mib": peak[k],
+                   "x_lxt": med["LXT 2.1"] / med[k], "peak_mib": peak[k], "x_limit": med[k] / t_limit,
+                   "torch_forward_gflops": rates[n] / 1e9,
                    "x_lxt_bf16": med["LXT bf16"] / med[k] if "LXT bf16" in med else None,
                    "err_vs_lxt": float(np.abs(out[k] - ref).max() / np.abs(ref).max()), "times_s": times[k]}
             rows.append(row)
             print(f"{a.model} {a.size} {a.rules} batch {n:3d}  {k:12s} {row['samples_per_s']:8.3f} samples/s  "
                   f"x LXT {row['x_lxt']:5.2f}"
                   + (f" (x LXT bf16 {row['x_lxt_bf16']:5.2f})" if row["x_lxt_bf16"] is not None else "")
-                  + f"  peak {row['peak_mib']:8.0f} MiB  err vs LXT {row['err_vs_lxt']:.1e}",
+                  + f"  x limit {row['x_limit']:5.2f}  peak {row['peak_mib']:8.0f} MiB  err vs LXT {row['err_vs_lxt']:.1e}",
                   flush=True)
     if a.json:
         with open(a.json, "w") as f:
