@@ -285,6 +285,9 @@ CASES = {
         _case("last-axis-3", (2, 3, 4), lambda gb, h: gb.concat([h, gb.permute(gb.permute(h, (0, 2, 1)), (0, 2, 1)), h],
                                                                 axis=-1, name="op"), **ROUTING),
         _case("1d", (5,), lambda gb, h: gb.concat([gb.activation(h, "sigmoid"), h, h], axis=0, name="op")),
+        # a class token: a constant of batch 1 before every sample's tokens, broadcast at run time
+        Case("class-token", (4, 3), lambda gb, h, rng: gb.concat(
+            [gb.add_node("const", [], params={"value": signed(rng, (1, 3))}), h], axis=0, name="op"), absorbs=True),
     ],
     "slice": [
         _case("channels-step", (5, 3, 4), lambda gb, h: gb.add_node(

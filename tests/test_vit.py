@@ -14,13 +14,14 @@ is LXT's identity rule on GELU, which divides by ``x + 1e-10``.
 from __future__ import annotations
 
 import importlib.util
+import warnings
 
 import numpy as np
 import pytest
 
 import fastlrp
 import lxt_vit
-from _nets import RTOL_NET, rel_err
+from _nets import RTOL_NET, cuda_emu, rel_err
 
 PARITY = 1e-6
 
@@ -39,12 +40,16 @@ def test_lxt_fixture_parity():
         res = {k: f[k] for k in f.files}
     assert str(res["lxt_version"]) == "2.1"
     _check(graph, res)
-    # the float32 backends against the same numbers
-    be = "cpu" if fastlrp._ext.core is not None else "numba"
-    for rs in ("cp", "attn"):
-        got = fastlrp.Explainer(graph, lxt_vit.fastlrp_composite(rs), backend=be).explain(
-            res["x"].astype(np.float32), target=res["target"])
-        assert rel_err(got, res[rs]) < RTOL_NET
+    # the float32 backends against the same numbers (the GPU engine on its emulator: the
+    # class token is a batch-1 constant concatenated with the patches)
+    backends = ["cpu" if fastlrp._ext.core is not None else "numba"] + (["cuda-emu"] if cuda_emu else [])
+    for be in backends:
+        for rs in lxt_vit.RULE_SETS:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # the emulator's host-fallback notes
+                got = fastlrp.Explainer(graph, lxt_vit.fastlrp_composite(rs), backend=be).explain(
+                    res["x"].astype(np.float32), target=res["target"])
+            assert rel_err(got, res[rs]) < RTOL_NET, (be, rs)
 
 
 def test_lxt_live_parity(tmp_path):

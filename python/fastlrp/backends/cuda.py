@@ -655,11 +655,16 @@ class _ConcatOp:
 
     def forward(self, inputs):
         be = self.be
-        N = inputs[0].shape[0]
+        N = max(x.shape[0] for x in inputs)  # a constant operand (a class token) has batch size 1
         y = be.empty((N,) + self.out_shape)
         off = 0
         for x, r in zip(inputs, self.rows):
-            be.mod.copy_block(x.ptr, y.ptr, N * self.outer, r, self.row, off, r)
+            if x.shape[0] == N:
+                be.mod.copy_block(x.ptr, y.ptr, N * self.outer, r, self.row, off, r)
+            else:  # broadcast over the batch: its block of every sample
+                step = self.outer * self.row * y.dtype.itemsize
+                for s in range(N):
+                    be.mod.copy_block(x.ptr, y.ptr + s * step, self.outer, r, self.row, off, r)
             off += r
         return y, None
 
