@@ -17,7 +17,8 @@ following docs/design.md section 3:
   through pools/reshapes, or its minimum is >= 0), computed in the SAME GEMM as
   ``out`` with ``A = [W ; W+]`` (one packing of the image, twice the rows); for
   signed inputs a second GEMM with ``[W+ | W-]`` against ``[x+ ; x-]``, the sign
-  split happening while the image tiles are packed. Every other forward sum of these rules follows from
+  split happening while the image tiles are packed (Gamma: ``|W|`` against ``|x|``,
+  ``psum = (Wx + |W||x|) / 2``, LinearPlan's ``abs_form``). Every other forward sum of these rules follows from
   ``out`` and ``psum`` (``W- x+ + W+ x- = Wx - psum``; Gamma's ``zp`` and ``zn``
   are ``Wx + gamma psum`` and ``Wx + gamma (Wx - psum)``). Both are kept in
   ctx, so several targets share them.
@@ -27,7 +28,8 @@ following docs/design.md section 3:
   GEMM: one transposed conv (implicit GEMM with flipped weights for stride 1,
   GEMM + col2im otherwise) whose epilogue multiplies by x (or x+, x-, x - l).
   AlphaBeta and Gamma are ONE GEMM with doubled K (``[W+; W-]^T [a ga; -b gb]``);
-  a signed input adds the mirrored product for x-.
+  a signed input adds the mirrored product for x- (Gamma instead: ``W^T (g0 + g1)``
+  times x and ``|W|^T (g0 - g1)`` times |x|, rule_g's ``sumdiff`` planes).
 
 Flat never builds a GEMM operand from ``R``: ``1^T g`` needs only each group's
 sum of g (fused into ``rule_g``), scattered through the taps.
