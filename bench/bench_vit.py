@@ -51,6 +51,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
+import lxt_vit  # noqa: E402
 from bench_cpu import forward_flops, limit_flops, machine_info, measure_peak, torch_forward_rate  # noqa: E402
 
 #: LRP-0 up to a stabilizer of 1e-9: with epsilon exactly 0, a float32 score q.k that rounds to
@@ -65,7 +66,7 @@ def main(argv=None):
     ap.add_argument("--batches", nargs="+", type=int, default=[16])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--rules", default="cp", choices=("cp", "cp_gamma", "attn"),
+    ap.add_argument("--rules", default="cp", choices=lxt_vit.RULE_SETS,
                     help="the rule set of both sides (see above)")
     ap.add_argument("--json", default=None, help="write the rows to this JSON file")
     ap.add_argument("--bf16", action="store_true",
@@ -75,7 +76,6 @@ def main(argv=None):
     import torch
 
     import fastlrp
-    import lxt_vit
     from _zoo import load_torchvision
 
     torch.set_num_threads(a.threads)
@@ -111,9 +111,7 @@ def main(argv=None):
 
     info = machine_info()
     info.update(torch=torch.__version__, threads=a.threads, model=a.model, size=a.size, import_s=round(import_s, 2),
-                rules=a.rules, composite=composite if isinstance(composite, str) else (
-                    f"cp_lrp(epsilon={EPSILON}) with Gamma({lxt_vit.GAMMA}, 1e-6) on dense/conv, "
-                    f"Epsilon({EPSILON}) on the attention projections"))
+                rules=a.rules, composite=composite if isinstance(composite, str) else composite.name)
     print(json.dumps(info))
     rows = []
     for n in a.batches:

@@ -49,6 +49,29 @@ def signed(rng, shape, lo=0.1, hi=1.0):
     return (rng.uniform(lo, hi, shape) * rng.choice([-1.0, 1.0], shape)).astype(np.float32)
 
 
+def gamma_signed_layer_cases(seed):
+    """Gamma on signed inputs (LinearPlan's |W| form) on a strided conv with a bias, a dense
+    layer without and one with a bias: yields (graph, node name, rule, x, R, float64
+    reference relevance of the node) for Gamma(0.25) and Gamma(1.0, zero_bias=True)."""
+    from fastlrp import rules
+
+    rng = np.random.default_rng(seed)
+    gb = GraphBuilder((3, 9, 9))
+    h = gb.conv(gb.input, rng.standard_normal((6, 3, 3, 3)), rng.standard_normal(6), stride=2, padding=1,
+                name="conv")
+    h = gb.dense(gb.flatten(h), rng.standard_normal((7, 150)), None, name="fc")
+    gb.dense(h, rng.standard_normal((5, 7)), rng.standard_normal(5), name="fc2")
+    graph = gb.build()
+    ref = fastlrp.get_backend("reference")
+    for node, in_shape in (("conv", (3, 9, 9)), ("fc", (150,)), ("fc2", (7,))):
+        for rule in (rules.Gamma(0.25), rules.Gamma(1.0, zero_bias=True)):
+            x = signed(rng, (4,) + in_shape)
+            rop = ref.prepare(graph, graph[node], rule)
+            out, ctx = rop.forward([x.astype(np.float64)])
+            R = signed(rng, out.shape)
+            yield graph, node, rule, x, R, rop.relevance(ctx, R)[0]
+
+
 def explain_vs_reference(backend, graph, composite, x, target=0):
     """(relevance from ``backend`` on float32 x, float64 reference relevance)."""
     ref = fastlrp.Explainer(graph, composite, backend="reference")

@@ -56,7 +56,9 @@ def fastlrp_composite(rule_set, epsilon=0.0):
         # zennit's Gamma (stabilizer 1e-6) on nn.Linear / nn.Conv2d; MultiheadAttention's
         # projections are not called as modules, so LXT leaves them at LRP-0
         return CPLRP(epsilon=epsilon, layer_map={"linear": Gamma(GAMMA, 1e-6)},
-                     names={r"re:.*self_attention\..*_proj": Epsilon(epsilon)})
+                     names={r"re:.*self_attention\..*_proj": Epsilon(epsilon)},
+                     name=f"cp_lrp(epsilon={epsilon!r}) with Gamma({GAMMA}, 1e-6) on dense/conv, "
+                          f"Epsilon({epsilon!r}) on the attention projections")
     raise ValueError(f"unknown LXT rule set {rule_set!r}; one of {RULE_SETS}")
 
 

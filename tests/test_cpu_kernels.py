@@ -25,7 +25,9 @@ from fastlrp import rules  # noqa: E402
 from fastlrp.backends.base import BackendError, Float32Op  # noqa: E402
 from fastlrp.backends.cpu import CpuBackend  # noqa: E402
 from fastlrp.graph import GraphBuilder  # noqa: E402
-from _nets import RTOL_LAYER, RTOL_NET, attention_block, rel_err, signed, small_resnet, small_vgg  # noqa: E402,I001
+from _nets import (  # noqa: E402,I001
+    RTOL_LAYER, RTOL_NET, attention_block, gamma_signed_layer_cases, rel_err, signed, small_resnet, small_vgg,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -134,27 +136,14 @@ def test_rule_g_sum_and_difference_planes():
 def test_gamma_on_signed_inputs_runs_on_w_and_abs_w():
     """Gamma on a signed input: the plan's |W| form (no [W+ | W-] operands packed), equal to
     the float64 reference and conserving with a zero bias, on dense and strided conv layers."""
-    rng = np.random.default_rng(23)
-    gb = GraphBuilder((3, 9, 9))
-    h = gb.conv(gb.input, rng.standard_normal((6, 3, 3, 3)), rng.standard_normal(6), stride=2, padding=1,
-                name="conv")
-    h = gb.flatten(h)
-    gb.dense(h, rng.standard_normal((7, 6 * 5 * 5)), None, name="fc")
-    graph = gb.build()
-    x = signed(rng, (4, 3, 9, 9))
-    for node in ("conv", "fc"):
-        for rule in (rules.Gamma(0.25), rules.Gamma(1.0, zero_bias=True)):
-            op = CpuBackend().prepare(graph, graph[node], rule)
-            assert op.plan.abs_form and op.A_posneg is None and op.A_abs is not None
-            xin = x if node == "conv" else signed(rng, (4, 6 * 5 * 5))
-            out, ctx = op.forward([xin.astype(np.float32)])
-            R = signed(rng, out.shape)
-            (got,) = op.relevance(ctx, R)
-            ref = fastlrp.get_backend("reference").prepare(graph, graph[node], rule)
-            (want,) = ref.relevance(ref.forward([xin])[1], R)
-            assert rel_err(got, want) < RTOL_LAYER, (node, rule)
-            if rule.zero_bias or graph[node].params.get("bias") is None:
-                assert abs(got.sum() - R.sum()) < 1e-4 * np.abs(R).sum(), (node, rule)
+    for graph, node, rule, x, R, want in gamma_signed_layer_cases(23):
+        op = CpuBackend().prepare(graph, graph[node], rule)
+        assert op.plan.abs_form and op.A_posneg is None and op.A_abs is not None
+        _, ctx = op.forward([x])
+        (got,) = op.relevance(ctx, R)
+        assert rel_err(got, want) < RTOL_LAYER, (node, rule)
+        if rule.zero_bias or graph[node].params.get("bias") is None:
+            assert abs(got.sum() - R.sum()) < 1e-4 * np.abs(R).sum(), (node, rule)
 
 
 def test_conv_gemm_split_output():

@@ -90,29 +90,17 @@ def test_torch_cuda_input_zero_copy_and_errors():
 
 def test_gamma_on_signed_inputs_runs_on_w_and_abs_w():
     """Gamma on a signed input takes LinearPlan's |W| form on the GPU engine too (no
-    [W+ | W-] operands uploaded), equal to the float64 reference, dense and strided conv."""
+    [W+ | W-] operands uploaded), equal to the float64 reference, dense and strided conv
+    layers with and without a bias."""
     if cuda_emu is None:
         pytest.skip(cuda_emu_missing)
-    from fastlrp import rules
     from fastlrp.backends.cuda import CudaBackend
-    from fastlrp.graph import GraphBuilder
-    from _nets import RTOL_LAYER, rel_err, signed
+    from _nets import RTOL_LAYER, gamma_signed_layer_cases, rel_err
 
-    rng = np.random.default_rng(31)
-    gb = GraphBuilder((3, 9, 9))
-    h = gb.conv(gb.input, rng.standard_normal((6, 3, 3, 3)), rng.standard_normal(6), stride=2, padding=1,
-                name="conv")
-    gb.dense(gb.flatten(h), rng.standard_normal((7, 150)), rng.standard_normal(7), name="fc")
-    graph = gb.build()
     be = CudaBackend(emulate=True)
-    ref = fastlrp.get_backend("reference")
-    for node, xin in (("conv", signed(rng, (4, 3, 9, 9))), ("fc", signed(rng, (4, 150)))):
-        for rule in (rules.Gamma(0.25), rules.Gamma(1.0, zero_bias=True)):
-            op = be.prepare(graph, graph[node], rule)
-            assert op.h.abs_form and op.A_posneg is None and op.A_abs is not None
-            out, ctx = op.forward([be.upload(xin.astype(np.float32))])
-            R = signed(rng, out.shape)
-            got = op.relevance(ctx, be.upload(R.astype(np.float32)))[0].numpy()
-            rop = ref.prepare(graph, graph[node], rule)
-            (want,) = rop.relevance(rop.forward([xin])[1], R)
-            assert rel_err(got, want) < RTOL_LAYER, (node, rule)
+    for graph, node, rule, x, R, want in gamma_signed_layer_cases(31):
+        op = be.prepare(graph, graph[node], rule)
+        assert op.h.abs_form and op.A_posneg is None and op.A_abs is not None
+        _, ctx = op.forward([be.upload(x)])
+        got = op.relevance(ctx, be.upload(R))[0].numpy()
+        assert rel_err(got, want) < RTOL_LAYER, (node, rule)

@@ -17,10 +17,7 @@ inline float neg(float v) { return v < 0.0f ? v : 0.0f; }
 
 // (g0, g1) -> (g0 + g1, g0 - g1) in place (RuleGArgs::sumdiff).
 inline void to_sum_diff(float* __restrict g0, float* __restrict g1, int64_t len) {
-    for (int64_t i = 0; i < len; ++i) {
-        const float s = g0[i] + g1[i], d = g0[i] - g1[i];
-        g0[i] = s, g1[i] = d;
-    }
+    for (int64_t i = 0; i < len; ++i) rule_g_sum_diff(g0[i], g1[i]);
 }
 
 }  // namespace

@@ -233,44 +233,25 @@ void pack_a_bf16(PackedA& P, const float* A) {
 }
 
 // 32 consecutive K entries k0 .. k0 + 32 of sample row xr (global index i0 of its first
-// element, for the fused quotient) as float32, the sign transform or the quotient
-// applied, entries at or past k (or of a missing row) zero: what the AMX A tiles hold.
-// Vectorised where the 32 entries lie on one side of the sign split (bitwise the same
-// values as the scalar transforms: the same IEEE operations per lane).
-inline void sample_chunk(const ConvGemmArgs& a, const float* xr, int64_t i0, int64_t k0, int64_t k, float* t) {
-    const int64_t C = a.c;
-    const int64_t nv = xr ? imax(0, imin(32, k - k0)) : 0;  // valid entries
-    const __mmask16 m0 = __mmask16(nv >= 16 ? 0xffff : (1u << nv) - 1u);
-    const __mmask16 m1 = __mmask16(nv >= 32 ? 0xffff : nv > 16 ? (1u << (nv - 16)) - 1u : 0u);
+// element, for the fused quotient) as float32, the sign transform or the fused quotient
+// applied (gemm_impl.h's tf and fused_quotient), entries at or past k (or of a missing
+// row) zero: what the AMX A tiles hold.  One mode per loop where the entries lie on one
+// side of the sign split, so that the loops vectorise.
+inline void sample_chunk(const ConvGemmArgs& a, const float* xr, int64_t i0, int64_t k0, int64_t k,
+                         float* __restrict t) {
+    const int64_t C = a.c, nv = xr ? imax(0, imin(32, k - k0)) : 0;  // valid entries
     const bool split = a.sign == Sign::PosNeg;
-    if (nv == 0) {
-        _mm512_store_ps(t, _mm512_setzero_ps());
-        _mm512_store_ps(t + 16, _mm512_setzero_ps());
-        return;
-    }
-    if (split && k0 < C && k0 + nv > C) {  // straddles x+ | x-: element by element
-        for (int q = 0; q < 32; ++q) {
-            const int64_t kk = k0 + q;
-            t[q] = q < nv ? (kk < C ? tf<1>(xr[kk]) : tf<2>(xr[kk - C])) : 0.0f;
-        }
-        return;
-    }
-    const float* src = xr + (split && k0 >= C ? k0 - C : k0);
-    for (int h = 0; h < 2; ++h) {
-        const __mmask16 m = h ? m1 : m0;
-        __m512 v = _mm512_maskz_loadu_ps(m, src + 16 * h);
-        if (a.qz) {  // rules.h's rule_g_epsilon: x / s(qz - qb)
-            __m512 z = _mm512_maskz_loadu_ps(m, a.qz + i0 + k0 + 16 * h);
-            if (a.qb) z = _mm512_sub_ps(z, _mm512_maskz_loadu_ps(m, a.qb + k0 + 16 * h));
-            const __m512 e = _mm512_set1_ps(a.qeps), ne = _mm512_set1_ps(-a.qeps);
-            const __mmask16 ge = _mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_GE_OQ);
-            v = _mm512_maskz_div_ps(m, v, _mm512_add_ps(z, _mm512_mask_blend_ps(ge, ne, e)));
-        } else if (a.sign == Sign::Abs) {
-            v = _mm512_abs_ps(v);
-        } else if (split) {
-            v = k0 < C ? _mm512_max_ps(v, _mm512_setzero_ps()) : _mm512_min_ps(v, _mm512_setzero_ps());
-        }
-        _mm512_store_ps(t + 16 * h, v);
+    for (int q = 0; q < 32; ++q) t[q] = 0.0f;
+    if (a.qz) {
+        for (int64_t q = 0; q < nv; ++q) t[q] = fused_quotient(a, i0 + k0 + q, k0 + q);
+    } else if (split && k0 < C && k0 + nv > C) {  // straddles x+ | x-
+        for (int64_t q = 0; q < nv; ++q) t[q] = k0 + q < C ? tf<1>(xr[k0 + q]) : tf<2>(xr[k0 + q - C]);
+    } else {
+        const float* __restrict src = xr + (split && k0 >= C ? k0 - C : k0);
+        const int mode = split ? (k0 < C ? 1 : 2) : sign_mode(a.sign, 0);
+        with_mode(mode, [&](auto m) {
+            for (int64_t q = 0; q < nv; ++q) t[q] = tf<decltype(m)::value>(src[q]);
+        });
     }
 }
 

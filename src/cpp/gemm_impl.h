@@ -20,6 +20,7 @@
 //           epilogue while the tile is still in L1.
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 #include <stdexcept>
 
@@ -78,7 +79,7 @@ inline void pack_a_impl(PackedA& P, const float* A, int threads) {
 struct KEntry {
     int64_t choff;  // channel offset within the group's first channel (ci * h * w)
     int64_t dy, dx; // kh * dh, kw * dw
-    int mode;       // 0: x, 1: x+, 2: x-
+    int mode;       // 0: x, 1: x+, 2: x-, 3: |x| (sign_mode)
     int tap;        // kh * kw_size + kw
 };
 
@@ -104,6 +105,29 @@ inline float tf(float v) {
 // The mode of K entry k of a block (Kc = K per sign half): the Sign's transform.
 inline int sign_mode(Sign s, int64_t half) {
     return s == Sign::Id ? 0 : (s == Sign::Abs ? 3 : (half == 0 ? 1 : 2));
+}
+
+// f(std::integral_constant<int, mode>{}): a run-time mode as the template argument of tf.
+template <class F>
+inline void with_mode(int mode, F&& f) {
+    switch (mode) {
+        case 0: f(std::integral_constant<int, 0>{}); break;
+        case 1: f(std::integral_constant<int, 1>{}); break;
+        case 2: f(std::integral_constant<int, 2>{}); break;
+        default: f(std::integral_constant<int, 3>{}); break;
+    }
+}
+
+// f(mode constant, k0, k1) for each run kt[k0 .. k1) of one sign mode in a K block of kl
+// entries: x (Id), x+ then x- (PosNeg), |x| (Abs); the packers' inner loops per mode.
+template <class F>
+inline void for_mode_runs(const KEntry* kt, int64_t kl, F&& f) {
+    for (int64_t kk = 0; kk < kl;) {
+        int64_t ke = kk;
+        while (ke < kl && kt[ke].mode == kt[kk].mode) ++ke;
+        with_mode(kt[kk].mode, [&](auto m) { f(m, kk, ke); });
+        kk = ke;
+    }
 }
 
 template <int Mode>
@@ -213,29 +237,12 @@ inline void pack_b_block(const ConvGemmArgs& a, int64_t cg, int64_t g, const KEn
             }
         }
     }
-    // K rows of one sign mode are contiguous: x (Id), x+ then x- (PosNeg), |x| (Abs)
-    int64_t kk = 0;
-    while (kk < kl) {
-        int64_t ke = kk;
-        while (ke < kl && kt[ke].mode == kt[kk].mode) ++ke;
-        if (rows && kt[kk].mode == 0)
-            pack_feature_rows<0>(a, cg, g, kt, kk, ke, kl, j0, nl, dst);
-        else if (rows && kt[kk].mode == 1)
-            pack_feature_rows<1>(a, cg, g, kt, kk, ke, kl, j0, nl, dst);
-        else if (rows && kt[kk].mode == 2)
-            pack_feature_rows<2>(a, cg, g, kt, kk, ke, kl, j0, nl, dst);
-        else if (rows)
-            pack_feature_rows<3>(a, cg, g, kt, kk, ke, kl, j0, nl, dst);
-        else if (kt[kk].mode == 0)
-            pack_rows<0>(a, kt, kk, ke, kl, np, pinfo, dst);
-        else if (kt[kk].mode == 1)
-            pack_rows<1>(a, kt, kk, ke, kl, np, pinfo, dst);
-        else if (kt[kk].mode == 2)
-            pack_rows<2>(a, kt, kk, ke, kl, np, pinfo, dst);
+    for_mode_runs(kt, kl, [&](auto m, int64_t k0, int64_t k1) {
+        if (rows)
+            pack_feature_rows<decltype(m)::value>(a, cg, g, kt, k0, k1, kl, j0, nl, dst);
         else
-            pack_rows<3>(a, kt, kk, ke, kl, np, pinfo, dst);
-        kk = ke;
-    }
+            pack_rows<decltype(m)::value>(a, kt, k0, k1, kl, np, pinfo, dst);
+    });
 }
 
 // The epilogue on len outputs yp: y at flat index off (mul's index), off's index (one
@@ -397,12 +404,8 @@ inline void grouped_direct_impl(const ConvGemmArgs& a, int threads) {
                     if (lo >= hi) continue;
                     const float* __restrict xr = a.x + (n * a.c + g * cg + ci) * HW + ih * a.w;
                     const float wk = wrow[k];
-                    switch (sign_mode(a.sign, half)) {
-                        case 0: accumulate_tap<0>(yr, xr, wk, lo, hi, a.sw, iw0); break;
-                        case 1: accumulate_tap<1>(yr, xr, wk, lo, hi, a.sw, iw0); break;
-                        case 2: accumulate_tap<2>(yr, xr, wk, lo, hi, a.sw, iw0); break;
-                        default: accumulate_tap<3>(yr, xr, wk, lo, hi, a.sw, iw0); break;
-                    }
+                    with_mode(sign_mode(a.sign, half),
+                              [&](auto m) { accumulate_tap<decltype(m)::value>(yr, xr, wk, lo, hi, a.sw, iw0); });
                 }
                 apply_epilogue(a, o, (n * O + o) * P + oh * a.ow, o * P + oh * a.ow, yr, a.ow);
             }
@@ -534,20 +537,9 @@ inline void pack_sample_block(const ConvGemmArgs& a, const KEntry* kt, int64_t k
         pack_sample_quotients(a, kt, kl, s0, ns, dst);
         return;
     }
-    int64_t kk = 0;
-    while (kk < kl) {  // runs of one sign mode: x, x+ then x-, or |x|
-        int64_t ke = kk;
-        while (ke < kl && kt[ke].mode == kt[kk].mode) ++ke;
-        if (kt[kk].mode == 0)
-            pack_sample_rows<0>(a, kt, kk, ke, kl, s0, ns, dst);
-        else if (kt[kk].mode == 1)
-            pack_sample_rows<1>(a, kt, kk, ke, kl, s0, ns, dst);
-        else if (kt[kk].mode == 2)
-            pack_sample_rows<2>(a, kt, kk, ke, kl, s0, ns, dst);
-        else
-            pack_sample_rows<3>(a, kt, kk, ke, kl, s0, ns, dst);
-        kk = ke;
-    }
+    for_mode_runs(kt, kl, [&](auto m, int64_t k0, int64_t k1) {
+        pack_sample_rows<decltype(m)::value>(a, kt, k0, k1, kl, s0, ns, dst);
+    });
 }
 
 // A tile of mr samples (s0 ..) x nr features (f0 ..) into y's rows (features past split

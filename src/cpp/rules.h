@@ -220,6 +220,14 @@ FASTLRP_HD float rule_g_zbox(float R, float out, float zc, const RuleGBias& c, f
 // Flat and WSquare: R / s(zc)
 FASTLRP_HD float rule_g_const(float R, float zc, float e) { return R / stabilize(zc, e); }
 
+// The two halves as their sum and difference (rule_g's sumdiff planes: Gamma's backward on
+// signed inputs through W^T (g0 + g1) and |W|^T (g0 - g1)).
+FASTLRP_HD void rule_g_sum_diff(float& g0, float& g1) {
+    const float s = g0 + g1, d = g0 - g1;
+    g0 = s;
+    g1 = d;
+}
+
 // All kinds behind one runtime switch (GPU kernels: the kind is uniform over a
 // launch, so the branch never diverges).  g1 is written only when halves == 2;
 // unused operands may be anything (they are not read).

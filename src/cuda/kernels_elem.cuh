@@ -91,8 +91,9 @@ FLRP_GLOBAL void rule_g_kernel(RuleGArgs a) {
         if (H == 2 && a.sumdiff) {  // two planes (2, n, O, P): g0 + g1, g0 - g1
             float v0 = 0.0f, v1 = 0.0f;
             rule_g_value(kind, a.R[idx], out, ps, zc, c, e, al, be, gm, &v0, &v1);
-            a.g[idx] = v0 + v1;
-            a.g[total + idx] = v0 - v1;
+            rule_g_sum_diff(v0, v1);
+            a.g[idx] = v0;
+            a.g[total + idx] = v1;
             continue;
         }
         float* g0 = a.g + ((n * G + gi) * H * Og + oi) * P + p;

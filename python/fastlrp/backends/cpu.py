@@ -96,7 +96,7 @@ class _LinearOp:
 
     def __init__(self, core, graph, node, rule, nonneg: bool, precision: str = "float32"):
         self.core, self.node, self.rule, self.precision = core, node, rule, precision
-        self.plan = p = LinearPlan(graph, node, rule, nonneg, abs_form=True)
+        self.plan = p = LinearPlan(graph, node, rule, nonneg)
         self.epi = dict(core.epilogues)
         self.rule_code = dict(core.rule_kinds)[p.kind]
         self.implicit_bwd = tuple(p.stride) == (1, 1)
@@ -109,7 +109,6 @@ class _LinearOp:
         # Epsilon on weights the core packed for sample rows (not every bf16 kernel does): the
         # backward GEMM computes g = R / s(out - bz) as it packs R (no g array)
         self.fused_quotient = self.implicit_bwd and p.kind == "epsilon" and self.bwd_pos[0][0].rows
-        self.neg_b = None if p.b is None else -p.b  # Gamma's |W| |x| GEMM adds -b (LinearPlan.abs_form)
 
     # -- prepare helpers -------------------------------------------------------------
     def _pack(self, A2d):
@@ -163,11 +162,11 @@ class _LinearOp:
             out = self._conv(x4, self.A_fwd, 0, epi, p.b)
             if p.needs_psum and nonneg:
                 psum = self._conv(x4, self.A_pos, 0)
-            elif p.needs_psum and p.abs_form:  # psum = (W x + b + |W| |x| - b) / 2, as the GPU rounds it
-                if p.b is None:
+            elif p.needs_psum and p.abs_form:  # psum = (W x + b + |W| |x| - b) / 2
+                if p.neg_b is None:
                     psum = self._conv(x4, self.A_abs, 2)
                 else:
-                    psum = self._conv(x4, self.A_abs, 2, self.epi["bias"], self.neg_b)
+                    psum = self._conv(x4, self.A_abs, 2, self.epi["bias"], p.neg_b)
                 psum += out
                 psum *= np.float32(0.5)
             elif p.needs_psum:

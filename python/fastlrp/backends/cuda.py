@@ -382,13 +382,12 @@ class _LinearOp:
 
     def __init__(self, be, graph, node, rule, nonneg):
         self.be = be
-        self.h = p = LinearPlan(graph, node, rule, nonneg, abs_form=True)
+        self.h = p = LinearPlan(graph, node, rule, nonneg)
         self.node, self.rule, self.kind = node, rule, p.kind
         self.epi = dict(be.mod.epilogues)
         self.rule_code = dict(be.mod.rule_kinds)[p.kind]
         self.bias = None if p.b is None else be.upload(p.b)
-        # Gamma's |W| |x| GEMM adds -b, so that psum = (out + that) / 2 (LinearPlan.abs_form)
-        self.neg_bias = None if (p.b is None or not p.abs_form) else be.upload(-p.b)
+        self.neg_bias = None if p.neg_b is None else be.upload(p.neg_b)  # (LinearPlan.abs_form)
         self.zc = None if p.zc is None else be.upload(p.zc)
         (self.A_fwd_pos, self.A_fwd, self.A_pos, self.A_posneg, self.A_abs, self.bwd_pos,
          self.bwd_signed) = p.operands(self._upload, self._bwd_term)
@@ -470,9 +469,8 @@ class _LinearOp:
         terms = self.bwd_pos if nonneg else self.bwd_signed
         res = be.empty((N, h.C, h.H, h.W))
         geo = (N, gch, h.OH, h.OW, h.H, h.W)
-        plane = N * gch * h.OH * h.OW * 4  # bytes of one sumdiff plane
         for k, (A, epi, needs_x, off) in enumerate(terms):
-            gk = DeviceArray(g.mod, g.shape[1:], g.dtype, g.ptr + k * plane, g.owner) if sumdiff else g
+            gk = be.batch_slice(g, k, k + 1).reshape(g.shape[1:]) if sumdiff else g
             self._conv(gk, A, res, transposed=True, epi=epi, mul=x if needs_x else None, off=off,
                        accumulate=k > 0, geo=geo)
         return [res.reshape((x.shape[0],) + h.in_shape)]

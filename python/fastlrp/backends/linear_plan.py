@@ -46,9 +46,9 @@ class LinearPlan:
     ``signed_terms is pos_terms`` when the sign of x does not matter, None when
     the input is known non-negative); ``zc`` (float32 constant sums or None).
 
-    ``abs_form`` (a backend that has the ``|x|`` packing, the ``mulabs`` epilogue and
-    rule_g's ``sumdiff``; the CPU and GPU backends both do): Gamma on a signed input runs on ``W`` and ``|W|`` alone
-    (docs/design.md 3.4). With ``P = (W + |W|) / 2`` and ``N = (W - |W|) / 2``, the
+    ``abs_form``: Gamma on a signed input runs on ``W`` and ``|W|`` alone (the kernels'
+    ``|x|`` packing, the ``mulabs`` epilogue and rule_g's ``sumdiff``; docs/design.md 3.3
+    and 3.5), its ``|W| |x|`` GEMM adding ``neg_b = -b`` (float32 or None). With ``P = (W + |W|) / 2`` and ``N = (W - |W|) / 2``, the
     positive-part sum is ``psum = (W x + |W| |x|) / 2`` (one GEMM against ``|x|``
     instead of ``[W+ | W-]`` against ``[x+ ; x-]``, K halved), and the relevance
     ``x+ (U^T a + D^T b) + x- (D^T a + U^T b)`` with ``U = W + gamma P``,
@@ -59,7 +59,7 @@ class LinearPlan:
     the ``|W|`` form would only reach up to rounding, scaled by ``R / stabilizer``.
     """
 
-    def __init__(self, graph, node, rule, nonneg: bool, abs_form: bool = False):
+    def __init__(self, graph, node, rule, nonneg: bool):
         self.node, self.rule = node, rule
         geo = conv2d_geometry(graph, node)
         self.geometry = geo
@@ -87,7 +87,9 @@ class LinearPlan:
         self.zc = None
         self.fwd_pos = self.fwd = self.pos = self.posneg = self.absw = None
         self.needs_psum = kind in ("zplus", "alphabeta", "gamma")
-        self.abs_form = bool(abs_form) and kind == "gamma" and not nonneg
+        self.abs_form = kind == "gamma" and not nonneg
+        # psum = (W x + b + |W| |x| - b) / 2: the same rounding on every backend
+        self.neg_b = None if (self.b is None or not self.abs_form) else -self.b
         if self.needs_psum and self.G == 1:
             # one GEMM, one packing of the image for both sums: [W ; W+] x -> (W x + b, W+ x)
             self.fwd_pos = np.concatenate([W4.reshape(O, -1), Wp.reshape(O, -1)], axis=0)
